@@ -1,0 +1,220 @@
+//! Training and scoring sets: CSR rows (feature ids, values, offsets) per user, built from the
+//! long feature table, plus point-in-time labels.
+//!
+//! A training set is features as of T0 and, for each user with a statement due in the label
+//! window, whether one went `days_past_due`+ late within `horizon_days` of T0. Everything it
+//! uses is known by T0 + horizon (the run date): no feature row after T0, no label before it.
+//! Reads the clean `repayments` table; writes nothing.
+
+use std::collections::HashMap;
+
+use chrono::{Duration, NaiveDate};
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::{Int64Type, UInt64Type};
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+use serde::{Deserialize, Serialize};
+
+use crate::features::FeatureSet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("computing labels: {error}\n  query: {sql}")]
+    Query { sql: String, error: DataFusionError },
+    #[error("the training set as of {as_of} has {rows} labelled users and {positives} defaults: too few to train on")]
+    TooSmall {
+        as_of: NaiveDate,
+        rows: usize,
+        positives: usize,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelConfig {
+    /// the label looks this many days past the as-of date
+    pub horizon_days: u32,
+    /// a statement at least this late is a default
+    pub days_past_due: u32,
+}
+
+/// Sparse rows, one per user, in the order of `users`.
+#[derive(Debug, Clone, Default)]
+pub struct Csr {
+    pub users: Vec<u64>,
+    pub offsets: Vec<usize>,
+    pub ids: Vec<u32>,
+    pub values: Vec<f32>,
+}
+
+impl Csr {
+    /// Every user of the set gets a row, users without features an empty one.
+    pub fn from_features(set: &FeatureSet) -> Csr {
+        let mut csr = Csr {
+            users: set.users.clone(),
+            offsets: Vec::with_capacity(set.users.len() + 1),
+            ids: Vec::with_capacity(set.nnz()),
+            values: Vec::with_capacity(set.nnz()),
+        };
+        csr.offsets.push(0);
+        let mut i = 0;
+        for &user in &set.users {
+            // rows are sorted by user; skip rows of users outside the population
+            while i < set.user_ids.len() && set.user_ids[i] < user {
+                i += 1;
+            }
+            while i < set.user_ids.len() && set.user_ids[i] == user {
+                csr.ids.push(set.feature_ids[i]);
+                csr.values.push(set.values[i]);
+                i += 1;
+            }
+            csr.offsets.push(csr.ids.len());
+        }
+        csr
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    pub fn row(&self, i: usize) -> (&[u32], &[f32]) {
+        let (a, b) = (self.offsets[i], self.offsets[i + 1]);
+        (&self.ids[a..b], &self.values[a..b])
+    }
+
+    /// The rows at `indices`, in that order.
+    pub fn select(&self, indices: &[usize]) -> Csr {
+        let mut out = Csr {
+            offsets: vec![0],
+            ..Default::default()
+        };
+        for &i in indices {
+            let (ids, values) = self.row(i);
+            out.users.push(self.users[i]);
+            out.ids.extend_from_slice(ids);
+            out.values.extend_from_slice(values);
+            out.offsets.push(out.ids.len());
+        }
+        out
+    }
+}
+
+/// Labelled rows for training and evaluation.
+#[derive(Debug, Clone)]
+pub struct TrainingSet {
+    pub as_of: NaiveDate,
+    pub rows: Csr,
+    pub labels: Vec<f32>,
+}
+
+impl TrainingSet {
+    pub fn positives(&self) -> usize {
+        self.labels.iter().filter(|l| **l > 0.5).count()
+    }
+}
+
+/// The first day of the label window whose outcome is fully known by `run_date`.
+pub fn training_as_of(run_date: NaiveDate, label: &LabelConfig) -> NaiveDate {
+    run_date - Duration::days(label.horizon_days as i64)
+}
+
+/// For each user with a statement due in [as_of, as_of + horizon - dpd], 1 if one of those
+/// statements reached `days_past_due`. Those outcomes are all known by as_of + horizon.
+pub async fn labels(
+    ctx: &SessionContext,
+    as_of: NaiveDate,
+    label: &LabelConfig,
+) -> Result<HashMap<u64, bool>, DatasetError> {
+    let last_due = as_of + Duration::days(label.horizon_days as i64 - label.days_past_due as i64);
+    let sql = format!(
+        "SELECT user_id, MAX(CASE WHEN days_past_due >= {dpd} THEN 1 ELSE 0 END) AS defaulted \
+         FROM repayments WHERE due_date >= DATE '{as_of}' AND due_date <= DATE '{last_due}' \
+         AND user_id IS NOT NULL GROUP BY user_id",
+        dpd = label.days_past_due
+    );
+    let error = |error| DatasetError::Query {
+        sql: sql.clone(),
+        error,
+    };
+    let batches = ctx.sql(&sql).await.map_err(error)?.collect().await.map_err(error)?;
+    let mut out = HashMap::new();
+    for batch in &batches {
+        let users = batch.column(0).as_primitive::<UInt64Type>();
+        let defaulted = batch.column(1).as_primitive::<Int64Type>();
+        for row in 0..batch.num_rows() {
+            out.insert(users.value(row), defaulted.value(row) > 0);
+        }
+    }
+    Ok(out)
+}
+
+/// Joins features as of T0 with labels; users without a statement in the window are left out.
+pub fn training_set(
+    features: &FeatureSet,
+    labels: &HashMap<u64, bool>,
+) -> Result<TrainingSet, DatasetError> {
+    let all = Csr::from_features(features);
+    let keep: Vec<usize> = (0..all.len())
+        .filter(|&i| labels.contains_key(&all.users[i]))
+        .collect();
+    let rows = all.select(&keep);
+    let labels: Vec<f32> = rows
+        .users
+        .iter()
+        .map(|u| if labels[u] { 1.0 } else { 0.0 })
+        .collect();
+    let set = TrainingSet {
+        as_of: features.as_of,
+        rows,
+        labels,
+    };
+    let positives = set.positives();
+    if set.labels.len() < 100 || positives < 10 {
+        return Err(DatasetError::TooSmall {
+            as_of: set.as_of,
+            rows: set.labels.len(),
+            positives,
+        });
+    }
+    Ok(set)
+}
+
+/// Whether a user falls in the held-out share, by a hash of the id (stable across nights).
+pub fn is_holdout(user: u64, share: f64) -> bool {
+    let mut z = user.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z as f64 / u64::MAX as f64) < share
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csr_gives_every_user_a_row_in_order() {
+        let set = FeatureSet {
+            as_of: NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+            users: vec![1, 2, 5],
+            user_ids: vec![1, 1, 4, 5],
+            feature_ids: vec![0, 3, 1, 2],
+            values: vec![1.0, 2.0, 9.0, 3.0],
+        };
+        let csr = Csr::from_features(&set);
+        assert_eq!(csr.offsets, vec![0, 2, 2, 3]);
+        assert_eq!(csr.row(0), (&[0u32, 3][..], &[1.0f32, 2.0][..]));
+        assert_eq!(csr.row(1).0.len(), 0);
+        assert_eq!(csr.row(2), (&[2u32][..], &[3.0f32][..]));
+    }
+
+    #[test]
+    fn holdout_share_is_roughly_kept() {
+        let n = (1..=20_000).filter(|u| is_holdout(*u, 0.2)).count();
+        assert!((3_600..4_400).contains(&n), "{n}");
+    }
+}

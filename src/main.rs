@@ -1,0 +1,238 @@
+//! The `redflower` command: parses arguments, sets up logging, calls the library, prints a
+//! summary. Nothing here decides anything about data.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use chrono::NaiveDate;
+use clap::{Parser, Subcommand};
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use tracing_subscriber::EnvFilter;
+
+use redflower::model::DeviceKind;
+use redflower::nightly::{self, NightlyReport, Pipelines};
+use redflower::store::Store;
+use redflower::synth::{self, WorldConfig};
+
+/// Nightly credit limits from fragmented evidence.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a synthetic world of raw fragments (and its true PD) under a root.
+    ///
+    /// Example: redflower synth --users 50000 --days 180 --out ./data
+    Synth {
+        #[arg(long, default_value_t = 50_000)]
+        users: u64,
+        /// days of history, ending the day before --end
+        #[arg(long, default_value_t = 180)]
+        days: u32,
+        /// first day without data; nightly runs for this date see the whole world
+        #[arg(long, default_value = "2026-11-01")]
+        end: NaiveDate,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// root URL: a local path, file:///abs/path or memory://name
+        #[arg(long, default_value = "./data")]
+        out: String,
+    },
+    /// Run the nightly job for one date: validate, features, train, score, limits, publish.
+    ///
+    /// Example: redflower nightly --root ./data --date 2026-11-01
+    Nightly {
+        #[arg(long)]
+        root: String,
+        /// the run date: features use only data from before it
+        #[arg(long)]
+        date: NaiveDate,
+        /// folder with features.toml, limits.toml and nightly.toml (default: the shipped ones)
+        #[arg(long)]
+        pipelines: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceKind,
+        /// print the run report as JSON instead of the summary
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build a 50,000-user world in ./data and run the nightly job on it.
+    ///
+    /// Example: redflower demo
+    Demo {
+        #[arg(long, default_value = "./data")]
+        root: String,
+        #[arg(long, default_value_t = 50_000)]
+        users: u64,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceKind,
+    },
+    /// Print a user's row from the newest published limit table.
+    ///
+    /// Example: redflower show --root ./data --user 42
+    Show {
+        #[arg(long)]
+        root: String,
+        #[arg(long)]
+        user: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,redflower=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command) -> Result<()> {
+    match command {
+        Command::Synth { users, days, end, seed, out } => {
+            let store = Store::open(&out)?;
+            let world = WorldConfig { users, days, end, seed };
+            let started = std::time::Instant::now();
+            let summary = synth::generate(&store, &world).await?;
+            println!(
+                "synth: {} users, {} events, {} certificates, {} statements, {} limit requests in {} files under {} ({:.1}s); mean true PD {:.3}",
+                summary.users,
+                summary.events,
+                summary.certificates,
+                summary.repayments,
+                summary.limit_requests,
+                summary.files,
+                store.url(),
+                started.elapsed().as_secs_f64(),
+                summary.mean_true_pd
+            );
+        }
+        Command::Nightly { root, date, pipelines, device, json } => {
+            let store = Store::open(&root)?;
+            let pipelines = match pipelines {
+                Some(dir) => Pipelines::load(&dir)?,
+                None => Pipelines::builtin(),
+            };
+            let report = nightly::run(&store, date, &pipelines, device)
+                .await
+                .with_context(|| format!("nightly run for {date} on {} failed; the last published table is unchanged", store.url()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_summary(&report);
+            }
+        }
+        Command::Demo { root, users, device } => {
+            let store = Store::open(&root)?;
+            let world = WorldConfig {
+                users,
+                days: 180,
+                end: NaiveDate::from_ymd_opt(2026, 11, 1).context("demo date")?,
+                seed: 42,
+            };
+            if synth::read_world(&store).await?.as_ref() == Some(&world) {
+                println!("demo: reusing the {users}-user world already in {}", store.url());
+            } else {
+                println!("demo: generating a {users}-user world in {} ...", store.url());
+                let started = std::time::Instant::now();
+                let summary = synth::generate(&store, &world).await?;
+                println!(
+                    "demo: {} events, {} certificates, {} statements in {:.1}s",
+                    summary.events,
+                    summary.certificates,
+                    summary.repayments,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            let report = nightly::run(&store, world.end, &Pipelines::builtin(), device).await?;
+            print_summary(&report);
+        }
+        Command::Show { root, user } => {
+            let store = Store::open(&root)?;
+            let manifest = redflower::publish::latest(&store)
+                .await?
+                .with_context(|| format!("nothing is published under {}", store.url()))?;
+            let ctx = nightly::session();
+            let batches = redflower::publish::read_table(&store, &manifest).await?;
+            let table = datafusion::datasource::MemTable::try_new(batches[0].schema(), vec![batches])?;
+            ctx.register_table("limits", std::sync::Arc::new(table))?;
+            let rows = ctx
+                .sql(&format!("SELECT * FROM limits WHERE user_id = {user}"))
+                .await?
+                .collect()
+                .await?;
+            if rows.iter().all(|b| b.num_rows() == 0) {
+                anyhow::bail!("user {user} is not in version {} of the limit table", manifest.version);
+            }
+            println!("version {} (as of {}, model {}, policy {})", manifest.version, manifest.as_of, manifest.model_version, manifest.policy_version);
+            println!("{}", pretty_format_batches(&rows)?);
+        }
+    }
+    Ok(())
+}
+
+fn print_summary(report: &NightlyReport) {
+    println!();
+    println!("nightly run {} on {} ({:.1}s)", report.run_date, report.root, report.seconds);
+    let quarantined: u64 = report.sources.iter().map(|s| s.quarantined).sum();
+    let rows: u64 = report.sources.iter().map(|s| s.rows).sum();
+    println!("  sources     {rows} raw rows, {quarantined} quarantined (see quarantine/)");
+    for f in &report.features {
+        println!(
+            "  features    as of {}: {} users, {} non-zeros, {} distinct features ({:.1}s)",
+            f.as_of, f.users, f.rows, f.distinct_features, f.seconds
+        );
+    }
+    if let Some(last) = report.features.last() {
+        println!("  dictionary  {} features", last.dictionary_size);
+    }
+    println!(
+        "  training    as of {}: {} users, {} defaults ({:.2}%)",
+        report.training_as_of,
+        report.training_rows,
+        report.training_defaults,
+        100.0 * report.training_defaults as f64 / report.training_rows.max(1) as f64
+    );
+    let oracle = report.oracle_auc.map_or("n/a (no truth in this root)".to_string(), |a| format!("{a:.4}"));
+    println!(
+        "  model       {}: holdout AUC {:.4}, oracle AUC {} on {} held-out users; log loss {:.4}",
+        report.model_version, report.holdout.auc, oracle, report.holdout.rows, report.holdout.log_loss
+    );
+    println!(
+        "  limits      {} users scored; {} boosted by certificates; {} capped by their own request",
+        report.scored_users, report.boosted, report.capped_by_request
+    );
+    for (band, count) in &report.limit_distribution {
+        println!("              {band:>14}: {count}");
+    }
+    println!(
+        "  published   version {} ({} rows, mean limit {:.0}) at {}/{}",
+        report.manifest.version,
+        report.manifest.row_count,
+        report.manifest.mean_limit,
+        report.root,
+        redflower::publish::manifest_path(report.manifest.version)
+    );
+    let stages: Vec<String> = report.stages.iter().map(|s| format!("{} {:.1}s", s.stage, s.seconds)).collect();
+    println!("  stages      {}", stages.join(", "));
+}

@@ -1,0 +1,140 @@
+//! The trainer: Adam over shuffled minibatches of padded CSR rows, L2 on the weights, early
+//! stopping on a validation slice carved from the training users. Same data and seed give the
+//! same model: the weights start at zero and the shuffles come from a seeded generator.
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info};
+
+use super::metrics::{self, Metrics};
+use super::network::{PaddedBatch, SparseLogistic, bce_with_logits};
+use crate::dataset::{Csr, TrainingSet, is_holdout};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    /// penalty on the mean squared weight, per example
+    pub l2: f64,
+    /// share of users held out for the reported metrics (never trained on)
+    pub holdout_share: f64,
+    /// share of the remaining users used to stop early
+    pub validation_share: f64,
+    /// epochs without validation improvement before stopping
+    pub patience: usize,
+    pub seed: u64,
+}
+
+pub struct TrainedModel {
+    pub network: SparseLogistic,
+    pub holdout: Metrics,
+    /// the held-out users and their PD, for comparisons (e.g. with the oracle)
+    pub holdout_users: Vec<u64>,
+    pub holdout_pd: Vec<f64>,
+    pub holdout_labels: Vec<f32>,
+    pub epochs_run: usize,
+}
+
+/// PD of every row of `csr`, in batches, without gradients.
+pub fn predict(network: &SparseLogistic, csr: &Csr, device: &Device, batch_size: usize) -> Vec<f64> {
+    let n_features = network.n_features();
+    let rows: Vec<usize> = (0..csr.len()).collect();
+    let mut out = Vec::with_capacity(csr.len());
+    for chunk in rows.chunks(batch_size.max(1)) {
+        let batch = PaddedBatch::new(csr, chunk, n_features, device);
+        let logits: Vec<f32> = network
+            .forward(batch.ids, batch.values)
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap_or_default();
+        out.extend(logits.into_iter().map(|z| 1.0 / (1.0 + (-z as f64).exp())));
+    }
+    out
+}
+
+pub fn train(
+    set: &TrainingSet,
+    n_features: usize,
+    config: &TrainingConfig,
+    device: &Device,
+) -> TrainedModel {
+    let train_device = device.clone().autodiff();
+    train_device.seed(config.seed);
+    let users = &set.rows.users;
+    let holdout: Vec<usize> = (0..users.len())
+        .filter(|&i| is_holdout(users[i], config.holdout_share))
+        .collect();
+    let rest: Vec<usize> = (0..users.len())
+        .filter(|&i| !is_holdout(users[i], config.holdout_share))
+        .collect();
+    // a second, independent hash split for early stopping
+    let (validation, fit): (Vec<usize>, Vec<usize>) = rest
+        .into_iter()
+        .partition(|&i| is_holdout(users[i].rotate_left(17) ^ 0xA5A5, config.validation_share));
+    let validation_csr = set.rows.select(&validation);
+    let validation_labels: Vec<f32> = validation.iter().map(|&i| set.labels[i]).collect();
+
+    let mut network = SparseLogistic::new(n_features, &train_device);
+    let mut optimizer = AdamConfig::new().init();
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let mut order = fit.clone();
+    let mut best: Option<(f64, SparseLogistic)> = None;
+    let mut since_best = 0;
+    let mut epochs_run = 0;
+    let steps_per_epoch = fit.len().div_ceil(config.batch_size) as u64;
+    let progress = ProgressBar::new(config.epochs as u64 * steps_per_epoch).with_style(
+        ProgressStyle::with_template("train  {bar:40} {pos}/{len} steps  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let l2 = config.l2 / fit.len().max(1) as f64 * config.batch_size as f64;
+    for epoch in 0..config.epochs {
+        order.shuffle(&mut rng);
+        for chunk in order.chunks(config.batch_size) {
+            let batch = PaddedBatch::new(&set.rows, chunk, n_features, &train_device);
+            let labels: Vec<f32> = chunk.iter().map(|&i| set.labels[i]).collect();
+            let labels = Tensor::<1>::from_data(TensorData::new(labels, [chunk.len()]), &train_device);
+            let logits = network.forward(batch.ids, batch.values);
+            let loss = bce_with_logits(logits, labels) + network.l2().mul_scalar(l2 / config.batch_size as f64);
+            let grads = GradientsParams::from_grads(loss.backward(), &network);
+            network = optimizer.step(config.learning_rate, network, grads);
+            progress.inc(1);
+        }
+        epochs_run = epoch + 1;
+        let valid = network.valid();
+        let pd = predict(&valid, &validation_csr, device, 4096);
+        let validation_auc = metrics::auc(&pd, &validation_labels).unwrap_or(0.5);
+        progress.set_message(format!("epoch {epochs_run} validation AUC {validation_auc:.4}"));
+        debug!(epoch = epochs_run, validation_auc, "epoch done");
+        if best.as_ref().is_none_or(|(auc, _)| validation_auc > *auc) {
+            best = Some((validation_auc, valid));
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if since_best >= config.patience {
+                break;
+            }
+        }
+    }
+    progress.finish_and_clear();
+    info!(epochs = epochs_run, best_validation_auc = best.as_ref().map(|b| b.0), "training done");
+    let network = best.map(|(_, n)| n).unwrap_or_else(|| network.valid());
+    let holdout_csr = set.rows.select(&holdout);
+    let holdout_labels: Vec<f32> = holdout.iter().map(|&i| set.labels[i]).collect();
+    let holdout_pd = predict(&network, &holdout_csr, device, 4096);
+    TrainedModel {
+        holdout: metrics::evaluate(&holdout_pd, &holdout_labels),
+        holdout_users: holdout_csr.users,
+        holdout_pd,
+        holdout_labels,
+        network,
+        epochs_run,
+    }
+}

@@ -1,0 +1,315 @@
+//! Raw inputs: checks every raw Parquet file against `schemas/`, moves bad rows to
+//! `quarantine/<source>/run=<date>/` with a reason, and registers the clean rows with a
+//! DataFusion session as tables named after their source.
+//!
+//! Reads `raw/` and `reference/`; writes only `quarantine/`. A file with the wrong schema stops
+//! the run with an error naming the file and column; a bad row never stops it alone, and
+//! never disappears: it is counted and kept in quarantine. Too many bad rows stop the run.
+
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::error::DataFusionError;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::schema::{self, SchemaError, TableSchema};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error("no files under {0}: is this a redflower root? (run `redflower synth` to make one)")]
+    Empty(String),
+    #[error("no {source_name} snapshot before {before} under raw/{source_name}/")]
+    NoSnapshot { source_name: String, before: NaiveDate },
+    #[error("validating {source_name}: {error}")]
+    Query { source_name: String, error: DataFusionError },
+    #[error(
+        "{source_name}: {bad} of {total} rows ({share:.3}%) failed validation, above the limit of {limit:.3}%; see {quarantine}"
+    )]
+    TooManyBadRows {
+        source_name: String,
+        bad: u64,
+        total: u64,
+        share: f64,
+        limit: f64,
+        quarantine: String,
+    },
+}
+
+/// One raw source: its schema and the rules that send a row to quarantine.
+pub struct Source {
+    pub table: &'static TableSchema,
+    /// SQL CASE arms (`WHEN cond THEN 'reason'`), tried in order over the raw columns.
+    rules: &'static [(&'static str, &'static str)],
+    /// joined after the raw table, for rules that look up reference data
+    lookup: &'static str,
+}
+
+impl Source {
+    pub fn name(&self) -> &str {
+        &self.table.name
+    }
+}
+
+pub fn sources() -> Vec<Source> {
+    vec![
+        Source {
+            table: &schema::PROFILES,
+            rules: &[
+                ("user_id IS NULL", "null user_id"),
+                ("signup_date IS NULL", "null signup_date"),
+                ("income_band NOT BETWEEN 1 AND 8", "income_band outside 1..8"),
+            ],
+            lookup: "",
+        },
+        Source {
+            table: &schema::EVENTS,
+            rules: &[
+                ("user_id IS NULL", "null user_id"),
+                ("event_time IS NULL", "null event_time"),
+                (
+                    "kind IS NULL OR kind NOT IN ('purchase', 'visit', 'transfer', 'rent', 'utility')",
+                    "unknown kind",
+                ),
+                ("amount < 0", "negative amount"),
+            ],
+            lookup: "",
+        },
+        Source {
+            table: &schema::CERTIFICATES,
+            rules: &[
+                ("user_id IS NULL", "null user_id"),
+                ("uploaded_at IS NULL", "null uploaded_at"),
+                ("known_type_id IS NULL", "unknown certificate type"),
+                ("confidence NOT BETWEEN 0 AND 1", "confidence outside [0, 1]"),
+            ],
+            lookup: "LEFT JOIN (SELECT cert_type_id AS known_type_id FROM certificate_types) known \
+                     ON cert_type_id = known.known_type_id",
+        },
+        Source {
+            table: &schema::REPAYMENTS,
+            rules: &[
+                ("user_id IS NULL", "null user_id"),
+                ("due_date IS NULL", "null due_date"),
+                ("amount_due < 0 OR amount_paid < 0", "negative amount"),
+                ("days_past_due < 0", "negative days_past_due"),
+            ],
+            lookup: "",
+        },
+        Source {
+            table: &schema::LIMIT_REQUESTS,
+            rules: &[
+                ("user_id IS NULL", "null user_id"),
+                ("requested_at IS NULL", "null requested_at"),
+                ("requested_limit < 0", "negative requested_limit"),
+            ],
+            lookup: "",
+        },
+    ]
+}
+
+/// Counts for one source, for the run report.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceReport {
+    pub source: String,
+    pub files: usize,
+    pub rows: u64,
+    pub quarantined: u64,
+    pub reasons: Vec<(String, u64)>,
+}
+
+/// Checks the footer schema of every Parquet file under `folder`; returns how many there are.
+pub async fn check_files(
+    store: &Store,
+    folder: &str,
+    table: &TableSchema,
+) -> Result<usize, SourceError> {
+    let files: Vec<String> = store
+        .list(folder)
+        .await?
+        .into_iter()
+        .map(|(path, _)| path)
+        .filter(|path| path.ends_with(".parquet"))
+        .collect();
+    if files.is_empty() {
+        return Err(SourceError::Empty(format!("{}/{folder}", store.url())));
+    }
+    for file in &files {
+        let found = store.parquet_schema(file).await?;
+        table.check(&format!("{}/{file}", store.url()), &found)?;
+    }
+    Ok(files.len())
+}
+
+fn nullable(table: &TableSchema) -> Schema {
+    Schema::new(
+        table
+            .arrow()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    )
+}
+
+async fn register_raw(
+    ctx: &SessionContext,
+    store: &Store,
+    name: &str,
+    folder: &str,
+    table: &TableSchema,
+    partitioned: bool,
+) -> Result<(), SourceError> {
+    let schema = nullable(table);
+    let mut options = ParquetReadOptions::default().schema(&schema);
+    if partitioned {
+        options = options.table_partition_cols(vec![("dt".to_string(), DataType::Utf8)]);
+    }
+    ctx.register_parquet(name, store.table_url(folder), options)
+        .await
+        .map_err(|error| SourceError::Query {
+            source_name: name.to_string(),
+            error,
+        })
+}
+
+async fn query(ctx: &SessionContext, source: &str, sql: &str) -> Result<Vec<RecordBatch>, SourceError> {
+    let error = |error| SourceError::Query {
+        source_name: source.to_string(),
+        error,
+    };
+    ctx.sql(sql).await.map_err(error)?.collect().await.map_err(error)
+}
+
+/// The `dt` partitions of a source, sorted.
+pub async fn partitions(store: &Store, source: &str) -> Result<Vec<NaiveDate>, SourceError> {
+    let mut days: Vec<NaiveDate> = store
+        .list(&format!("raw/{source}"))
+        .await?
+        .into_iter()
+        .filter_map(|(path, _)| {
+            let dt = path.split('/').find_map(|part| part.strip_prefix("dt="))?;
+            NaiveDate::parse_from_str(dt, "%Y-%m-%d").ok()
+        })
+        .collect();
+    days.sort();
+    days.dedup();
+    Ok(days)
+}
+
+/// The newest snapshot of a snapshot source (profiles) taken strictly before `before`.
+pub async fn snapshot_before(
+    store: &Store,
+    source: &str,
+    before: NaiveDate,
+) -> Result<NaiveDate, SourceError> {
+    partitions(store, source)
+        .await?
+        .into_iter()
+        .rev()
+        .find(|d| *d < before)
+        .ok_or(SourceError::NoSnapshot {
+            source_name: source.to_string(),
+            before,
+        })
+}
+
+/// Validates every source with data before `run_date`, writes quarantines, and registers
+/// `certificate_types` and one clean table per source with `ctx`.
+pub async fn validate_and_register(
+    ctx: &SessionContext,
+    store: &Store,
+    run_date: NaiveDate,
+    max_bad_share: f64,
+) -> Result<Vec<SourceReport>, SourceError> {
+    store.register(ctx);
+    check_files(store, "reference/certificate_types", &schema::CERTIFICATE_TYPES).await?;
+    register_raw(
+        ctx,
+        store,
+        "certificate_types",
+        "reference/certificate_types",
+        &schema::CERTIFICATE_TYPES,
+        false,
+    )
+    .await?;
+
+    let mut reports = Vec::new();
+    for source in sources() {
+        let name = source.name().to_string();
+        let folder = format!("raw/{name}");
+        let files = check_files(store, &folder, source.table).await?;
+        let raw = format!("raw_{name}");
+        register_raw(ctx, store, &raw, &folder, source.table, true).await?;
+
+        let columns: Vec<&str> = source.table.fields.iter().map(|f| f.name.as_str()).collect();
+        let columns = columns.join(", ");
+        let arms: String = source
+            .rules
+            .iter()
+            .map(|(cond, reason)| format!(" WHEN {cond} THEN '{reason}'"))
+            .collect();
+        let checked = format!(
+            "SELECT {columns}, dt, CASE{arms} ELSE NULL END AS quarantine_reason FROM {raw} {lookup} WHERE dt < '{run_date}'",
+            lookup = source.lookup
+        );
+        let clean = format!(
+            "CREATE OR REPLACE VIEW {name} AS SELECT {columns}, dt FROM ({checked}) WHERE quarantine_reason IS NULL"
+        );
+        query(ctx, &name, &clean).await?;
+
+        let bad = query(ctx, &name, &format!("SELECT * FROM ({checked}) WHERE quarantine_reason IS NOT NULL")).await?;
+        let total = query(ctx, &name, &format!("SELECT COUNT(*) FROM {raw} WHERE dt < '{run_date}'")).await?;
+        let total = total
+            .first()
+            .and_then(|b| b.column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>())
+            .map(|a| a.value(0) as u64)
+            .unwrap_or(0);
+        let quarantined: u64 = bad.iter().map(|b| b.num_rows() as u64).sum();
+        let quarantine_folder = format!("quarantine/{name}/run={run_date}");
+        store.delete_prefix(&quarantine_folder).await?;
+        let mut reasons = std::collections::BTreeMap::<String, u64>::new();
+        if quarantined > 0 {
+            for batch in &bad {
+                let column = batch.column(batch.num_columns() - 1);
+                let column = datafusion::arrow::array::cast::as_string_array(column);
+                for reason in column.iter().flatten() {
+                    *reasons.entry(reason.to_string()).or_default() += 1;
+                }
+            }
+            let schema = Arc::clone(&bad[0].schema());
+            store
+                .write_parquet(&format!("{quarantine_folder}/part-00000.parquet"), schema, &bad)
+                .await?;
+            warn!(source = %name, quarantined, ?reasons, "rows quarantined");
+        }
+        let share = if total == 0 { 0.0 } else { quarantined as f64 / total as f64 };
+        if share > max_bad_share {
+            return Err(SourceError::TooManyBadRows {
+                source_name: name,
+                bad: quarantined,
+                total,
+                share: share * 100.0,
+                limit: max_bad_share * 100.0,
+                quarantine: format!("{}/{quarantine_folder}", store.url()),
+            });
+        }
+        info!(source = %name, files, rows = total, quarantined, "source validated");
+        reports.push(SourceReport {
+            source: name,
+            files,
+            rows: total,
+            quarantined,
+            reasons: reasons.into_iter().collect(),
+        });
+    }
+    Ok(reports)
+}

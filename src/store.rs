@@ -1,0 +1,344 @@
+//! Object storage for every stage: one `Store` is a root URL (`file://`, a plain path, or
+//! `memory://name`) under which redflower keeps `raw/`, `features/`, `models/`, `published/` ...
+//!
+//! It owns URL parsing, Parquet reads and writes, and the registration of the root with a
+//! DataFusion session. It knows nothing about what the files mean; the stages decide paths.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+// Deprecated in parquet 59 in favour of hand-written AsyncFileReader impls; it still reads
+// footers and row groups with ranged gets, which is what we want from object stores.
+use object_store::buffered::BufWriter;
+#[allow(deprecated)]
+use parquet::arrow::async_reader::ParquetObjectReader;
+use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::async_writer::AsyncArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use url::Url;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported storage URL '{0}': use a local path, file:///abs/path or memory://name")]
+    UnsupportedUrl(String),
+    #[error("cannot create local root '{path}': {source}")]
+    LocalRoot {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("object store error at '{path}': {source}")]
+    Object {
+        path: String,
+        source: object_store::Error,
+    },
+    #[error("Parquet error in '{path}': {source}")]
+    Parquet {
+        path: String,
+        source: parquet::errors::ParquetError,
+    },
+    #[error("'{path}' already exists")]
+    AlreadyExists { path: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A root in an object store plus the URL DataFusion uses to reach it.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    /// scheme + authority that DataFusion maps to `inner` (`file:///`, `memory://demo/`)
+    base: Url,
+    /// the root inside `inner`, without leading or trailing slash
+    prefix: String,
+    display: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display)
+    }
+}
+
+/// In-process memory stores, shared by name so that `synth` and `nightly` in one process
+/// (tests, the demo) see the same `memory://name`.
+fn memory_stores() -> &'static Mutex<HashMap<String, Arc<InMemory>>> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
+    STORES.get_or_init(Default::default)
+}
+
+impl Store {
+    /// Opens a root: `./data`, `/abs/dir`, `file:///abs/dir` or `memory://name`.
+    /// Local roots are created if missing.
+    pub fn open(root: &str) -> Result<Store> {
+        if let Some(name) = root.strip_prefix("memory://") {
+            let name = name.trim_end_matches('/');
+            let store = {
+                let mut stores = memory_stores().lock().unwrap_or_else(|e| e.into_inner());
+                stores.entry(name.to_string()).or_default().clone()
+            };
+            let authority = if name.is_empty() { "default" } else { name };
+            let base = Url::parse(&format!("memory://{authority}/"))
+                .map_err(|_| StoreError::UnsupportedUrl(root.to_string()))?;
+            return Ok(Store {
+                inner: store,
+                base,
+                prefix: String::new(),
+                display: format!("memory://{authority}"),
+            });
+        }
+        let local = if let Some(rest) = root.strip_prefix("file://") {
+            rest.to_string()
+        } else if root.contains("://") {
+            return Err(StoreError::UnsupportedUrl(root.to_string()));
+        } else {
+            root.to_string()
+        };
+        std::fs::create_dir_all(&local).map_err(|source| StoreError::LocalRoot {
+            path: local.clone(),
+            source,
+        })?;
+        let abs = std::fs::canonicalize(&local).map_err(|source| StoreError::LocalRoot {
+            path: local.clone(),
+            source,
+        })?;
+        let abs = abs.to_string_lossy().to_string();
+        Ok(Store {
+            inner: Arc::new(LocalFileSystem::new()),
+            base: Url::parse("file:///").map_err(|_| StoreError::UnsupportedUrl(root.into()))?,
+            prefix: abs.trim_matches('/').to_string(),
+            display: format!("file://{abs}"),
+        })
+    }
+
+    /// The root as a human reads it (`file:///home/me/data`).
+    pub fn url(&self) -> &str {
+        &self.display
+    }
+
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.inner.clone()
+    }
+
+    /// The object path of `rel` (a `/`-separated path under the root).
+    pub fn path(&self, rel: &str) -> Path {
+        let rel = rel.trim_matches('/');
+        match (self.prefix.is_empty(), rel.is_empty()) {
+            (true, _) => Path::from(rel),
+            (false, true) => Path::from(self.prefix.as_str()),
+            (false, false) => Path::from(format!("{}/{}", self.prefix, rel)),
+        }
+    }
+
+    /// `rel` relative to the root, from a full object path.
+    fn relative(&self, path: &Path) -> String {
+        let full = path.as_ref();
+        if self.prefix.is_empty() {
+            full.to_string()
+        } else {
+            full.strip_prefix(&self.prefix)
+                .unwrap_or(full)
+                .trim_start_matches('/')
+                .to_string()
+        }
+    }
+
+    /// The URL DataFusion reads a folder under the root from (ends with `/`).
+    pub fn table_url(&self, rel: &str) -> String {
+        format!("{}{}/", self.base, self.path(rel))
+    }
+
+    /// Makes the root readable by `ctx` through `table_url`.
+    pub fn register(&self, ctx: &SessionContext) {
+        ctx.register_object_store(&self.base, self.inner.clone());
+    }
+
+    fn object_error(&self, path: &Path) -> impl FnOnce(object_store::Error) -> StoreError {
+        let path = format!("{}{}", self.base, path);
+        move |source| StoreError::Object { path, source }
+    }
+
+    /// Writes `bytes` atomically, replacing what was there.
+    pub async fn put(&self, rel: &str, bytes: Bytes) -> Result<()> {
+        let path = self.path(rel);
+        self.inner
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(self.object_error(&path))?;
+        Ok(())
+    }
+
+    /// Writes `bytes` only if nothing is at `rel` yet: the commit point of a publish.
+    pub async fn put_if_absent(&self, rel: &str, bytes: Bytes) -> Result<()> {
+        let path = self.path(rel);
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .inner
+            .put_opts(&path, PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(StoreError::AlreadyExists {
+                path: format!("{}{}", self.base, path),
+            }),
+            Err(e) => Err(self.object_error(&path)(e)),
+        }
+    }
+
+    /// Reads the object at `rel`, or `None` if there is none.
+    pub async fn get(&self, rel: &str) -> Result<Option<Bytes>> {
+        let path = self.path(rel);
+        match self.inner.get(&path).await {
+            Ok(r) => Ok(Some(r.bytes().await.map_err(self.object_error(&path))?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.object_error(&path)(e)),
+        }
+    }
+
+    /// Every object under `rel`, as (path relative to the root, size), sorted by path.
+    pub async fn list(&self, rel: &str) -> Result<Vec<(String, u64)>> {
+        let path = self.path(rel);
+        let mut out: Vec<(String, u64)> = self
+            .inner
+            .list(Some(&path))
+            .map_ok(|meta| (self.relative(&meta.location), meta.size))
+            .try_collect()
+            .await
+            .map_err(self.object_error(&path))?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// Deletes every object under `rel` (a rerun replaces, never duplicates).
+    pub async fn delete_prefix(&self, rel: &str) -> Result<()> {
+        for (object, _) in self.list(rel).await? {
+            let path = self.path(&object);
+            match self.inner.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.object_error(&path)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `batches` as one Parquet file; returns its size in bytes.
+    pub async fn write_parquet(
+        &self,
+        rel: &str,
+        schema: SchemaRef,
+        batches: &[RecordBatch],
+    ) -> Result<u64> {
+        let path = self.path(rel);
+        let parquet_error = |source| StoreError::Parquet {
+            path: format!("{}{}", self.base, path),
+            source,
+        };
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(1 << 20))
+            .build();
+        let writer = BufWriter::new(self.inner.clone(), path.clone());
+        let mut writer =
+            AsyncArrowWriter::try_new(writer, schema, Some(props)).map_err(parquet_error)?;
+        for batch in batches {
+            writer.write(batch).await.map_err(parquet_error)?;
+        }
+        writer.close().await.map_err(parquet_error)?;
+        let meta = self
+            .inner
+            .head(&path)
+            .await
+            .map_err(self.object_error(&path))?;
+        Ok(meta.size)
+    }
+
+    /// The Arrow schema recorded in a Parquet file's footer.
+    pub async fn parquet_schema(&self, rel: &str) -> Result<SchemaRef> {
+        let path = self.path(rel);
+        #[allow(deprecated)]
+        let reader = ParquetObjectReader::new(self.inner.clone(), path.clone());
+        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|source| StoreError::Parquet {
+                path: format!("{}{}", self.base, path),
+                source,
+            })?;
+        Ok(builder.schema().clone())
+    }
+
+    /// Reads one Parquet file whole.
+    pub async fn read_parquet(&self, rel: &str) -> Result<Vec<RecordBatch>> {
+        let path = self.path(rel);
+        let parquet_error = |source| StoreError::Parquet {
+            path: format!("{}{}", self.base, path),
+            source,
+        };
+        #[allow(deprecated)]
+        let reader = ParquetObjectReader::new(self.inner.clone(), path.clone());
+        let stream = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(parquet_error)?
+            .build()
+            .map_err(parquet_error)?;
+        stream.try_collect().await.map_err(parquet_error)
+    }
+
+    /// Reads every Parquet file under `rel`, in path order.
+    pub async fn read_parquet_dir(&self, rel: &str) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for (file, _) in self.list(rel).await? {
+            if file.ends_with(".parquet") {
+                out.extend(self.read_parquet(&file).await?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_join_under_the_root() {
+        let store = Store::open("memory://paths-test").unwrap();
+        assert_eq!(store.path("raw/events/").as_ref(), "raw/events");
+        assert_eq!(
+            store.table_url("raw/events"),
+            "memory://paths-test/raw/events/"
+        );
+    }
+
+    #[test]
+    fn other_schemes_are_refused_with_the_url() {
+        let err = Store::open("gopher://x").unwrap_err();
+        assert!(err.to_string().contains("gopher://x"));
+    }
+
+    #[tokio::test]
+    async fn create_only_put_refuses_a_second_writer() {
+        let store = Store::open("memory://put-test").unwrap();
+        store
+            .put_if_absent("m/1.json", Bytes::from("a"))
+            .await
+            .unwrap();
+        let second = store.put_if_absent("m/1.json", Bytes::from("b")).await;
+        assert!(matches!(second, Err(StoreError::AlreadyExists { .. })));
+        assert_eq!(
+            store.get("m/1.json").await.unwrap().unwrap(),
+            Bytes::from("a")
+        );
+    }
+}

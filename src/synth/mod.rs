@@ -1,0 +1,658 @@
+//! The synthetic world: a deterministic generator of raw fragments for N users over D days,
+//! written as partitioned Parquet under `raw/`, plus `reference/certificate_types` and the
+//! latent truth under `truth/` (which no training or scoring code reads).
+//!
+//! Each user has a true probability of going 30+ days past due within 90 days. A few strong
+//! facts (occupation, region, income band) move it a lot; thousands of weak fragments (which
+//! merchants they frequent, each with a small effect) move it a little each; a hidden
+//! "stability" shows up in rent and utility payments; verified certificates lower it and fake
+//! ones raise it. Statements go 30+ days late at a monthly hazard chosen so that two statements
+//! in a row contain a delinquency with exactly that probability.
+//!
+//! A small, fixed share of malformed rows (negative amounts, missing ids, unknown certificate
+//! types) is written on purpose so that validation and quarantine run on every world.
+
+mod catalog;
+pub mod random;
+
+use std::sync::Arc;
+
+use chrono::{Datelike, Duration, NaiveDate};
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Date32Array, Float32Array, Float64Array, Int32Array, StringArray,
+    TimestampMicrosecondArray, UInt32Array, UInt64Array,
+};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+pub use catalog::{CERTIFICATE_FAMILIES, Catalog};
+use random::{normal, pick_cdf, pick_weighted, poisson, sigmoid, stream_seed};
+
+use crate::schema::{self, TableSchema};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("building a {table} batch: {source}")]
+    Arrow { table: String, source: ArrowError },
+    #[error("invalid world: {0}")]
+    Invalid(String),
+}
+
+/// What a world is; stored as `raw/_world.json` so later commands know what they read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorldConfig {
+    pub users: u64,
+    /// days of history, ending the day before `end`
+    pub days: u32,
+    /// first day with no data: the world is as known on the morning of `end`
+    #[serde(with = "crate::serde_date")]
+    pub end: NaiveDate,
+    pub seed: u64,
+}
+
+impl WorldConfig {
+    pub fn start(&self) -> NaiveDate {
+        self.end - Duration::days(self.days as i64)
+    }
+}
+
+pub const WORLD_FILE: &str = "raw/_world.json";
+const USERS_PER_CHUNK: u64 = 50_000;
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+struct ProfileRow {
+    user_id: u64,
+    signup_day: i32,
+    occupation: &'static str,
+    region: usize,
+    income_band: i32,
+    age: i32,
+}
+
+struct EventRow {
+    user_id: Option<u64>,
+    day: i32,
+    micros: i64,
+    kind: &'static str,
+    merchant: Option<u32>,
+    category: Option<&'static str>,
+    amount: Option<f64>,
+}
+
+struct CertificateRow {
+    user_id: u64,
+    number: String,
+    type_id: u32,
+    day: i32,
+    micros: i64,
+    recognized: bool,
+    verified: bool,
+    confidence: f32,
+}
+
+struct RepaymentRow {
+    user_id: u64,
+    statement_day: i32,
+    due_day: i32,
+    amount_due: f64,
+    amount_paid: f64,
+    days_past_due: i32,
+}
+
+struct RequestRow {
+    user_id: u64,
+    day: i32,
+    micros: i64,
+    requested_limit: Option<f64>,
+}
+
+#[derive(Default)]
+struct ChunkRows {
+    profiles: Vec<ProfileRow>,
+    truth: Vec<(u64, f64)>,
+    events: Vec<EventRow>,
+    certificates: Vec<CertificateRow>,
+    repayments: Vec<RepaymentRow>,
+    requests: Vec<RequestRow>,
+}
+
+/// What `generate` wrote, for the summary.
+#[derive(Debug, Default, Serialize)]
+pub struct SynthSummary {
+    pub users: u64,
+    pub events: u64,
+    pub certificates: u64,
+    pub repayments: u64,
+    pub limit_requests: u64,
+    pub files: u64,
+    pub mean_true_pd: f64,
+}
+
+fn epoch_day(date: NaiveDate) -> i32 {
+    (date - NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid")).num_days() as i32
+}
+
+fn date_of(day: i32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid") + Duration::days(day as i64)
+}
+
+fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkRows {
+    let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(world.seed, user_id, 1));
+    let start = epoch_day(world.start());
+    let end = epoch_day(world.end);
+    let mut out = ChunkRows::default();
+
+    // Big-picture facts.
+    let signup_day = if rng.random::<f64>() < 0.04 {
+        end - rng.random_range(1..=60)
+    } else {
+        end - rng.random_range(61..=5 * 365)
+    };
+    let occupation_index = rng.random_range(0..catalog.occupations.len());
+    let occupation = &catalog.occupations[occupation_index];
+    let income_band = (occupation.income_band + 1.2 * normal(&mut rng))
+        .round()
+        .clamp(1.0, 8.0) as i32;
+    let region = pick_weighted(&mut rng, &catalog.region_weights());
+    let age = (22.0 + 10.0 * normal(&mut rng).abs() + rng.random_range(0.0..20.0)).min(75.0) as i32;
+    let stability = normal(&mut rng);
+    let activity = 0.55 * (0.5 * normal(&mut rng)).exp();
+
+    // Weak fragments: the merchants this user frequents.
+    let favourites: Vec<u32> = (0..5 + poisson(&mut rng, 15.0))
+        .map(|_| pick_cdf(&mut rng, &catalog.merchant_cdf) as u32)
+        .collect();
+    let fragment_effect: f64 = favourites
+        .iter()
+        .map(|&m| catalog.merchants[m as usize].effect)
+        .sum::<f64>();
+
+    // Certificates: mostly genuine, some fake; only genuine verified ones lower risk.
+    let mut certificate_effect = 0.0;
+    let certificate_count = if rng.random::<f64>() < 0.35 {
+        1 + poisson(&mut rng, 0.6)
+    } else {
+        0
+    };
+    for k in 0..certificate_count {
+        let family = if rng.random::<f64>() < 0.6 {
+            occupation.certificate_family
+        } else {
+            rng.random_range(0..CERTIFICATE_FAMILIES.len())
+        };
+        let types = &catalog.types_by_family[family];
+        let kind = &catalog.certificate_types[types[rng.random_range(0..types.len())]];
+        let genuine = rng.random::<f64>() < 0.9;
+        let (recognized, verified, confidence) = if genuine {
+            let recognized = rng.random::<f64>() < 0.95;
+            let verified = recognized && rng.random::<f64>() < 0.85;
+            (recognized, verified, rng.random_range(0.82..1.0))
+        } else {
+            let recognized = rng.random::<f64>() < 0.6;
+            (recognized, rng.random::<f64>() < 0.05, rng.random_range(0.5..0.9))
+        };
+        if genuine && verified {
+            certificate_effect -= 0.1 * kind.tier as f64;
+        } else if !genuine {
+            certificate_effect += 0.35;
+        }
+        let day = rng.random_range(signup_day.max(start)..end);
+        let type_id = if rng.random::<f64>() < 0.002 { 999_999 } else { kind.id };
+        out.certificates.push(CertificateRow {
+            user_id,
+            number: format!("C{:010}{}", user_id, k),
+            type_id,
+            day,
+            micros: day as i64 * MICROS_PER_DAY + rng.random_range(0..MICROS_PER_DAY),
+            recognized,
+            verified,
+            confidence: confidence as f32,
+        });
+    }
+
+    let logit = -3.7
+        + occupation.effect
+        + catalog.regions[region].effect
+        - 0.2 * (income_band as f64 - 4.5)
+        + 0.015 * (35.0 - age as f64)
+        - 0.45 * stability
+        + fragment_effect
+        + certificate_effect.max(-1.2);
+    let true_pd = sigmoid(logit);
+    // P(at least one 30+ dpd among two monthly statements) = true_pd.
+    let monthly_hazard = 1.0 - (1.0 - true_pd).sqrt();
+
+    out.profiles.push(ProfileRow {
+        user_id,
+        signup_day,
+        occupation: occupation.name,
+        region,
+        income_band,
+        age,
+    });
+    out.truth.push((user_id, true_pd));
+
+    // Daily behaviour.
+    let first_day = signup_day.max(start);
+    let rent_day = rng.random_range(1..=28);
+    let pays_rent = rng.random::<f64>() < sigmoid(0.3 + 0.9 * stability);
+    let pays_utilities = rng.random::<f64>() < sigmoid(0.8 + 0.9 * stability);
+    let spend_scale = 0.6 + 0.12 * income_band as f64;
+    for day in first_day..end {
+        let date = date_of(day);
+        let at = |rng: &mut ChaCha8Rng| day as i64 * MICROS_PER_DAY + rng.random_range(0..MICROS_PER_DAY);
+        for _ in 0..poisson(&mut rng, activity) {
+            let draw: f64 = rng.random();
+            let micros = at(&mut rng);
+            if draw < 0.82 {
+                let merchant = favourites[rng.random_range(0..favourites.len())];
+                let category = &catalog.categories[catalog.merchants[merchant as usize].category];
+                let purchase = draw < 0.62;
+                let amount = purchase.then(|| {
+                    let amount = category.typical_amount
+                        * spend_scale
+                        * (0.6 * normal(&mut rng)).exp();
+                    // a few broken upstream rows
+                    if rng.random::<f64>() < 0.0001 { -amount } else { amount }
+                });
+                out.events.push(EventRow {
+                    user_id: (rng.random::<f64>() >= 0.00005).then_some(user_id),
+                    day,
+                    micros,
+                    kind: if purchase { "purchase" } else { "visit" },
+                    merchant: Some(merchant),
+                    category: Some(category.name),
+                    amount,
+                });
+            } else {
+                out.events.push(EventRow {
+                    user_id: Some(user_id),
+                    day,
+                    micros,
+                    kind: "transfer",
+                    merchant: None,
+                    category: None,
+                    amount: Some(50.0 * (normal(&mut rng)).exp()),
+                });
+            }
+        }
+        if date.day() == rent_day {
+            let on_time_share = sigmoid(1.0 + stability);
+            if pays_rent && rng.random::<f64>() < on_time_share {
+                out.events.push(EventRow {
+                    user_id: Some(user_id),
+                    day,
+                    micros: at(&mut rng),
+                    kind: "rent",
+                    merchant: None,
+                    category: None,
+                    amount: Some(400.0 * spend_scale),
+                });
+            }
+            if pays_utilities && rng.random::<f64>() < on_time_share {
+                out.events.push(EventRow {
+                    user_id: Some(user_id),
+                    day,
+                    micros: at(&mut rng),
+                    kind: "utility",
+                    merchant: None,
+                    category: None,
+                    amount: Some(60.0 * spend_scale),
+                });
+            }
+        }
+    }
+
+    // Monthly statements, due on the user's due day; the snapshot is as of `end`.
+    let due_dom = rng.random_range(1..=28);
+    let mut month = world.start().with_day(1).expect("day 1 exists");
+    while month < world.end {
+        let due = month.with_day(due_dom).expect("day <= 28 exists");
+        month = month.checked_add_months(chrono::Months::new(1)).expect("in range");
+        let due_day = epoch_day(due);
+        if due_day < first_day + 30 || due_day < start || due_day >= end {
+            continue;
+        }
+        let amount_due = (200.0 * spend_scale * (0.5 * normal(&mut rng)).exp()).round();
+        let late = if rng.random::<f64>() < monthly_hazard {
+            30 + poisson(&mut rng, 20.0) as i32
+        } else if rng.random::<f64>() < 0.08 {
+            rng.random_range(1..10)
+        } else {
+            0
+        };
+        let known_late = late.min(end - due_day);
+        let paid_in_full = due_day + late < end;
+        out.repayments.push(RepaymentRow {
+            user_id,
+            statement_day: due_day - 20,
+            due_day,
+            amount_due,
+            amount_paid: if paid_in_full { amount_due } else { 0.0 },
+            days_past_due: known_late,
+        });
+    }
+
+    // Some users ask for a lower limit; a few later lift the request.
+    if rng.random::<f64>() < 0.06 {
+        let day = rng.random_range(first_day..end);
+        let limits = [500.0, 1000.0, 2000.0, 3000.0, 5000.0];
+        out.requests.push(RequestRow {
+            user_id,
+            day,
+            micros: day as i64 * MICROS_PER_DAY + rng.random_range(0..MICROS_PER_DAY),
+            requested_limit: Some(limits[rng.random_range(0..limits.len())]),
+        });
+        if rng.random::<f64>() < 0.15 && day + 1 < end {
+            let lifted = rng.random_range(day + 1..end);
+            out.requests.push(RequestRow {
+                user_id,
+                day: lifted,
+                micros: lifted as i64 * MICROS_PER_DAY + rng.random_range(0..MICROS_PER_DAY),
+                requested_limit: None,
+            });
+        }
+    }
+    out
+}
+
+fn batch(table: &TableSchema, columns: Vec<ArrayRef>) -> Result<RecordBatch, SynthError> {
+    RecordBatch::try_new(raw_schema(table), columns).map_err(|source| SynthError::Arrow {
+        table: table.name.clone(),
+        source,
+    })
+}
+
+/// Raw files carry nullable columns: upstreams send nulls, validation quarantines them.
+fn raw_schema(table: &TableSchema) -> SchemaRef {
+    let schema = table.arrow();
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+}
+
+fn utc_micros(values: Vec<i64>) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
+}
+
+fn event_batch(rows: &[EventRow]) -> Result<RecordBatch, SynthError> {
+    batch(
+        &schema::EVENTS,
+        vec![
+            Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.user_id))),
+            utc_micros(rows.iter().map(|r| r.micros).collect()),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.kind))),
+            Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.merchant))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.category))),
+            Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.amount))),
+        ],
+    )
+}
+
+fn certificate_batch(rows: &[CertificateRow]) -> Result<RecordBatch, SynthError> {
+    batch(
+        &schema::CERTIFICATES,
+        vec![
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.user_id))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.number.as_str()))),
+            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.type_id))),
+            utc_micros(rows.iter().map(|r| r.micros).collect()),
+            Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.recognized)))),
+            Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.verified)))),
+            Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.confidence))),
+        ],
+    )
+}
+
+fn repayment_batch(rows: &[RepaymentRow]) -> Result<RecordBatch, SynthError> {
+    batch(
+        &schema::REPAYMENTS,
+        vec![
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.user_id))),
+            Arc::new(Date32Array::from_iter_values(rows.iter().map(|r| r.statement_day))),
+            Arc::new(Date32Array::from_iter_values(rows.iter().map(|r| r.due_day))),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.amount_due))),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.amount_paid))),
+            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.days_past_due))),
+        ],
+    )
+}
+
+fn request_batch(rows: &[RequestRow]) -> Result<RecordBatch, SynthError> {
+    batch(
+        &schema::LIMIT_REQUESTS,
+        vec![
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.user_id))),
+            utc_micros(rows.iter().map(|r| r.micros).collect()),
+            Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.requested_limit))),
+        ],
+    )
+}
+
+fn profile_batch(rows: &[&ProfileRow], catalog: &Catalog) -> Result<RecordBatch, SynthError> {
+    batch(
+        &schema::PROFILES,
+        vec![
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.user_id))),
+            Arc::new(Date32Array::from_iter_values(rows.iter().map(|r| r.signup_day))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.occupation))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| catalog.regions[r.region].name.as_str()),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                rows.iter().map(|r| catalog.regions[r.region].tier),
+            )),
+            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.income_band))),
+            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.age))),
+        ],
+    )
+}
+
+/// Writes rows into one file per day: `raw/<source>/dt=YYYY-MM-DD/part-<chunk>.parquet`.
+async fn write_daily<R>(
+    store: &Store,
+    source: &str,
+    chunk: u64,
+    mut rows: Vec<R>,
+    day_of: impl Fn(&R) -> i32,
+    build: impl Fn(&[R]) -> Result<RecordBatch, SynthError>,
+) -> Result<u64, SynthError> {
+    rows.sort_by_key(&day_of); // stable: user order is kept within a day
+    let mut files = 0;
+    let mut begin = 0;
+    while begin < rows.len() {
+        let day = day_of(&rows[begin]);
+        let end = begin + rows[begin..].partition_point(|r| day_of(r) == day);
+        let batch = build(&rows[begin..end])?;
+        let path = format!("raw/{source}/dt={}/part-{chunk:05}.parquet", date_of(day));
+        store.write_parquet(&path, batch.schema(), &[batch]).await?;
+        files += 1;
+        begin = end;
+    }
+    Ok(files)
+}
+
+/// Writes the whole world. Replaces any earlier world at the same root.
+pub async fn generate(store: &Store, world: &WorldConfig) -> Result<SynthSummary, SynthError> {
+    if world.users == 0 || world.days < 120 {
+        return Err(SynthError::Invalid(format!(
+            "need users > 0 and days >= 120 (90-day label window + 30-day feature window), got users={} days={}",
+            world.users, world.days
+        )));
+    }
+    let catalog = Catalog::new(world.seed, world.users);
+    for prefix in ["raw", "reference", "truth"] {
+        store.delete_prefix(prefix).await?;
+    }
+    write_certificate_types(store, &catalog).await?;
+
+    let progress = ProgressBar::new(world.users).with_style(
+        ProgressStyle::with_template("synth  {bar:40} {pos}/{len} users  {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut summary = SynthSummary {
+        users: world.users,
+        ..Default::default()
+    };
+    let mut pd_sum = 0.0;
+    let mut snapshot_days: Vec<i32> = (epoch_day(world.start())..epoch_day(world.end))
+        .filter(|&day| date_of(day).day() == 1)
+        .collect();
+    snapshot_days.push(epoch_day(world.end) - 1);
+    snapshot_days.dedup();
+    for (chunk, first) in (0..world.users).step_by(USERS_PER_CHUNK as usize).enumerate() {
+        let chunk = chunk as u64;
+        let last = (first + USERS_PER_CHUNK).min(world.users);
+        let per_user: Vec<ChunkRows> = (first..last)
+            .into_par_iter()
+            .map(|user| generate_user(world, &catalog, user + 1))
+            .collect();
+        let mut rows = ChunkRows::default();
+        for user in per_user {
+            rows.profiles.extend(user.profiles);
+            rows.truth.extend(user.truth);
+            rows.events.extend(user.events);
+            rows.certificates.extend(user.certificates);
+            rows.repayments.extend(user.repayments);
+            rows.requests.extend(user.requests);
+        }
+        summary.events += rows.events.len() as u64;
+        summary.certificates += rows.certificates.len() as u64;
+        summary.repayments += rows.repayments.len() as u64;
+        summary.limit_requests += rows.requests.len() as u64;
+        pd_sum += rows.truth.iter().map(|(_, pd)| pd).sum::<f64>();
+
+        // Profile snapshots: monthly, and one on the last day. A snapshot lists the users
+        // who had signed up by its day, so features as of any date can use the newest
+        // snapshot before it.
+        for &day in &snapshot_days {
+            let alive: Vec<&ProfileRow> = rows.profiles.iter().filter(|p| p.signup_day <= day).collect();
+            let profiles = profile_batch(&alive, &catalog)?;
+            let path = format!("raw/profiles/dt={}/part-{chunk:05}.parquet", date_of(day));
+            store.write_parquet(&path, profiles.schema(), &[profiles]).await?;
+            summary.files += 1;
+        }
+        let truth = RecordBatch::try_new(
+            schema::TRUTH.arrow(),
+            vec![
+                Arc::new(UInt64Array::from_iter_values(rows.truth.iter().map(|t| t.0))),
+                Arc::new(Float64Array::from_iter_values(rows.truth.iter().map(|t| t.1))),
+            ],
+        )
+        .map_err(|source| SynthError::Arrow {
+            table: "truth".into(),
+            source,
+        })?;
+        let path = format!("truth/true_pd/part-{chunk:05}.parquet");
+        store.write_parquet(&path, truth.schema(), &[truth]).await?;
+        summary.files += 1;
+        summary.files += write_daily(store, "events", chunk, rows.events, |r| r.day, event_batch).await?;
+        summary.files +=
+            write_daily(store, "certificates", chunk, rows.certificates, |r| r.day, certificate_batch)
+                .await?;
+        summary.files +=
+            write_daily(store, "repayments", chunk, rows.repayments, |r| r.due_day, repayment_batch)
+                .await?;
+        summary.files +=
+            write_daily(store, "limit_requests", chunk, rows.requests, |r| r.day, request_batch)
+                .await?;
+        progress.inc(last - first);
+        info!(chunk, users = last - first, "synth chunk written");
+    }
+    progress.finish_and_clear();
+    summary.mean_true_pd = pd_sum / world.users as f64;
+    let descriptor = serde_json::to_vec_pretty(world).map_err(|e| SynthError::Invalid(e.to_string()))?;
+    store.put(WORLD_FILE, descriptor.into()).await?;
+    Ok(summary)
+}
+
+async fn write_certificate_types(store: &Store, catalog: &Catalog) -> Result<(), SynthError> {
+    let types = &catalog.certificate_types;
+    let batch = batch(
+        &schema::CERTIFICATE_TYPES,
+        vec![
+            Arc::new(UInt32Array::from_iter_values(types.iter().map(|t| t.id))),
+            Arc::new(StringArray::from_iter_values(types.iter().map(|t| t.name.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                types.iter().map(|t| CERTIFICATE_FAMILIES[t.family]),
+            )),
+            Arc::new(Int32Array::from_iter_values(types.iter().map(|t| t.tier))),
+        ],
+    )?;
+    store
+        .write_parquet("reference/certificate_types/part-00000.parquet", batch.schema(), &[batch])
+        .await?;
+    Ok(())
+}
+
+/// The world description at `store`, if a world was generated there.
+pub async fn read_world(store: &Store) -> Result<Option<WorldConfig>, SynthError> {
+    match store.get(WORLD_FILE).await? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| SynthError::Invalid(format!("{WORLD_FILE}: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn world() -> WorldConfig {
+        WorldConfig {
+            users: 200,
+            days: 150,
+            end: NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(),
+            seed: 3,
+        }
+    }
+
+    #[test]
+    fn a_user_is_the_same_whatever_else_is_generated() {
+        let world = world();
+        let catalog = Catalog::new(world.seed, world.users);
+        let a = generate_user(&world, &catalog, 17);
+        let b = generate_user(&world, &catalog, 17);
+        assert_eq!(a.events.len(), b.events.len());
+        assert_eq!(a.truth[0].1, b.truth[0].1);
+    }
+
+    #[test]
+    fn true_pd_sits_in_a_consumer_credit_range() {
+        let world = world();
+        let catalog = Catalog::new(world.seed, world.users);
+        let pds: Vec<f64> = (1..=2000)
+            .map(|u| generate_user(&world, &catalog, u).truth[0].1)
+            .collect();
+        let mean = pds.iter().sum::<f64>() / pds.len() as f64;
+        assert!((0.02..0.2).contains(&mean), "mean true pd {mean}");
+    }
+
+    #[test]
+    fn no_row_falls_after_the_world_end() {
+        let world = world();
+        let catalog = Catalog::new(world.seed, world.users);
+        let end = epoch_day(world.end);
+        for u in 1..=100 {
+            let rows = generate_user(&world, &catalog, u);
+            assert!(rows.events.iter().all(|e| e.day < end));
+            assert!(rows.repayments.iter().all(|r| r.due_day < end));
+            assert!(rows.certificates.iter().all(|c| c.day < end));
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! The one integration-test binary (each file under tests/ would link DataFusion and Burn into
+//! a binary of its own). One module per area.
+
+mod chain;
+mod publishing;
+mod support;
