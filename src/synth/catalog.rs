@@ -176,16 +176,18 @@ impl Catalog {
         let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(seed, 0, 0xCA7A));
         let occupations = OCCUPATIONS
             .iter()
-            .map(|&(name, effect, income_band, certificate_family)| Occupation {
-                name,
-                effect,
-                income_band,
-                certificate_family,
-            })
+            .map(
+                |&(name, effect, income_band, certificate_family)| Occupation {
+                    name,
+                    effect,
+                    income_band,
+                    certificate_family,
+                },
+            )
             .collect();
         let regions = (0..40)
             .map(|i| {
-                let tier = 1 + (i / 10) as i32;
+                let tier = 1 + i / 10;
                 Region {
                     name: format!("city_{i:02}"),
                     tier,
@@ -230,7 +232,10 @@ impl Catalog {
                 types_by_family[family].push(certificate_types.len());
                 certificate_types.push(CertificateType {
                     id,
-                    name: format!("{}_{}_level{}_{}", CERTIFICATE_FAMILIES[family], subject, tier, k),
+                    name: format!(
+                        "{}_{}_level{}_{}",
+                        CERTIFICATE_FAMILIES[family], subject, tier, k
+                    ),
                     family,
                     tier,
                 });

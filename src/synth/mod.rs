@@ -200,7 +200,11 @@ fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkR
             (recognized, verified, rng.random_range(0.82..1.0))
         } else {
             let recognized = rng.random::<f64>() < 0.6;
-            (recognized, rng.random::<f64>() < 0.05, rng.random_range(0.5..0.9))
+            (
+                recognized,
+                rng.random::<f64>() < 0.05,
+                rng.random_range(0.5..0.9),
+            )
         };
         if genuine && verified {
             certificate_effect -= 0.1 * kind.tier as f64;
@@ -208,7 +212,11 @@ fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkR
             certificate_effect += 0.35;
         }
         let day = rng.random_range(signup_day.max(start)..end);
-        let type_id = if rng.random::<f64>() < 0.002 { 999_999 } else { kind.id };
+        let type_id = if rng.random::<f64>() < 0.002 {
+            999_999
+        } else {
+            kind.id
+        };
         out.certificates.push(CertificateRow {
             user_id,
             number: format!("C{:010}{}", user_id, k),
@@ -221,9 +229,7 @@ fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkR
         });
     }
 
-    let logit = -3.7
-        + occupation.effect
-        + catalog.regions[region].effect
+    let logit = -3.7 + occupation.effect + catalog.regions[region].effect
         - 0.2 * (income_band as f64 - 4.5)
         + 0.015 * (35.0 - age as f64)
         - 0.45 * stability
@@ -251,7 +257,9 @@ fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkR
     let spend_scale = 0.6 + 0.12 * income_band as f64;
     for day in first_day..end {
         let date = date_of(day);
-        let at = |rng: &mut ChaCha8Rng| day as i64 * MICROS_PER_DAY + rng.random_range(0..MICROS_PER_DAY);
+        let at = |rng: &mut ChaCha8Rng| {
+            day as i64 * MICROS_PER_DAY + rng.random_range(0..MICROS_PER_DAY)
+        };
         for _ in 0..poisson(&mut rng, activity) {
             let draw: f64 = rng.random();
             let micros = at(&mut rng);
@@ -260,11 +268,14 @@ fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkR
                 let category = &catalog.categories[catalog.merchants[merchant as usize].category];
                 let purchase = draw < 0.62;
                 let amount = purchase.then(|| {
-                    let amount = category.typical_amount
-                        * spend_scale
-                        * (0.6 * normal(&mut rng)).exp();
+                    let amount =
+                        category.typical_amount * spend_scale * (0.6 * normal(&mut rng)).exp();
                     // a few broken upstream rows
-                    if rng.random::<f64>() < 0.0001 { -amount } else { amount }
+                    if rng.random::<f64>() < 0.0001 {
+                        -amount
+                    } else {
+                        amount
+                    }
                 });
                 out.events.push(EventRow {
                     user_id: (rng.random::<f64>() >= 0.00005).then_some(user_id),
@@ -319,7 +330,9 @@ fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkR
     let mut month = world.start().with_day(1).expect("day 1 exists");
     while month < world.end {
         let due = month.with_day(due_dom).expect("day <= 28 exists");
-        month = month.checked_add_months(chrono::Months::new(1)).expect("in range");
+        month = month
+            .checked_add_months(chrono::Months::new(1))
+            .expect("in range");
         let due_day = epoch_day(due);
         if due_day < first_day + 30 || due_day < start || due_day >= end {
             continue;
@@ -407,13 +420,25 @@ fn certificate_batch(rows: &[CertificateRow]) -> Result<RecordBatch, SynthError>
     batch(
         &schema::CERTIFICATES,
         vec![
-            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.user_id))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.number.as_str()))),
-            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.type_id))),
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|r| r.user_id),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.number.as_str()),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                rows.iter().map(|r| r.type_id),
+            )),
             utc_micros(rows.iter().map(|r| r.micros).collect()),
-            Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.recognized)))),
-            Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.verified)))),
-            Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.confidence))),
+            Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|r| Some(r.recognized)),
+            )),
+            Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|r| Some(r.verified)),
+            )),
+            Arc::new(Float32Array::from_iter_values(
+                rows.iter().map(|r| r.confidence),
+            )),
         ],
     )
 }
@@ -422,12 +447,24 @@ fn repayment_batch(rows: &[RepaymentRow]) -> Result<RecordBatch, SynthError> {
     batch(
         &schema::REPAYMENTS,
         vec![
-            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.user_id))),
-            Arc::new(Date32Array::from_iter_values(rows.iter().map(|r| r.statement_day))),
-            Arc::new(Date32Array::from_iter_values(rows.iter().map(|r| r.due_day))),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.amount_due))),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.amount_paid))),
-            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.days_past_due))),
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|r| r.user_id),
+            )),
+            Arc::new(Date32Array::from_iter_values(
+                rows.iter().map(|r| r.statement_day),
+            )),
+            Arc::new(Date32Array::from_iter_values(
+                rows.iter().map(|r| r.due_day),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|r| r.amount_due),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|r| r.amount_paid),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                rows.iter().map(|r| r.days_past_due),
+            )),
         ],
     )
 }
@@ -436,9 +473,13 @@ fn request_batch(rows: &[RequestRow]) -> Result<RecordBatch, SynthError> {
     batch(
         &schema::LIMIT_REQUESTS,
         vec![
-            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.user_id))),
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|r| r.user_id),
+            )),
             utc_micros(rows.iter().map(|r| r.micros).collect()),
-            Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.requested_limit))),
+            Arc::new(Float64Array::from_iter(
+                rows.iter().map(|r| r.requested_limit),
+            )),
         ],
     )
 }
@@ -447,16 +488,24 @@ fn profile_batch(rows: &[&ProfileRow], catalog: &Catalog) -> Result<RecordBatch,
     batch(
         &schema::PROFILES,
         vec![
-            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.user_id))),
-            Arc::new(Date32Array::from_iter_values(rows.iter().map(|r| r.signup_day))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.occupation))),
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|r| r.user_id),
+            )),
+            Arc::new(Date32Array::from_iter_values(
+                rows.iter().map(|r| r.signup_day),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.occupation),
+            )),
             Arc::new(StringArray::from_iter_values(
                 rows.iter().map(|r| catalog.regions[r.region].name.as_str()),
             )),
             Arc::new(Int32Array::from_iter_values(
                 rows.iter().map(|r| catalog.regions[r.region].tier),
             )),
-            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.income_band))),
+            Arc::new(Int32Array::from_iter_values(
+                rows.iter().map(|r| r.income_band),
+            )),
             Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.age))),
         ],
     )
@@ -514,7 +563,10 @@ pub async fn generate(store: &Store, world: &WorldConfig) -> Result<SynthSummary
         .collect();
     snapshot_days.push(epoch_day(world.end) - 1);
     snapshot_days.dedup();
-    for (chunk, first) in (0..world.users).step_by(USERS_PER_CHUNK as usize).enumerate() {
+    for (chunk, first) in (0..world.users)
+        .step_by(USERS_PER_CHUNK as usize)
+        .enumerate()
+    {
         let chunk = chunk as u64;
         let last = (first + USERS_PER_CHUNK).min(world.users);
         let per_user: Vec<ChunkRows> = (first..last)
@@ -540,17 +592,27 @@ pub async fn generate(store: &Store, world: &WorldConfig) -> Result<SynthSummary
         // who had signed up by its day, so features as of any date can use the newest
         // snapshot before it.
         for &day in &snapshot_days {
-            let alive: Vec<&ProfileRow> = rows.profiles.iter().filter(|p| p.signup_day <= day).collect();
+            let alive: Vec<&ProfileRow> = rows
+                .profiles
+                .iter()
+                .filter(|p| p.signup_day <= day)
+                .collect();
             let profiles = profile_batch(&alive, &catalog)?;
             let path = format!("raw/profiles/dt={}/part-{chunk:05}.parquet", date_of(day));
-            store.write_parquet(&path, profiles.schema(), &[profiles]).await?;
+            store
+                .write_parquet(&path, profiles.schema(), &[profiles])
+                .await?;
             summary.files += 1;
         }
         let truth = RecordBatch::try_new(
             schema::TRUTH.arrow(),
             vec![
-                Arc::new(UInt64Array::from_iter_values(rows.truth.iter().map(|t| t.0))),
-                Arc::new(Float64Array::from_iter_values(rows.truth.iter().map(|t| t.1))),
+                Arc::new(UInt64Array::from_iter_values(
+                    rows.truth.iter().map(|t| t.0),
+                )),
+                Arc::new(Float64Array::from_iter_values(
+                    rows.truth.iter().map(|t| t.1),
+                )),
             ],
         )
         .map_err(|source| SynthError::Arrow {
@@ -560,22 +622,42 @@ pub async fn generate(store: &Store, world: &WorldConfig) -> Result<SynthSummary
         let path = format!("truth/true_pd/part-{chunk:05}.parquet");
         store.write_parquet(&path, truth.schema(), &[truth]).await?;
         summary.files += 1;
-        summary.files += write_daily(store, "events", chunk, rows.events, |r| r.day, event_batch).await?;
         summary.files +=
-            write_daily(store, "certificates", chunk, rows.certificates, |r| r.day, certificate_batch)
-                .await?;
-        summary.files +=
-            write_daily(store, "repayments", chunk, rows.repayments, |r| r.due_day, repayment_batch)
-                .await?;
-        summary.files +=
-            write_daily(store, "limit_requests", chunk, rows.requests, |r| r.day, request_batch)
-                .await?;
+            write_daily(store, "events", chunk, rows.events, |r| r.day, event_batch).await?;
+        summary.files += write_daily(
+            store,
+            "certificates",
+            chunk,
+            rows.certificates,
+            |r| r.day,
+            certificate_batch,
+        )
+        .await?;
+        summary.files += write_daily(
+            store,
+            "repayments",
+            chunk,
+            rows.repayments,
+            |r| r.due_day,
+            repayment_batch,
+        )
+        .await?;
+        summary.files += write_daily(
+            store,
+            "limit_requests",
+            chunk,
+            rows.requests,
+            |r| r.day,
+            request_batch,
+        )
+        .await?;
         progress.inc(last - first);
         info!(chunk, users = last - first, "synth chunk written");
     }
     progress.finish_and_clear();
     summary.mean_true_pd = pd_sum / world.users as f64;
-    let descriptor = serde_json::to_vec_pretty(world).map_err(|e| SynthError::Invalid(e.to_string()))?;
+    let descriptor =
+        serde_json::to_vec_pretty(world).map_err(|e| SynthError::Invalid(e.to_string()))?;
     store.put(WORLD_FILE, descriptor.into()).await?;
     Ok(summary)
 }
@@ -586,7 +668,9 @@ async fn write_certificate_types(store: &Store, catalog: &Catalog) -> Result<(),
         &schema::CERTIFICATE_TYPES,
         vec![
             Arc::new(UInt32Array::from_iter_values(types.iter().map(|t| t.id))),
-            Arc::new(StringArray::from_iter_values(types.iter().map(|t| t.name.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                types.iter().map(|t| t.name.as_str()),
+            )),
             Arc::new(StringArray::from_iter_values(
                 types.iter().map(|t| CERTIFICATE_FAMILIES[t.family]),
             )),
@@ -594,7 +678,11 @@ async fn write_certificate_types(store: &Store, catalog: &Catalog) -> Result<(),
         ],
     )?;
     store
-        .write_parquet("reference/certificate_types/part-00000.parquet", batch.schema(), &[batch])
+        .write_parquet(
+            "reference/certificate_types/part-00000.parquet",
+            batch.schema(),
+            &[batch],
+        )
         .await?;
     Ok(())
 }

@@ -37,7 +37,8 @@ pub fn poisson(rng: &mut impl Rng, lambda: f64) -> u32 {
 pub fn pick_cdf(rng: &mut impl Rng, cdf: &[f64]) -> usize {
     let total = *cdf.last().unwrap_or(&0.0);
     let target = rng.random::<f64>() * total;
-    cdf.partition_point(|&c| c <= target).min(cdf.len().saturating_sub(1))
+    cdf.partition_point(|&c| c <= target)
+        .min(cdf.len().saturating_sub(1))
 }
 
 pub fn pick_weighted(rng: &mut impl Rng, weights: &[f64]) -> usize {
