@@ -28,9 +28,15 @@ pub enum SourceError {
     #[error("no files under {0}: is this a redflower root? (run `redflower synth` to make one)")]
     Empty(String),
     #[error("no {source_name} snapshot before {before} under raw/{source_name}/")]
-    NoSnapshot { source_name: String, before: NaiveDate },
+    NoSnapshot {
+        source_name: String,
+        before: NaiveDate,
+    },
     #[error("validating {source_name}: {error}")]
-    Query { source_name: String, error: DataFusionError },
+    Query {
+        source_name: String,
+        error: DataFusionError,
+    },
     #[error(
         "{source_name}: {bad} of {total} rows ({share:.3}%) failed validation, above the limit of {limit:.3}%; see {quarantine}"
     )]
@@ -66,7 +72,10 @@ pub fn sources() -> Vec<Source> {
             rules: &[
                 ("user_id IS NULL", "null user_id"),
                 ("signup_date IS NULL", "null signup_date"),
-                ("income_band NOT BETWEEN 1 AND 8", "income_band outside 1..8"),
+                (
+                    "income_band NOT BETWEEN 1 AND 8",
+                    "income_band outside 1..8",
+                ),
             ],
             lookup: "",
         },
@@ -89,7 +98,10 @@ pub fn sources() -> Vec<Source> {
                 ("user_id IS NULL", "null user_id"),
                 ("uploaded_at IS NULL", "null uploaded_at"),
                 ("known_type_id IS NULL", "unknown certificate type"),
-                ("confidence NOT BETWEEN 0 AND 1", "confidence outside [0, 1]"),
+                (
+                    "confidence NOT BETWEEN 0 AND 1",
+                    "confidence outside [0, 1]",
+                ),
             ],
             lookup: "LEFT JOIN (SELECT cert_type_id AS known_type_id FROM certificate_types) known \
                      ON cert_type_id = known.known_type_id",
@@ -181,12 +193,21 @@ async fn register_raw(
         })
 }
 
-async fn query(ctx: &SessionContext, source: &str, sql: &str) -> Result<Vec<RecordBatch>, SourceError> {
+async fn query(
+    ctx: &SessionContext,
+    source: &str,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, SourceError> {
     let error = |error| SourceError::Query {
         source_name: source.to_string(),
         error,
     };
-    ctx.sql(sql).await.map_err(error)?.collect().await.map_err(error)
+    ctx.sql(sql)
+        .await
+        .map_err(error)?
+        .collect()
+        .await
+        .map_err(error)
 }
 
 /// The `dt` partitions of a source, sorted.
@@ -231,7 +252,12 @@ pub async fn validate_and_register(
     max_bad_share: f64,
 ) -> Result<Vec<SourceReport>, SourceError> {
     store.register(ctx);
-    check_files(store, "reference/certificate_types", &schema::CERTIFICATE_TYPES).await?;
+    check_files(
+        store,
+        "reference/certificate_types",
+        &schema::CERTIFICATE_TYPES,
+    )
+    .await?;
     register_raw(
         ctx,
         store,
@@ -250,7 +276,12 @@ pub async fn validate_and_register(
         let raw = format!("raw_{name}");
         register_raw(ctx, store, &raw, &folder, source.table, true).await?;
 
-        let columns: Vec<&str> = source.table.fields.iter().map(|f| f.name.as_str()).collect();
+        let columns: Vec<&str> = source
+            .table
+            .fields
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
         let columns = columns.join(", ");
         let arms: String = source
             .rules
@@ -266,11 +297,25 @@ pub async fn validate_and_register(
         );
         query(ctx, &name, &clean).await?;
 
-        let bad = query(ctx, &name, &format!("SELECT * FROM ({checked}) WHERE quarantine_reason IS NOT NULL")).await?;
-        let total = query(ctx, &name, &format!("SELECT COUNT(*) FROM {raw} WHERE dt < '{run_date}'")).await?;
+        let bad = query(
+            ctx,
+            &name,
+            &format!("SELECT * FROM ({checked}) WHERE quarantine_reason IS NOT NULL"),
+        )
+        .await?;
+        let total = query(
+            ctx,
+            &name,
+            &format!("SELECT COUNT(*) FROM {raw} WHERE dt < '{run_date}'"),
+        )
+        .await?;
         let total = total
             .first()
-            .and_then(|b| b.column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>())
+            .and_then(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            })
             .map(|a| a.value(0) as u64)
             .unwrap_or(0);
         let quarantined: u64 = bad.iter().map(|b| b.num_rows() as u64).sum();
@@ -287,11 +332,19 @@ pub async fn validate_and_register(
             }
             let schema = Arc::clone(&bad[0].schema());
             store
-                .write_parquet(&format!("{quarantine_folder}/part-00000.parquet"), schema, &bad)
+                .write_parquet(
+                    &format!("{quarantine_folder}/part-00000.parquet"),
+                    schema,
+                    &bad,
+                )
                 .await?;
             warn!(source = %name, quarantined, ?reasons, "rows quarantined");
         }
-        let share = if total == 0 { 0.0 } else { quarantined as f64 / total as f64 };
+        let share = if total == 0 {
+            0.0
+        } else {
+            quarantined as f64 / total as f64
+        };
         if share > max_bad_share {
             return Err(SourceError::TooManyBadRows {
                 source_name: name,
