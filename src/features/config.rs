@@ -125,8 +125,11 @@ impl FeatureConfig {
 
     /// The families shipped in `pipelines/features.toml`, compiled in for `demo`.
     pub fn builtin() -> FeatureConfig {
-        Self::parse(include_str!("../../pipelines/features.toml"), "pipelines/features.toml")
-            .expect("the shipped features.toml is valid")
+        Self::parse(
+            include_str!("../../pipelines/features.toml"),
+            "pipelines/features.toml",
+        )
+        .expect("the shipped features.toml is valid")
     }
 
     pub fn parse(text: &str, file: &str) -> Result<FeatureConfig, ConfigError> {
@@ -156,27 +159,41 @@ impl FeatureConfig {
             };
             let needs_value = matches!(
                 family.aggregate,
-                Aggregate::Sum | Aggregate::Mean | Aggregate::Max | Aggregate::Min | Aggregate::DistinctCount
+                Aggregate::Sum
+                    | Aggregate::Mean
+                    | Aggregate::Max
+                    | Aggregate::Min
+                    | Aggregate::DistinctCount
             );
             if needs_value && family.value.is_none() {
-                return Err(invalid(format!("aggregate {:?} needs `value`", family.aggregate)));
+                return Err(invalid(format!(
+                    "aggregate {:?} needs `value`",
+                    family.aggregate
+                )));
             }
             if family.window_days().iter().any(|w| matches!(w, Some(0)))
-                || family.windows.iter().zip(family.window_days()).any(|(_, d)| d.is_none())
+                || family
+                    .windows
+                    .iter()
+                    .zip(family.window_days())
+                    .any(|(_, d)| d.is_none())
             {
                 return Err(invalid(format!(
                     "windows {:?}: each must look like \"30d\" with at least one day",
                     family.windows
                 )));
             }
-            if table.time_column.is_none() && (!family.windows.is_empty() || family.time.is_some()) {
+            if table.time_column.is_none() && (!family.windows.is_empty() || family.time.is_some())
+            {
                 return Err(invalid(format!(
                     "source '{}' is a snapshot: it takes no windows and no time",
                     family.source
                 )));
             }
             if table.time_column.is_none() && family.aggregate == Aggregate::DaysSinceLast {
-                return Err(invalid("days_since_last needs a source with a time column".into()));
+                return Err(invalid(
+                    "days_since_last needs a source with a time column".into(),
+                ));
             }
             if family.top_k == Some(0) {
                 return Err(invalid("top_k must be at least 1".into()));
@@ -204,8 +221,13 @@ mod tests {
             source = "events"
             aggregate = "sum"
         "#;
-        let err = FeatureConfig::parse(text, "f.toml").unwrap_err().to_string();
-        assert!(err.contains("f.toml") && err.contains("'spend'") && err.contains("value"), "{err}");
+        let err = FeatureConfig::parse(text, "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("f.toml") && err.contains("'spend'") && err.contains("value"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -217,7 +239,9 @@ mod tests {
             aggregate = "count"
             colour = "red"
         "#;
-        let err = FeatureConfig::parse(text, "f.toml").unwrap_err().to_string();
+        let err = FeatureConfig::parse(text, "f.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("colour"), "{err}");
     }
 
@@ -231,7 +255,9 @@ mod tests {
             aggregate = "indicator"
             windows = ["30d"]
         "#;
-        let err = FeatureConfig::parse(text, "f.toml").unwrap_err().to_string();
+        let err = FeatureConfig::parse(text, "f.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("snapshot"), "{err}");
     }
 }

@@ -72,10 +72,18 @@ impl FeatureDictionary {
             return Ok(dictionary);
         }
         for batch in store.read_parquet(DICTIONARY_FILE).await? {
-            let names = cast(batch.column(1), &DataType::Utf8).map_err(|e| parquet_error(e.into()))?;
-            let families = cast(batch.column(2), &DataType::Utf8).map_err(|e| parquet_error(e.into()))?;
-            let names = names.as_any().downcast_ref::<StringArray>().expect("cast to Utf8");
-            let families = families.as_any().downcast_ref::<StringArray>().expect("cast to Utf8");
+            let names =
+                cast(batch.column(1), &DataType::Utf8).map_err(|e| parquet_error(e.into()))?;
+            let families =
+                cast(batch.column(2), &DataType::Utf8).map_err(|e| parquet_error(e.into()))?;
+            let names = names
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("cast to Utf8");
+            let families = families
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("cast to Utf8");
             for row in 0..batch.num_rows() {
                 dictionary.id_or_insert(names.value(row), families.value(row));
             }
@@ -93,7 +101,9 @@ impl FeatureDictionary {
             ],
         )
         .map_err(|e| parquet_error(e.into()))?;
-        store.write_parquet(DICTIONARY_FILE, batch.schema(), &[batch]).await?;
+        store
+            .write_parquet(DICTIONARY_FILE, batch.schema(), &[batch])
+            .await?;
         Ok(())
     }
 }

@@ -63,7 +63,9 @@ impl FeatureSet {
 
     pub fn distinct_features(&self) -> usize {
         let mut seen = vec![false; self.feature_ids.iter().max().map_or(0, |m| *m as usize + 1)];
-        self.feature_ids.iter().for_each(|&f| seen[f as usize] = true);
+        self.feature_ids
+            .iter()
+            .for_each(|&f| seen[f as usize] = true);
         seen.into_iter().filter(|s| *s).count()
     }
 }
@@ -98,7 +100,9 @@ fn family_sql(
     let key = family
         .key
         .as_ref()
-        .map_or("CAST(NULL AS VARCHAR)".to_string(), |k| format!("CAST(({k}) AS VARCHAR)"));
+        .map_or("CAST(NULL AS VARCHAR)".to_string(), |k| {
+            format!("CAST(({k}) AS VARCHAR)")
+        });
     let value = family.value.as_deref().unwrap_or("1");
     let mut conditions = vec!["user_id IS NOT NULL".to_string()];
     if let Some(k) = &family.key {
@@ -142,7 +146,9 @@ fn family_sql(
         Aggregate::DaysSinceLast => format!(
             "{} - MAX(CAST({} AS INT))",
             (as_of - NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid")).num_days(),
-            known_at.as_deref().expect("validated: days_since_last needs time")
+            known_at
+                .as_deref()
+                .expect("validated: days_since_last needs time")
         ),
     };
     let group_by = if family.key.is_some() {
@@ -194,13 +200,22 @@ pub async fn population(
     Ok(users)
 }
 
-async fn run(ctx: &SessionContext, family: &str, sql: &str) -> Result<Vec<RecordBatch>, FeatureError> {
+async fn run(
+    ctx: &SessionContext,
+    family: &str,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, FeatureError> {
     let error = |error| FeatureError::Query {
         family: family.to_string(),
         sql: sql.to_string(),
         error,
     };
-    ctx.sql(sql).await.map_err(error)?.collect().await.map_err(error)
+    ctx.sql(sql)
+        .await
+        .map_err(error)?
+        .collect()
+        .await
+        .map_err(error)
 }
 
 /// Builds the features of every user alive at `as_of`. The sources must already be
@@ -225,10 +240,11 @@ pub async fn build(
             // (user, key, value) rows, then keep the keys with enough support
             let mut rows: Vec<(u64, Option<String>, f64)> = Vec::new();
             for batch in &batches {
-                let keys = cast(batch.column(1), &DataType::Utf8).map_err(|e| FeatureError::Result {
-                    family: family.name.clone(),
-                    problem: e.to_string(),
-                })?;
+                let keys =
+                    cast(batch.column(1), &DataType::Utf8).map_err(|e| FeatureError::Result {
+                        family: family.name.clone(),
+                        problem: e.to_string(),
+                    })?;
                 let keys = keys.as_string::<i32>();
                 let users = batch.column(0).as_primitive::<UInt64Type>();
                 let vals = batch.column(2).as_primitive::<Float64Type>();
@@ -329,7 +345,10 @@ mod tests {
     use super::*;
 
     fn family(toml_text: &str) -> FeatureFamily {
-        FeatureConfig::parse(toml_text, "t.toml").unwrap().families.remove(0)
+        FeatureConfig::parse(toml_text, "t.toml")
+            .unwrap()
+            .families
+            .remove(0)
     }
 
     #[test]
@@ -339,9 +358,18 @@ mod tests {
         );
         let as_of = NaiveDate::from_ymd_opt(2026, 6, 30).unwrap();
         let sql = family_sql(&f, Some(30), as_of, None);
-        assert!(sql.contains("CAST(event_time AS DATE) < DATE '2026-06-30'"), "{sql}");
-        assert!(sql.contains("CAST(event_time AS DATE) >= DATE '2026-05-31'"), "{sql}");
-        assert!(sql.contains("dt >= '2026-05-31'") && sql.contains("dt < '2026-06-30'"), "{sql}");
+        assert!(
+            sql.contains("CAST(event_time AS DATE) < DATE '2026-06-30'"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("CAST(event_time AS DATE) >= DATE '2026-05-31'"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("dt >= '2026-05-31'") && sql.contains("dt < '2026-06-30'"),
+            "{sql}"
+        );
     }
 
     #[test]
@@ -351,7 +379,10 @@ mod tests {
         );
         let as_of = NaiveDate::from_ymd_opt(2026, 6, 30).unwrap();
         let sql = family_sql(&f, Some(120), as_of, None);
-        assert!(sql.contains("CAST((due_date + INTERVAL '30' DAY) AS DATE) < DATE '2026-06-30'"), "{sql}");
+        assert!(
+            sql.contains("CAST((due_date + INTERVAL '30' DAY) AS DATE) < DATE '2026-06-30'"),
+            "{sql}"
+        );
         assert!(!sql.contains("dt >="), "{sql}");
     }
 
@@ -360,6 +391,9 @@ mod tests {
         let f = family(
             "[[family]]\nname='visits'\nsource='events'\nkey='merchant_id'\naggregate='count'\nwindows=['30d']",
         );
-        assert_eq!(feature_name(&f, Some(30), Some("8812")), "visits_30d[merchant_id=8812]");
+        assert_eq!(
+            feature_name(&f, Some(30), Some("8812")),
+            "visits_30d[merchant_id=8812]"
+        );
     }
 }
