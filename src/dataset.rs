@@ -21,7 +21,9 @@ use crate::features::FeatureSet;
 pub enum DatasetError {
     #[error("computing labels: {error}\n  query: {sql}")]
     Query { sql: String, error: DataFusionError },
-    #[error("the training set as of {as_of} has {rows} labelled users and {positives} defaults: too few to train on")]
+    #[error(
+        "the training set as of {as_of} has {rows} labelled users and {positives} defaults: too few to train on"
+    )]
     TooSmall {
         as_of: NaiveDate,
         rows: usize,
@@ -140,7 +142,13 @@ pub async fn labels(
         sql: sql.clone(),
         error,
     };
-    let batches = ctx.sql(&sql).await.map_err(error)?.collect().await.map_err(error)?;
+    let batches = ctx
+        .sql(&sql)
+        .await
+        .map_err(error)?
+        .collect()
+        .await
+        .map_err(error)?;
     let mut out = HashMap::new();
     for batch in &batches {
         let users = batch.column(0).as_primitive::<UInt64Type>();

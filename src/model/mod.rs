@@ -134,13 +134,18 @@ pub async fn register(
         values_sha256: digest,
     };
     store
-        .put(&format!("models/{version}/weights.safetensors"), weights.into())
+        .put(
+            &format!("models/{version}/weights.safetensors"),
+            weights.into(),
+        )
         .await?;
     let json = serde_json::to_vec_pretty(&card).map_err(|e| ModelError::Artifact {
         version: version.clone(),
         problem: e.to_string(),
     })?;
-    store.put(&format!("models/{version}/model.json"), json.into()).await?;
+    store
+        .put(&format!("models/{version}/model.json"), json.into())
+        .await?;
     Ok(Model {
         card,
         network: trained.network.clone(),
@@ -259,9 +264,14 @@ mod tests {
         dictionary.id_or_insert("risky", "t");
         dictionary.id_or_insert("safe", "t");
         let as_of = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
-        let model = register(&store, &trained, &dictionary, as_of, &config()).await.unwrap();
+        let model = register(&store, &trained, &dictionary, as_of, &config())
+            .await
+            .unwrap();
         let loaded = load(&store, &model.card.version, &device).await.unwrap();
-        assert_eq!(loaded.network.coefficients(), trained.network.coefficients());
+        assert_eq!(
+            loaded.network.coefficients(),
+            trained.network.coefficients()
+        );
         loaded.check_dictionary(&dictionary).unwrap();
         dictionary.id_or_insert("new_feature", "t");
         loaded.check_dictionary(&dictionary).unwrap();

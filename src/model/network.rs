@@ -49,7 +49,12 @@ impl SparseLogistic {
             .into_data()
             .try_into_vec_as::<f32>()
             .unwrap_or_default();
-        let bias: Vec<f32> = self.bias.val().into_data().try_into_vec_as::<f32>().unwrap_or_default();
+        let bias: Vec<f32> = self
+            .bias
+            .val()
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap_or_default();
         (weights[1..].to_vec(), bias.first().copied().unwrap_or(0.0))
     }
 
@@ -77,7 +82,13 @@ impl PaddedBatch {
     pub fn new(csr: &Csr, rows: &[usize], n_features: usize, device: &Device) -> PaddedBatch {
         let width = rows
             .iter()
-            .map(|&r| csr.row(r).0.iter().filter(|&&id| (id as usize) < n_features).count())
+            .map(|&r| {
+                csr.row(r)
+                    .0
+                    .iter()
+                    .filter(|&&id| (id as usize) < n_features)
+                    .count()
+            })
             .max()
             .unwrap_or(0)
             .max(1);

@@ -44,7 +44,12 @@ pub struct TrainedModel {
 }
 
 /// PD of every row of `csr`, in batches, without gradients.
-pub fn predict(network: &SparseLogistic, csr: &Csr, device: &Device, batch_size: usize) -> Vec<f64> {
+pub fn predict(
+    network: &SparseLogistic,
+    csr: &Csr,
+    device: &Device,
+    batch_size: usize,
+) -> Vec<f64> {
     let n_features = network.n_features();
     let rows: Vec<usize> = (0..csr.len()).collect();
     let mut out = Vec::with_capacity(csr.len());
@@ -100,9 +105,11 @@ pub fn train(
         for chunk in order.chunks(config.batch_size) {
             let batch = PaddedBatch::new(&set.rows, chunk, n_features, &train_device);
             let labels: Vec<f32> = chunk.iter().map(|&i| set.labels[i]).collect();
-            let labels = Tensor::<1>::from_data(TensorData::new(labels, [chunk.len()]), &train_device);
+            let labels =
+                Tensor::<1>::from_data(TensorData::new(labels, [chunk.len()]), &train_device);
             let logits = network.forward(batch.ids, batch.values);
-            let loss = bce_with_logits(logits, labels) + network.l2().mul_scalar(l2 / config.batch_size as f64);
+            let loss = bce_with_logits(logits, labels)
+                + network.l2().mul_scalar(l2 / config.batch_size as f64);
             let grads = GradientsParams::from_grads(loss.backward(), &network);
             network = optimizer.step(config.learning_rate, network, grads);
             progress.inc(1);
@@ -111,7 +118,9 @@ pub fn train(
         let valid = network.valid();
         let pd = predict(&valid, &validation_csr, device, 4096);
         let validation_auc = metrics::auc(&pd, &validation_labels).unwrap_or(0.5);
-        progress.set_message(format!("epoch {epochs_run} validation AUC {validation_auc:.4}"));
+        progress.set_message(format!(
+            "epoch {epochs_run} validation AUC {validation_auc:.4}"
+        ));
         debug!(epoch = epochs_run, validation_auc, "epoch done");
         if best.as_ref().is_none_or(|(auc, _)| validation_auc > *auc) {
             best = Some((validation_auc, valid));
@@ -124,7 +133,11 @@ pub fn train(
         }
     }
     progress.finish_and_clear();
-    info!(epochs = epochs_run, best_validation_auc = best.as_ref().map(|b| b.0), "training done");
+    info!(
+        epochs = epochs_run,
+        best_validation_auc = best.as_ref().map(|b| b.0),
+        "training done"
+    );
     let network = best.map(|(_, n)| n).unwrap_or_else(|| network.valid());
     let holdout_csr = set.rows.select(&holdout);
     let holdout_labels: Vec<f32> = holdout.iter().map(|&i| set.labels[i]).collect();
