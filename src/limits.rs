@@ -68,8 +68,11 @@ impl LimitPolicy {
     }
 
     pub fn builtin() -> LimitPolicy {
-        Self::parse(include_str!("../pipelines/limits.toml"), "pipelines/limits.toml")
-            .expect("the shipped limits.toml is valid")
+        Self::parse(
+            include_str!("../pipelines/limits.toml"),
+            "pipelines/limits.toml",
+        )
+        .expect("the shipped limits.toml is valid")
     }
 
     pub fn parse(text: &str, file: &str) -> Result<LimitPolicy, PolicyError> {
@@ -93,12 +96,19 @@ impl LimitPolicy {
             }
         }
         let boost = &policy.certificate_boost;
-        if let Some(bad) = boost.tier_boosts.iter().find(|b| !(100.0..=3000.0).contains(*b)) {
+        if let Some(bad) = boost
+            .tier_boosts
+            .iter()
+            .find(|b| !(100.0..=3000.0).contains(*b))
+        {
             return Err(invalid(format!(
                 "certificate_boost.tier_boosts: {bad} is outside 100..=3000"
             )));
         }
-        if !(0.0..=1.0).contains(&boost.min_confidence) || boost.max_total < 0.0 || policy.rounding <= 0.0 {
+        if !(0.0..=1.0).contains(&boost.min_confidence)
+            || boost.max_total < 0.0
+            || policy.rounding <= 0.0
+        {
             return Err(invalid(
                 "min_confidence must be in [0, 1], max_total >= 0 and rounding > 0".into(),
             ));
@@ -129,7 +139,12 @@ pub struct Decision {
 
 impl LimitPolicy {
     /// The limit of one user. Pure: the same inputs always give the same decision.
-    pub fn decide(&self, pd: f64, certificates: &[HeldCertificate], user_cap: Option<f64>) -> Decision {
+    pub fn decide(
+        &self,
+        pd: f64,
+        certificates: &[HeldCertificate],
+        user_cap: Option<f64>,
+    ) -> Decision {
         let mut reasons = Vec::new();
         let grade = self.grades.iter().find(|g| pd <= g.max_pd);
         let (grade_name, base_limit) = match grade {
@@ -149,7 +164,11 @@ impl LimitPolicy {
                 .iter()
                 .filter(|c| c.confidence >= self.certificate_boost.min_confidence)
                 .collect();
-            held.sort_by(|a, b| b.tier.cmp(&a.tier).then(a.cert_type_id.cmp(&b.cert_type_id)));
+            held.sort_by(|a, b| {
+                b.tier
+                    .cmp(&a.tier)
+                    .then(a.cert_type_id.cmp(&b.cert_type_id))
+            });
             held.dedup_by_key(|c| c.cert_type_id);
             for cert in held {
                 let room = self.certificate_boost.max_total - boost;
@@ -196,7 +215,10 @@ pub struct PolicyInputs {
     pub caps: HashMap<u64, f64>,
 }
 
-pub async fn load_inputs(ctx: &SessionContext, run_date: NaiveDate) -> Result<PolicyInputs, PolicyError> {
+pub async fn load_inputs(
+    ctx: &SessionContext,
+    run_date: NaiveDate,
+) -> Result<PolicyInputs, PolicyError> {
     let certificates_sql = format!(
         "SELECT c.user_id, c.cert_type_id, t.name, t.family, t.tier, CAST(c.confidence AS DOUBLE) \
          FROM certificates c JOIN certificate_types t ON c.cert_type_id = t.cert_type_id \
@@ -212,20 +234,27 @@ pub async fn load_inputs(ctx: &SessionContext, run_date: NaiveDate) -> Result<Po
     let mut inputs = PolicyInputs::default();
     for batch in query(ctx, &certificates_sql).await? {
         let users = batch.column(0).as_primitive::<UInt64Type>();
-        let types = cast(batch.column(1), &DataType::UInt32).map_err(|e| arrow_error(&certificates_sql, e))?;
+        let types = cast(batch.column(1), &DataType::UInt32)
+            .map_err(|e| arrow_error(&certificates_sql, e))?;
         let types = types.as_primitive::<datafusion::arrow::datatypes::UInt32Type>();
-        let names = cast(batch.column(2), &DataType::Utf8).map_err(|e| arrow_error(&certificates_sql, e))?;
-        let families = cast(batch.column(3), &DataType::Utf8).map_err(|e| arrow_error(&certificates_sql, e))?;
+        let names = cast(batch.column(2), &DataType::Utf8)
+            .map_err(|e| arrow_error(&certificates_sql, e))?;
+        let families = cast(batch.column(3), &DataType::Utf8)
+            .map_err(|e| arrow_error(&certificates_sql, e))?;
         let tiers = batch.column(4).as_primitive::<Int32Type>();
         let confidence = batch.column(5).as_primitive::<Float64Type>();
         for row in 0..batch.num_rows() {
-            inputs.certificates.entry(users.value(row)).or_default().push(HeldCertificate {
-                cert_type_id: types.value(row),
-                name: names.as_string::<i32>().value(row).to_string(),
-                family: families.as_string::<i32>().value(row).to_string(),
-                tier: tiers.value(row),
-                confidence: confidence.value(row),
-            });
+            inputs
+                .certificates
+                .entry(users.value(row))
+                .or_default()
+                .push(HeldCertificate {
+                    cert_type_id: types.value(row),
+                    name: names.as_string::<i32>().value(row).to_string(),
+                    family: families.as_string::<i32>().value(row).to_string(),
+                    tier: tiers.value(row),
+                    confidence: confidence.value(row),
+                });
         }
     }
     for batch in query(ctx, &caps_sql).await? {
@@ -255,7 +284,12 @@ async fn query(
         sql: sql.to_string(),
         error,
     };
-    ctx.sql(sql).await.map_err(error)?.collect().await.map_err(error)
+    ctx.sql(sql)
+        .await
+        .map_err(error)?
+        .collect()
+        .await
+        .map_err(error)
 }
 
 /// How many users got each limit band, lowest band first, for summaries.
@@ -270,10 +304,17 @@ pub fn distribution(limits: &[f64]) -> Vec<(String, usize)> {
     ];
     let mut counts = [0usize; BANDS.len()];
     for &limit in limits {
-        let band = BANDS.iter().position(|(upper, _)| limit < *upper).unwrap_or(BANDS.len() - 1);
+        let band = BANDS
+            .iter()
+            .position(|(upper, _)| limit < *upper)
+            .unwrap_or(BANDS.len() - 1);
         counts[band] += 1;
     }
-    BANDS.iter().zip(counts).map(|((_, name), n)| (name.to_string(), n)).collect()
+    BANDS
+        .iter()
+        .zip(counts)
+        .map(|((_, name), n)| (name.to_string(), n))
+        .collect()
 }
 
 #[cfg(test)]
@@ -313,7 +354,10 @@ mod tests {
         let capped = policy.decide(0.001, &many, None);
         assert_eq!(capped.certificate_boost, policy.certificate_boost.max_total);
         let twice = policy.decide(0.001, &[cert(1, 1, 0.99), cert(1, 1, 0.95)], None);
-        assert_eq!(twice.certificate_boost, policy.certificate_boost.tier_boosts[0]);
+        assert_eq!(
+            twice.certificate_boost,
+            policy.certificate_boost.tier_boosts[0]
+        );
     }
 
     #[test]
@@ -321,7 +365,9 @@ mod tests {
         let policy = LimitPolicy::builtin();
         let mut last = f64::INFINITY;
         for step in 0..=1000 {
-            let limit = policy.decide(step as f64 / 1000.0, &[cert(1, 3, 0.9)], None).credit_limit;
+            let limit = policy
+                .decide(step as f64 / 1000.0, &[cert(1, 3, 0.9)], None)
+                .credit_limit;
             assert!(limit <= last, "limit rose at pd {}", step as f64 / 1000.0);
             last = limit;
         }
@@ -330,7 +376,8 @@ mod tests {
 
     #[test]
     fn boosts_outside_100_to_3000_are_refused() {
-        let text = include_str!("../pipelines/limits.toml").replace("tier_boosts = [", "tier_boosts = [5000, ");
+        let text = include_str!("../pipelines/limits.toml")
+            .replace("tier_boosts = [", "tier_boosts = [5000, ");
         let err = LimitPolicy::parse(&text, "l.toml").unwrap_err().to_string();
         assert!(err.contains("l.toml") && err.contains("5000"), "{err}");
     }

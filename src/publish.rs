@@ -92,10 +92,13 @@ pub async fn latest(store: &Store) -> Result<Option<Manifest>, PublishError> {
 }
 
 async fn read_manifest(store: &Store, path: &str) -> Result<Manifest, PublishError> {
-    let bytes = store.get(path).await?.ok_or_else(|| PublishError::Manifest {
-        path: path.to_string(),
-        problem: "vanished while reading".into(),
-    })?;
+    let bytes = store
+        .get(path)
+        .await?
+        .ok_or_else(|| PublishError::Manifest {
+            path: path.to_string(),
+            problem: "vanished while reading".into(),
+        })?;
     serde_json::from_slice(&bytes).map_err(|e| PublishError::Manifest {
         path: path.to_string(),
         problem: e.to_string(),
@@ -107,15 +110,25 @@ fn to_batch(rows: &[LimitRow]) -> Result<RecordBatch, PublishError> {
     Ok(RecordBatch::try_new(
         schema::LIMITS.arrow(),
         vec![
-            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.user_id))),
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|r| r.user_id),
+            )),
             Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.pd))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.decision.grade.as_str()))),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.decision.base_limit))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.decision.grade.as_str()),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|r| r.decision.base_limit),
+            )),
             Arc::new(Float64Array::from_iter_values(
                 rows.iter().map(|r| r.decision.certificate_boost),
             )),
-            Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.decision.user_cap))),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.decision.credit_limit))),
+            Arc::new(Float64Array::from_iter(
+                rows.iter().map(|r| r.decision.user_cap),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|r| r.decision.credit_limit),
+            )),
             Arc::new(StringArray::from_iter_values(reasons.iter())),
         ],
     )?)
@@ -155,10 +168,13 @@ pub async fn publish_version(
     let batch = to_batch(rows)?;
     let size = store.write_parquet(&path, batch.schema(), &[batch]).await?;
     // read back what the store holds: the manifest vouches only for durable bytes
-    let written = store.get(&path).await?.ok_or_else(|| PublishError::Manifest {
-        path: path.clone(),
-        problem: "data file missing right after writing".into(),
-    })?;
+    let written = store
+        .get(&path)
+        .await?
+        .ok_or_else(|| PublishError::Manifest {
+            path: path.clone(),
+            problem: "data file missing right after writing".into(),
+        })?;
     let manifest = Manifest {
         version,
         as_of,
@@ -166,7 +182,8 @@ pub async fn publish_version(
         row_count: rows.len() as u64,
         model_version: model_version.to_string(),
         policy_version: policy_version.to_string(),
-        mean_limit: rows.iter().map(|r| r.decision.credit_limit).sum::<f64>() / rows.len().max(1) as f64,
+        mean_limit: rows.iter().map(|r| r.decision.credit_limit).sum::<f64>()
+            / rows.len().max(1) as f64,
         files: vec![DataFile {
             path,
             bytes: size,
@@ -177,7 +194,10 @@ pub async fn publish_version(
         path: manifest_path(version),
         problem: e.to_string(),
     })?;
-    match store.put_if_absent(&manifest_path(version), json.into()).await {
+    match store
+        .put_if_absent(&manifest_path(version), json.into())
+        .await
+    {
         Ok(()) => {}
         Err(StoreError::AlreadyExists { .. }) => return Err(PublishError::Conflict { version }),
         Err(e) => return Err(e.into()),
@@ -187,13 +207,19 @@ pub async fn publish_version(
 }
 
 /// Reads the table a manifest points at, checking every file's checksum.
-pub async fn read_table(store: &Store, manifest: &Manifest) -> Result<Vec<RecordBatch>, PublishError> {
+pub async fn read_table(
+    store: &Store,
+    manifest: &Manifest,
+) -> Result<Vec<RecordBatch>, PublishError> {
     let mut batches = Vec::new();
     for file in &manifest.files {
-        let bytes = store.get(&file.path).await?.ok_or_else(|| PublishError::Manifest {
-            path: manifest_path(manifest.version),
-            problem: format!("data file {} is missing", file.path),
-        })?;
+        let bytes = store
+            .get(&file.path)
+            .await?
+            .ok_or_else(|| PublishError::Manifest {
+                path: manifest_path(manifest.version),
+                problem: format!("data file {} is missing", file.path),
+            })?;
         let found = format!("{:x}", Sha256::digest(&bytes));
         if found != file.sha256 {
             return Err(PublishError::Checksum {
