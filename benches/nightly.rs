@@ -41,38 +41,61 @@ fn peak_rss_mib() -> Option<f64> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let temp = tempfile::tempdir()?;
-    let root = args.root.unwrap_or_else(|| temp.path().display().to_string());
+    let root = args
+        .root
+        .unwrap_or_else(|| temp.path().display().to_string());
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let store = Store::open(&root)?;
         let end = NaiveDate::from_ymd_opt(2026, 11, 1).expect("valid date");
-        let world = WorldConfig { users: args.users, days: args.days, end, seed: 42 };
+        let world = WorldConfig {
+            users: args.users,
+            days: args.days,
+            end,
+            seed: 42,
+        };
         let started = Instant::now();
         let summary = synth::generate(&store, &world).await?;
         let synth_seconds = started.elapsed().as_secs_f64();
         let report = nightly::run(&store, end, &Pipelines::builtin(), args.device).await?;
 
-        println!("redflower nightly benchmark: {} users, {} days, {} events, device {:?}", args.users, args.days, summary.events, args.device);
+        println!(
+            "redflower nightly benchmark: {} users, {} days, {} events, device {:?}",
+            args.users, args.days, summary.events, args.device
+        );
         println!("| stage | seconds | throughput |");
         println!("|---|---:|---|");
-        println!("| synth | {synth_seconds:.1} | {:.0} events/s |", summary.events as f64 / synth_seconds);
+        println!(
+            "| synth | {synth_seconds:.1} | {:.0} events/s |",
+            summary.events as f64 / synth_seconds
+        );
         let raw_rows: u64 = report.sources.iter().map(|s| s.rows).sum();
         for stage in &report.stages {
             let throughput = match stage.stage.as_str() {
                 "validate" => format!("{:.0} raw rows/s", raw_rows as f64 / stage.seconds),
-                "features" => format!("{:.0} raw rows/s (two as-of dates)", 2.0 * raw_rows as f64 / stage.seconds),
+                "features" => format!(
+                    "{:.0} raw rows/s (two as-of dates)",
+                    2.0 * raw_rows as f64 / stage.seconds
+                ),
                 "train" => format!("{} users", report.training_rows),
-                "score" | "limits" => format!("{:.0} users/s", report.scored_users as f64 / stage.seconds),
+                "score" | "limits" => {
+                    format!("{:.0} users/s", report.scored_users as f64 / stage.seconds)
+                }
                 _ => String::new(),
             };
-            println!("| {} | {:.1} | {} |", stage.stage, stage.seconds, throughput);
+            println!(
+                "| {} | {:.1} | {} |",
+                stage.stage, stage.seconds, throughput
+            );
         }
         println!("| nightly total | {:.1} | |", report.seconds);
         println!();
         println!(
             "holdout AUC {:.4}, oracle AUC {}, {} distinct features, peak RSS {}",
             report.holdout.auc,
-            report.oracle_auc.map_or("n/a".into(), |a| format!("{a:.4}")),
+            report
+                .oracle_auc
+                .map_or("n/a".into(), |a| format!("{a:.4}")),
             report.features.last().map_or(0, |f| f.dictionary_size),
             peak_rss_mib().map_or("n/a".into(), |m| format!("{m:.0} MiB"))
         );

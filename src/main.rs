@@ -86,7 +86,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,redflower=info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("warn,redflower=info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -109,9 +110,20 @@ fn main() -> ExitCode {
 
 async fn execute(command: Command) -> Result<()> {
     match command {
-        Command::Synth { users, days, end, seed, out } => {
+        Command::Synth {
+            users,
+            days,
+            end,
+            seed,
+            out,
+        } => {
             let store = Store::open(&out)?;
-            let world = WorldConfig { users, days, end, seed };
+            let world = WorldConfig {
+                users,
+                days,
+                end,
+                seed,
+            };
             let started = std::time::Instant::now();
             let summary = synth::generate(&store, &world).await?;
             println!(
@@ -127,7 +139,13 @@ async fn execute(command: Command) -> Result<()> {
                 summary.mean_true_pd
             );
         }
-        Command::Nightly { root, date, pipelines, device, json } => {
+        Command::Nightly {
+            root,
+            date,
+            pipelines,
+            device,
+            json,
+        } => {
             let store = Store::open(&root)?;
             let pipelines = match pipelines {
                 Some(dir) => Pipelines::load(&dir)?,
@@ -142,7 +160,11 @@ async fn execute(command: Command) -> Result<()> {
                 print_summary(&report);
             }
         }
-        Command::Demo { root, users, device } => {
+        Command::Demo {
+            root,
+            users,
+            device,
+        } => {
             let store = Store::open(&root)?;
             let world = WorldConfig {
                 users,
@@ -151,9 +173,15 @@ async fn execute(command: Command) -> Result<()> {
                 seed: 42,
             };
             if synth::read_world(&store).await?.as_ref() == Some(&world) {
-                println!("demo: reusing the {users}-user world already in {}", store.url());
+                println!(
+                    "demo: reusing the {users}-user world already in {}",
+                    store.url()
+                );
             } else {
-                println!("demo: generating a {users}-user world in {} ...", store.url());
+                println!(
+                    "demo: generating a {users}-user world in {} ...",
+                    store.url()
+                );
                 let started = std::time::Instant::now();
                 let summary = synth::generate(&store, &world).await?;
                 println!(
@@ -174,7 +202,8 @@ async fn execute(command: Command) -> Result<()> {
                 .with_context(|| format!("nothing is published under {}", store.url()))?;
             let ctx = nightly::session();
             let batches = redflower::publish::read_table(&store, &manifest).await?;
-            let table = datafusion::datasource::MemTable::try_new(batches[0].schema(), vec![batches])?;
+            let table =
+                datafusion::datasource::MemTable::try_new(batches[0].schema(), vec![batches])?;
             ctx.register_table("limits", std::sync::Arc::new(table))?;
             let rows = ctx
                 .sql(&format!("SELECT * FROM limits WHERE user_id = {user}"))
@@ -182,9 +211,15 @@ async fn execute(command: Command) -> Result<()> {
                 .collect()
                 .await?;
             if rows.iter().all(|b| b.num_rows() == 0) {
-                anyhow::bail!("user {user} is not in version {} of the limit table", manifest.version);
+                anyhow::bail!(
+                    "user {user} is not in version {} of the limit table",
+                    manifest.version
+                );
             }
-            println!("version {} (as of {}, model {}, policy {})", manifest.version, manifest.as_of, manifest.model_version, manifest.policy_version);
+            println!(
+                "version {} (as of {}, model {}, policy {})",
+                manifest.version, manifest.as_of, manifest.model_version, manifest.policy_version
+            );
             println!("{}", pretty_format_batches(&rows)?);
         }
     }
@@ -193,7 +228,10 @@ async fn execute(command: Command) -> Result<()> {
 
 fn print_summary(report: &NightlyReport) {
     println!();
-    println!("nightly run {} on {} ({:.1}s)", report.run_date, report.root, report.seconds);
+    println!(
+        "nightly run {} on {} ({:.1}s)",
+        report.run_date, report.root, report.seconds
+    );
     let quarantined: u64 = report.sources.iter().map(|s| s.quarantined).sum();
     let rows: u64 = report.sources.iter().map(|s| s.rows).sum();
     println!("  sources     {rows} raw rows, {quarantined} quarantined (see quarantine/)");
@@ -213,10 +251,18 @@ fn print_summary(report: &NightlyReport) {
         report.training_defaults,
         100.0 * report.training_defaults as f64 / report.training_rows.max(1) as f64
     );
-    let oracle = report.oracle_auc.map_or("n/a (no truth in this root)".to_string(), |a| format!("{a:.4}"));
+    let oracle = report
+        .oracle_auc
+        .map_or("n/a (no truth in this root)".to_string(), |a| {
+            format!("{a:.4}")
+        });
     println!(
         "  model       {}: holdout AUC {:.4}, oracle AUC {} on {} held-out users; log loss {:.4}",
-        report.model_version, report.holdout.auc, oracle, report.holdout.rows, report.holdout.log_loss
+        report.model_version,
+        report.holdout.auc,
+        oracle,
+        report.holdout.rows,
+        report.holdout.log_loss
     );
     println!(
         "  limits      {} users scored; {} boosted by certificates; {} capped by their own request",
@@ -233,6 +279,10 @@ fn print_summary(report: &NightlyReport) {
         report.root,
         redflower::publish::manifest_path(report.manifest.version)
     );
-    let stages: Vec<String> = report.stages.iter().map(|s| format!("{} {:.1}s", s.stage, s.seconds)).collect();
+    let stages: Vec<String> = report
+        .stages
+        .iter()
+        .map(|s| format!("{} {:.1}s", s.stage, s.seconds))
+        .collect();
     println!("  stages      {}", stages.join(", "));
 }

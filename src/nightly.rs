@@ -76,8 +76,11 @@ impl Pipelines {
         Pipelines {
             features: FeatureConfig::builtin(),
             policy: LimitPolicy::builtin(),
-            nightly: parse_nightly(include_str!("../pipelines/nightly.toml"), "pipelines/nightly.toml")
-                .expect("the shipped nightly.toml is valid"),
+            nightly: parse_nightly(
+                include_str!("../pipelines/nightly.toml"),
+                "pipelines/nightly.toml",
+            )
+            .expect("the shipped nightly.toml is valid"),
         }
     }
 
@@ -183,7 +186,9 @@ pub async fn run(
     let ctx = session();
     let config = &pipelines.nightly;
 
-    let sources = sources::validate_and_register(&ctx, store, run_date, config.validation.max_bad_share).await?;
+    let sources =
+        sources::validate_and_register(&ctx, store, run_date, config.validation.max_bad_share)
+            .await?;
     clock.lap("validate");
 
     let training_as_of = dataset::training_as_of(run_date, &config.label);
@@ -212,7 +217,14 @@ pub async fn run(
     let labels = dataset::labels(&ctx, training_as_of, &config.label).await?;
     let training_set = dataset::training_set(&training_features, &labels)?;
     let trained = model::train(&training_set, dictionary.len(), &config.training, &device);
-    let model = model::register(store, &trained, &dictionary, training_as_of, &config.training).await?;
+    let model = model::register(
+        store,
+        &trained,
+        &dictionary,
+        training_as_of,
+        &config.training,
+    )
+    .await?;
     let oracle_auc = oracle_auc(store, &trained.holdout_users, &trained.holdout_labels).await?;
     clock.lap("train");
 
@@ -231,14 +243,18 @@ pub async fn run(
             pd,
             decision: policy.decide(
                 pd,
-                inputs.certificates.get(&user_id).map_or(&[][..], |c| c.as_slice()),
+                inputs
+                    .certificates
+                    .get(&user_id)
+                    .map_or(&[][..], |c| c.as_slice()),
                 inputs.caps.get(&user_id).copied(),
             ),
         })
         .collect();
     clock.lap("limits");
 
-    let manifest = publish::publish(store, &rows, run_date, &model.card.version, &policy.version).await?;
+    let manifest =
+        publish::publish(store, &rows, run_date, &model.card.version, &policy.version).await?;
     clock.lap("publish");
 
     let credit: Vec<f64> = rows.iter().map(|r| r.decision.credit_limit).collect();
@@ -257,9 +273,17 @@ pub async fn run(
         limit_distribution: limits::distribution(&credit),
         capped_by_request: rows
             .iter()
-            .filter(|r| r.decision.reasons.iter().any(|x| x == "capped_by_user_request"))
+            .filter(|r| {
+                r.decision
+                    .reasons
+                    .iter()
+                    .any(|x| x == "capped_by_user_request")
+            })
             .count(),
-        boosted: rows.iter().filter(|r| r.decision.certificate_boost > 0.0).count(),
+        boosted: rows
+            .iter()
+            .filter(|r| r.decision.certificate_boost > 0.0)
+            .count(),
         manifest,
         stages: clock.stages.clone(),
         seconds: clock.started.elapsed().as_secs_f64(),
@@ -268,12 +292,18 @@ pub async fn run(
         file: "report".into(),
         error: e.to_string(),
     })?;
-    store.put(&format!("runs/{run_date}/report.json"), json.into()).await?;
+    store
+        .put(&format!("runs/{run_date}/report.json"), json.into())
+        .await?;
     Ok(report)
 }
 
 /// AUC of the synthetic world's true PD on the given users, if the root has `truth/`.
-async fn oracle_auc(store: &Store, users: &[u64], labels: &[f32]) -> Result<Option<f64>, NightlyError> {
+async fn oracle_auc(
+    store: &Store,
+    users: &[u64],
+    labels: &[f32],
+) -> Result<Option<f64>, NightlyError> {
     let batches = store.read_parquet_dir("truth/true_pd").await?;
     if batches.is_empty() {
         return Ok(None);

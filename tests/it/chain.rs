@@ -19,7 +19,9 @@ async fn nightly_publishes_one_row_per_user_within_caps_and_reruns_identically()
     synth_world(&store, users, 11).await;
     let pipelines = Pipelines::builtin();
 
-    let first = nightly::run(&store, run_date(), &pipelines, DeviceKind::Cpu).await.unwrap();
+    let first = nightly::run(&store, run_date(), &pipelines, DeviceKind::Cpu)
+        .await
+        .unwrap();
     let (version, table) = published(&store).await;
     assert_eq!(version, 1);
     let limits = limits_by_user(&table);
@@ -28,23 +30,44 @@ async fn nightly_publishes_one_row_per_user_within_caps_and_reruns_identically()
     assert_eq!(first.manifest.row_count, users);
     assert!((1..=users).all(|u| limits.contains_key(&u)));
     let capped = limits.values().filter(|(_, cap)| cap.is_some()).count();
-    assert!(capped > 0, "the world has users who asked for a lower limit");
+    assert!(
+        capped > 0,
+        "the world has users who asked for a lower limit"
+    );
     for (user, (limit, cap)) in &limits {
         if let Some(cap) = cap {
-            assert!(limit <= cap, "user {user}: limit {limit} above their cap {cap}");
+            assert!(
+                limit <= cap,
+                "user {user}: limit {limit} above their cap {cap}"
+            );
         }
     }
 
     let oracle = first.oracle_auc.expect("synthetic roots have truth");
     assert!(first.holdout.auc > 0.6, "holdout AUC {}", first.holdout.auc);
-    assert!(first.holdout.auc < oracle, "AUC {} not below oracle {oracle}", first.holdout.auc);
-    assert!(first.sources.iter().any(|s| s.quarantined > 0), "synth writes a few bad rows");
+    assert!(
+        first.holdout.auc < oracle,
+        "AUC {} not below oracle {oracle}",
+        first.holdout.auc
+    );
+    assert!(
+        first.sources.iter().any(|s| s.quarantined > 0),
+        "synth writes a few bad rows"
+    );
 
-    let second = nightly::run(&store, run_date(), &pipelines, DeviceKind::Cpu).await.unwrap();
+    let second = nightly::run(&store, run_date(), &pipelines, DeviceKind::Cpu)
+        .await
+        .unwrap();
     let (version, rerun) = published(&store).await;
     assert_eq!(version, 2);
-    assert_eq!(second.model_version, first.model_version, "same data, same model");
-    assert_eq!(rerun, table, "a rerun of the same date publishes an identical table");
+    assert_eq!(
+        second.model_version, first.model_version,
+        "same data, same model"
+    );
+    assert_eq!(
+        rerun, table,
+        "a rerun of the same date publishes an identical table"
+    );
 }
 
 #[tokio::test]
@@ -52,7 +75,9 @@ async fn a_wrong_column_type_is_named_and_the_published_table_stays() {
     let store = Store::open("memory://wrong-type").unwrap();
     synth_world(&store, 3_000, 5).await;
     let pipelines = Pipelines::builtin();
-    nightly::run(&store, run_date(), &pipelines, DeviceKind::Cpu).await.unwrap();
+    nightly::run(&store, run_date(), &pipelines, DeviceKind::Cpu)
+        .await
+        .unwrap();
     let (_, before) = published(&store).await;
 
     // an upstream starts sending user ids as text
@@ -71,14 +96,20 @@ async fn a_wrong_column_type_is_named_and_the_published_table_stays() {
     )
     .unwrap();
     let bad_file = "raw/limit_requests/dt=2026-10-30/part-upstream.parquet";
-    store.write_parquet(bad_file, schema, &[batch]).await.unwrap();
+    store
+        .write_parquet(bad_file, schema, &[batch])
+        .await
+        .unwrap();
 
     let err = nightly::run(&store, run_date(), &pipelines, DeviceKind::Cpu)
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains(bad_file), "error should name the file: {err}");
-    assert!(err.contains("'user_id'") && err.contains("Utf8") && err.contains("UInt64"), "{err}");
+    assert!(
+        err.contains("'user_id'") && err.contains("Utf8") && err.contains("UInt64"),
+        "{err}"
+    );
 
     let (version, after) = published(&store).await;
     assert_eq!(version, 1, "a failed run publishes nothing");

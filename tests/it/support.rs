@@ -23,12 +23,17 @@ pub fn run_date() -> NaiveDate {
 }
 
 pub async fn synth_world(store: &Store, users: u64, seed: u64) {
-    synth::generate(store, &world(users, seed)).await.expect("synth");
+    synth::generate(store, &world(users, seed))
+        .await
+        .expect("synth");
 }
 
 /// The newest published table as batches, with its version.
 pub async fn published(store: &Store) -> (u64, Vec<RecordBatch>) {
-    let manifest = publish::latest(store).await.unwrap().expect("a published table");
+    let manifest = publish::latest(store)
+        .await
+        .unwrap()
+        .expect("a published table");
     let batches = publish::read_table(store, &manifest).await.unwrap();
     (manifest.version, batches)
 }
@@ -37,13 +42,26 @@ pub async fn published(store: &Store) -> (u64, Vec<RecordBatch>) {
 pub fn limits_by_user(batches: &[RecordBatch]) -> HashMap<u64, (f64, Option<f64>)> {
     let mut out = HashMap::new();
     for batch in batches {
-        let users = batch.column_by_name("user_id").unwrap().as_primitive::<UInt64Type>();
-        let limits = batch.column_by_name("credit_limit").unwrap().as_primitive::<Float64Type>();
-        let caps = batch.column_by_name("user_cap").unwrap().as_primitive::<Float64Type>();
+        let users = batch
+            .column_by_name("user_id")
+            .unwrap()
+            .as_primitive::<UInt64Type>();
+        let limits = batch
+            .column_by_name("credit_limit")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        let caps = batch
+            .column_by_name("user_cap")
+            .unwrap()
+            .as_primitive::<Float64Type>();
         for row in 0..batch.num_rows() {
             let cap = (!caps.is_null(row)).then(|| caps.value(row));
             let previous = out.insert(users.value(row), (limits.value(row), cap));
-            assert!(previous.is_none(), "user {} published twice", users.value(row));
+            assert!(
+                previous.is_none(),
+                "user {} published twice",
+                users.value(row)
+            );
         }
     }
     out
