@@ -57,6 +57,9 @@ pub struct Source {
     rules: &'static [(&'static str, &'static str)],
     /// joined after the raw table, for rules that look up reference data
     lookup: &'static str,
+    /// columns that identify a row; later copies of a key are quarantined as duplicates.
+    /// Events have none: two identical purchases can both be real.
+    unique_key: Option<&'static str>,
 }
 
 impl Source {
@@ -78,6 +81,7 @@ pub fn sources() -> Vec<Source> {
                 ),
             ],
             lookup: "",
+            unique_key: Some("user_id, dt"),
         },
         Source {
             table: &schema::EVENTS,
@@ -91,6 +95,7 @@ pub fn sources() -> Vec<Source> {
                 ("amount < 0", "negative amount"),
             ],
             lookup: "",
+            unique_key: None,
         },
         Source {
             table: &schema::CERTIFICATES,
@@ -105,6 +110,7 @@ pub fn sources() -> Vec<Source> {
             ],
             lookup: "LEFT JOIN (SELECT cert_type_id AS known_type_id FROM certificate_types) known \
                      ON cert_type_id = known.known_type_id",
+            unique_key: Some("user_id, certificate_no"),
         },
         Source {
             table: &schema::REPAYMENTS,
@@ -115,6 +121,7 @@ pub fn sources() -> Vec<Source> {
                 ("days_past_due < 0", "negative days_past_due"),
             ],
             lookup: "",
+            unique_key: Some("user_id, due_date"),
         },
         Source {
             table: &schema::LIMIT_REQUESTS,
@@ -124,6 +131,7 @@ pub fn sources() -> Vec<Source> {
                 ("requested_limit < 0", "negative requested_limit"),
             ],
             lookup: "",
+            unique_key: Some("user_id, requested_at"),
         },
     ]
 }
@@ -283,13 +291,29 @@ pub async fn validate_and_register(
             .map(|f| f.name.as_str())
             .collect();
         let columns = columns.join(", ");
-        let arms: String = source
+        let mut arms: String = source
             .rules
             .iter()
             .map(|(cond, reason)| format!(" WHEN {cond} THEN '{reason}'"))
             .collect();
+        if let Some(time) = &source.table.time_column {
+            arms.push_str(&format!(
+                " WHEN CAST({time} AS DATE) >= DATE '{run_date}' THEN '{time} on or after the run date'"
+            ));
+        }
+        // numbering copies in a fixed order keeps the same copy every night
+        let copy_no = match source.unique_key {
+            Some(key) => {
+                arms.push_str(" WHEN copy_no > 1 THEN 'duplicate of an earlier row'");
+                format!(
+                    ", ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY dt, {columns}) AS copy_no"
+                )
+            }
+            None => String::new(),
+        };
         let checked = format!(
-            "SELECT {columns}, dt, CASE{arms} ELSE NULL END AS quarantine_reason FROM {raw} {lookup} WHERE dt < '{run_date}'",
+            "SELECT {columns}, dt, CASE{arms} ELSE NULL END AS quarantine_reason \
+             FROM (SELECT {columns}, dt{copy_no} FROM {raw} WHERE dt < '{run_date}') {lookup}",
             lookup = source.lookup
         );
         let clean = format!(

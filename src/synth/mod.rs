@@ -10,7 +10,7 @@
 //! in a row contain a delinquency with exactly that probability.
 //!
 //! A small, fixed share of malformed rows (negative amounts, missing ids, unknown certificate
-//! types) is written on purpose so that validation and quarantine run on every world.
+//! types, timestamps a year ahead, statements sent twice) is written on purpose so that validation and quarantine run on every world.
 
 mod catalog;
 pub mod random;
@@ -101,6 +101,7 @@ struct CertificateRow {
     confidence: f32,
 }
 
+#[derive(Clone, Copy)]
 struct RepaymentRow {
     user_id: u64,
     statement_day: i32,
@@ -277,6 +278,12 @@ fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkR
                         amount
                     }
                 });
+                // an upstream clock bug now and then stamps a row a year ahead
+                let micros = if rng.random::<f64>() < 0.000_01 {
+                    micros + 400 * MICROS_PER_DAY
+                } else {
+                    micros
+                };
                 out.events.push(EventRow {
                     user_id: (rng.random::<f64>() >= 0.00005).then_some(user_id),
                     day,
@@ -347,14 +354,19 @@ fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkR
         };
         let known_late = late.min(end - due_day);
         let paid_in_full = due_day + late < end;
-        out.repayments.push(RepaymentRow {
+        let statement = RepaymentRow {
             user_id,
             statement_day: due_day - 20,
             due_day,
             amount_due,
             amount_paid: if paid_in_full { amount_due } else { 0.0 },
             days_past_due: known_late,
-        });
+        };
+        // an upstream that sometimes sends a statement twice
+        if rng.random::<f64>() < 0.001 {
+            out.repayments.push(statement);
+        }
+        out.repayments.push(statement);
     }
 
     // Some users ask for a lower limit; a few later lift the request.
