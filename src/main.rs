@@ -200,7 +200,7 @@ async fn execute(command: Command) -> Result<()> {
             let manifest = redflower::publish::latest(&store)
                 .await?
                 .with_context(|| format!("nothing is published under {}", store.url()))?;
-            let ctx = nightly::session();
+            let ctx = nightly::session(&Default::default())?;
             let batches = redflower::publish::read_table(&store, &manifest).await?;
             let table =
                 datafusion::datasource::MemTable::try_new(batches[0].schema(), vec![batches])?;
@@ -235,6 +235,14 @@ fn print_summary(report: &NightlyReport) {
     let quarantined: u64 = report.sources.iter().map(|s| s.quarantined).sum();
     let rows: u64 = report.sources.iter().map(|s| s.rows).sum();
     println!("  sources     {rows} raw rows, {quarantined} quarantined (see quarantine/)");
+    for source in report.sources.iter().filter(|s| s.quarantined > 0) {
+        let reasons: Vec<String> = source
+            .reasons
+            .iter()
+            .map(|(r, n)| format!("{n} {r}"))
+            .collect();
+        println!("              {}: {}", source.source, reasons.join(", "));
+    }
     for f in &report.features {
         println!(
             "  features    as of {}: {} users, {} non-zeros, {} distinct features ({:.1}s)",
@@ -243,6 +251,24 @@ fn print_summary(report: &NightlyReport) {
     }
     if let Some(last) = report.features.last() {
         println!("  dictionary  {} features", last.dictionary_size);
+    }
+    println!("  strongest   (information value, univariate AUC on the training set)");
+    for s in report.strongest_features.iter().take(5) {
+        println!(
+            "              {:<44} IV {:.3}  AUC {:.3}",
+            s.name, s.information_value, s.univariate_auc
+        );
+    }
+    match report.drift_baseline {
+        None => println!(
+            "  drift       no earlier feature stats to compare with (first run on this root)"
+        ),
+        Some(baseline) => {
+            println!("  drift       PSI against the stats of {baseline}, highest first");
+            for d in report.most_drifted.iter().take(5) {
+                println!("              {:<44} PSI {:.3}", d.name, d.psi);
+            }
+        }
     }
     println!(
         "  training    as of {}: {} users, {} defaults ({:.2}%)",

@@ -7,18 +7,22 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::NaiveDate;
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
 use datafusion::execution::config::SessionConfig;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionContext;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::dataset::{self, Csr, DatasetError, LabelConfig};
+use crate::features::stats::{self, Drift, Strength};
 use crate::features::{self, FeatureConfig, FeatureDictionary, FeatureError, FeatureReport};
 use crate::limits::{self, LimitPolicy, PolicyError};
 use crate::model::{self, DeviceKind, Metrics, ModelError, TrainingConfig};
@@ -51,9 +55,33 @@ pub enum NightlyError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NightlyConfig {
+    pub engine: EngineConfig,
     pub label: LabelConfig,
     pub validation: ValidationConfig,
     pub training: TrainingConfig,
+}
+
+/// How DataFusion may use this machine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Memory DataFusion's operators may hold; past it, sorts and aggregations spill to disk.
+    pub memory_limit_mb: usize,
+    /// Parallel partitions per query; 0 means one per core.
+    pub target_partitions: usize,
+    /// Where spill files go; empty means the system temp folder.
+    #[serde(default)]
+    pub spill_dir: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            memory_limit_mb: 4096,
+            target_partitions: 0,
+            spill_dir: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -125,6 +153,12 @@ pub struct NightlyReport {
     pub training_as_of: NaiveDate,
     pub sources: Vec<SourceReport>,
     pub features: Vec<FeatureReport>,
+    /// features that separate defaulters best on the training set
+    pub strongest_features: Vec<Strength>,
+    /// the date of the stats tonight's PSI compares against (normally yesterday)
+    #[serde(serialize_with = "serialize_optional_date")]
+    pub drift_baseline: Option<NaiveDate>,
+    pub most_drifted: Vec<Drift>,
     pub training_rows: usize,
     pub training_defaults: usize,
     pub model_version: String,
@@ -138,6 +172,16 @@ pub struct NightlyReport {
     pub manifest: Manifest,
     pub stages: Vec<StageTime>,
     pub seconds: f64,
+}
+
+fn serialize_optional_date<S: serde::Serializer>(
+    date: &Option<NaiveDate>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match date {
+        Some(date) => serializer.collect_str(date),
+        None => serializer.serialize_none(),
+    }
 }
 
 struct Stopwatch {
@@ -167,11 +211,25 @@ impl Stopwatch {
     }
 }
 
-pub fn session() -> SessionContext {
+/// A DataFusion session under the engine's memory limit, spilling to disk past it.
+pub fn session(engine: &EngineConfig) -> Result<SessionContext, NightlyError> {
+    let partitions = match engine.target_partitions {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
     let config = SessionConfig::new()
-        .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .with_target_partitions(partitions)
         .set_bool("datafusion.execution.parquet.pushdown_filters", true);
-    SessionContext::new_with_config(config)
+    let mut runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(engine.memory_limit_mb << 20)));
+    if !engine.spill_dir.is_empty() {
+        runtime = runtime.with_temp_file_path(&engine.spill_dir);
+    }
+    let runtime = runtime.build_arc().map_err(|e| NightlyError::Config {
+        file: "nightly.toml [engine]".into(),
+        error: e.to_string(),
+    })?;
+    Ok(SessionContext::new_with_config_rt(config, runtime))
 }
 
 /// Runs the whole chain for `run_date` on the root `store`.
@@ -183,7 +241,7 @@ pub async fn run(
 ) -> Result<NightlyReport, NightlyError> {
     let mut clock = Stopwatch::new();
     let device = device.device()?;
-    let ctx = session();
+    let ctx = session(&pipelines.nightly.engine)?;
     let config = &pipelines.nightly;
 
     let sources =
@@ -212,9 +270,20 @@ pub async fn run(
     dictionary.save(store).await?;
     let scoring_features = sets.pop().expect("two sets built");
     let training_features = sets.pop().expect("two sets built");
+    let labels = dataset::labels(&ctx, training_as_of, &config.label).await?;
+
+    // Stats: IV and AUC where labels exist (the training date), PSI against the newest
+    // earlier stats (normally the previous night's).
+    let (_, before_training) = stats::previous(store, training_as_of).await?;
+    let training_stats = stats::compute(&training_features, Some(&labels), &before_training);
+    stats::write(store, training_as_of, &training_stats, &dictionary).await?;
+    let (drift_baseline, before_tonight) = stats::previous(store, run_date).await?;
+    let tonight_stats = stats::compute(&scoring_features, None, &before_tonight);
+    stats::write(store, run_date, &tonight_stats, &dictionary).await?;
+    let strongest_features = stats::strongest(&training_stats, &dictionary, 10);
+    let most_drifted = stats::most_drifted(&tonight_stats, &dictionary, 10);
     clock.lap("features");
 
-    let labels = dataset::labels(&ctx, training_as_of, &config.label).await?;
     let training_set = dataset::training_set(&training_features, &labels)?;
     let trained = model::train(&training_set, dictionary.len(), &config.training, &device);
     let model = model::register(
@@ -264,6 +333,9 @@ pub async fn run(
         training_as_of,
         sources,
         features: feature_reports,
+        strongest_features,
+        drift_baseline,
+        most_drifted,
         training_rows: training_set.labels.len(),
         training_defaults: training_set.positives(),
         model_version: model.card.version.clone(),
