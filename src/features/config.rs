@@ -38,6 +38,8 @@ pub enum Aggregate {
     Indicator,
     /// days between the newest matching row and the as-of date
     DaysSinceLast,
+    /// the key's share of the user's total `value` (or row count) across all keys
+    Share,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -193,6 +195,11 @@ impl FeatureConfig {
             if table.time_column.is_none() && family.aggregate == Aggregate::DaysSinceLast {
                 return Err(invalid(
                     "days_since_last needs a source with a time column".into(),
+                ));
+            }
+            if family.aggregate == Aggregate::Share && family.key.is_none() {
+                return Err(invalid(
+                    "share needs a `key` to share the total among".into(),
                 ));
             }
             if family.top_k == Some(0) {

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod dictionary;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -143,6 +144,11 @@ fn family_sql(
         Aggregate::Min => format!("MIN({value})"),
         Aggregate::DistinctCount => format!("COUNT(DISTINCT {value})"),
         Aggregate::Indicator => "MAX(1)".to_string(),
+        // the window sums the per-key sums of one user: shares over all keys, before support
+        // and top-k drop rare keys
+        Aggregate::Share => {
+            format!("SUM({value}) / NULLIF(SUM(SUM({value})) OVER (PARTITION BY user_id), 0)")
+        }
         Aggregate::DaysSinceLast => format!(
             "{} - MAX(CAST({} AS INT))",
             (as_of - NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid")).num_days(),
@@ -384,6 +390,27 @@ mod tests {
             "{sql}"
         );
         assert!(!sql.contains("dt >="), "{sql}");
+    }
+
+    #[test]
+    fn share_divides_by_the_users_total_over_all_keys() {
+        let f = family(
+            "[[family]]\nname='share'\nsource='events'\nkey='category'\naggregate='share'\nvalue='amount'\nwindows=['90d']",
+        );
+        let sql = family_sql(
+            &f,
+            Some(90),
+            NaiveDate::from_ymd_opt(2026, 6, 30).unwrap(),
+            None,
+        );
+        assert!(
+            sql.contains("SUM(amount) / NULLIF(SUM(SUM(amount)) OVER (PARTITION BY user_id), 0)"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("GROUP BY user_id, CAST((category) AS VARCHAR)"),
+            "{sql}"
+        );
     }
 
     #[test]

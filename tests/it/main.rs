@@ -2,5 +2,7 @@
 //! a binary of its own). One module per area.
 
 mod chain;
+mod leakage;
 mod publishing;
+mod quarantine;
 mod support;

@@ -1,0 +1,83 @@
+//! Validation: bad rows land in quarantine with their reason and are counted; too many stop
+//! the run with a message that says where they are.
+
+use datafusion::arrow::array::AsArray;
+use redflower::nightly;
+use redflower::sources::{self, SourceError};
+use redflower::store::Store;
+
+use crate::support::{run_date, synth_world};
+
+#[tokio::test]
+async fn bad_rows_are_quarantined_with_reasons_and_counted() {
+    let store = Store::open("memory://quarantine").unwrap();
+    synth_world(&store, 4_000, 9).await;
+    let ctx = nightly::session(&Default::default()).unwrap();
+    let reports = sources::validate_and_register(&ctx, &store, run_date(), 0.01)
+        .await
+        .unwrap();
+
+    for report in &reports {
+        let folder = format!("quarantine/{}/run={}", report.source, run_date());
+        let kept = store.read_parquet_dir(&folder).await.unwrap();
+        let rows: usize = kept.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows as u64, report.quarantined, "{}", report.source);
+        let counted: u64 = report.reasons.iter().map(|(_, n)| n).sum();
+        assert_eq!(counted, report.quarantined, "{}", report.source);
+        for batch in &kept {
+            let reasons = batch
+                .column_by_name("quarantine_reason")
+                .unwrap()
+                .as_string::<i32>();
+            assert!(reasons.iter().all(|r| r.is_some_and(|r| !r.is_empty())));
+        }
+        // clean rows + quarantined rows = raw rows: nothing is dropped silently
+        let clean = ctx
+            .sql(&format!("SELECT COUNT(*) FROM {}", report.source))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let clean = clean[0]
+            .column(0)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+            .value(0);
+        assert_eq!(
+            clean as u64 + report.quarantined,
+            report.rows,
+            "{}",
+            report.source
+        );
+    }
+    let reasons: Vec<&str> = reports
+        .iter()
+        .flat_map(|r| r.reasons.iter().map(|(s, _)| s.as_str()))
+        .collect();
+    for expected in [
+        "negative amount",
+        "unknown certificate type",
+        "duplicate of an earlier row",
+    ] {
+        assert!(
+            reasons.contains(&expected),
+            "no '{expected}' in {reasons:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_run_stops_when_the_bad_share_passes_the_limit() {
+    let store = Store::open("memory://quarantine-limit").unwrap();
+    synth_world(&store, 2_000, 9).await;
+    let ctx = nightly::session(&Default::default()).unwrap();
+    let err = sources::validate_and_register(&ctx, &store, run_date(), 0.0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SourceError::TooManyBadRows { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("above the limit") && message.contains("quarantine/"),
+        "{message}"
+    );
+}
