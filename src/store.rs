@@ -1,5 +1,5 @@
-//! Object storage for every stage: one `Store` is a root URL (`file://`, a plain path, or
-//! `memory://name`) under which redflower keeps `raw/`, `features/`, `models/`, `published/` ...
+//! Object storage for every stage: one `Store` is a root URL (`file://`, a plain path,
+//! `s3://bucket/prefix` or `memory://name`) under which redflower keeps `raw/`, `features/`, `models/`, `published/` ...
 //!
 //! It owns URL parsing, Parquet reads and writes, and the registration of the root with a
 //! DataFusion session. It knows nothing about what the files mean; the stages decide paths.
@@ -12,6 +12,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -29,8 +30,15 @@ use url::Url;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("unsupported storage URL '{0}': use a local path, file:///abs/path or memory://name")]
+    #[error(
+        "unsupported storage URL '{0}': use a local path, file:///abs/path, s3://bucket/prefix or memory://name"
+    )]
     UnsupportedUrl(String),
+    #[error("cannot open '{url}': {source}")]
+    Configure {
+        url: String,
+        source: object_store::Error,
+    },
     #[error("cannot create local root '{path}': {source}")]
     LocalRoot {
         path: String,
@@ -80,6 +88,12 @@ impl Store {
     /// Opens a root: `./data`, `/abs/dir`, `file:///abs/dir` or `memory://name`.
     /// Local roots are created if missing.
     pub fn open(root: &str) -> Result<Store> {
+        Self::open_with(root, &[])
+    }
+
+    /// Like `open`, with object-store options that override the environment, such as
+    /// `("aws_endpoint_url", "http://127.0.0.1:9000")` (keys as object_store names them).
+    pub fn open_with(root: &str, options: &[(&str, &str)]) -> Result<Store> {
         if let Some(name) = root.strip_prefix("memory://") {
             let name = name.trim_end_matches('/');
             let store = {
@@ -95,6 +109,9 @@ impl Store {
                 prefix: String::new(),
                 display: format!("memory://{authority}"),
             });
+        }
+        if let Some(rest) = root.strip_prefix("s3://") {
+            return Self::open_s3(root, rest, options);
         }
         let local = if let Some(rest) = root.strip_prefix("file://") {
             rest.to_string()
@@ -117,6 +134,43 @@ impl Store {
             base: Url::parse("file:///").map_err(|_| StoreError::UnsupportedUrl(root.into()))?,
             prefix: abs.trim_matches('/').to_string(),
             display: format!("file://{abs}"),
+        })
+    }
+
+    /// `s3://bucket/prefix`, configured from the usual variables: AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, and AWS_ENDPOINT_URL for
+    /// S3-compatible servers (plain http is allowed when the endpoint says http://).
+    fn open_s3(root: &str, rest: &str, options: &[(&str, &str)]) -> Result<Store> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(StoreError::UnsupportedUrl(root.to_string()));
+        }
+        let configure = |source| StoreError::Configure {
+            url: root.to_string(),
+            source,
+        };
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let mut endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_default();
+        for (key, value) in options {
+            let key: AmazonS3ConfigKey = key.parse().map_err(configure)?;
+            if key == AmazonS3ConfigKey::Endpoint {
+                endpoint = value.to_string();
+            }
+            builder = builder.with_config(key, *value);
+        }
+        if endpoint.starts_with("http://") {
+            builder = builder.with_allow_http(true);
+        }
+        let s3 = builder.build().map_err(configure)?;
+        let prefix = prefix.trim_matches('/').to_string();
+        Ok(Store {
+            inner: Arc::new(s3),
+            base: Url::parse(&format!("s3://{bucket}/"))
+                .map_err(|_| StoreError::UnsupportedUrl(root.to_string()))?,
+            display: format!("s3://{bucket}/{prefix}")
+                .trim_end_matches('/')
+                .to_string(),
+            prefix,
         })
     }
 

@@ -5,4 +5,5 @@ mod chain;
 mod leakage;
 mod publishing;
 mod quarantine;
+mod s3;
 mod support;
