@@ -23,6 +23,18 @@ pub enum ConfigError {
 pub struct FeatureConfig {
     #[serde(rename = "family")]
     pub families: Vec<FeatureFamily>,
+    #[serde(rename = "ratio", default)]
+    pub ratios: Vec<Ratio>,
+}
+
+/// A feature made of two others, per user: numerator / denominator, where the denominator is
+/// not zero. Both are feature names the families produce, e.g. `late_payments_60d`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ratio {
+    pub name: String,
+    pub numerator: String,
+    pub denominator: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -206,6 +218,27 @@ impl FeatureConfig {
                 return Err(invalid("top_k must be at least 1".into()));
             }
         }
+        for ratio in &config.ratios {
+            let invalid = |problem: String| ConfigError::Invalid {
+                file: file.to_string(),
+                family: ratio.name.clone(),
+                problem,
+            };
+            if !names.insert(ratio.name.clone()) {
+                return Err(invalid("the name is used twice".into()));
+            }
+            for side in [&ratio.numerator, &ratio.denominator] {
+                let made_by_a_family = config.families.iter().any(|f| {
+                    side.strip_prefix(&f.name)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['_', '[']))
+                });
+                if !made_by_a_family {
+                    return Err(invalid(format!(
+                        "'{side}' is not a feature any family makes"
+                    )));
+                }
+            }
+        }
         Ok(config)
     }
 }
@@ -250,6 +283,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn a_ratio_of_an_unknown_feature_is_refused() {
+        let text = r#"
+            [[family]]
+            name = "late"
+            source = "repayments"
+            aggregate = "count"
+            [[ratio]]
+            name = "late_share"
+            numerator = "late"
+            denominator = "statments"
+        "#;
+        let err = FeatureConfig::parse(text, "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'statments'"), "{err}");
     }
 
     #[test]

@@ -293,6 +293,32 @@ pub async fn build(
         }
     }
 
+    for ratio in &config.ratios {
+        let (Some(numerator), Some(denominator)) = (
+            dictionary.id(&ratio.numerator),
+            dictionary.id(&ratio.denominator),
+        ) else {
+            continue; // a side with no support tonight: no ratio either
+        };
+        let denominators: HashMap<u64, f32> = (0..user_ids.len())
+            .filter(|&i| feature_ids[i] == denominator && values[i] != 0.0)
+            .map(|i| (user_ids[i], values[i]))
+            .collect();
+        let ratios: Vec<(u64, f32)> = (0..user_ids.len())
+            .filter(|&i| feature_ids[i] == numerator)
+            .filter_map(|i| Some((user_ids[i], values[i] / denominators.get(&user_ids[i])?)))
+            .collect();
+        if ratios.is_empty() {
+            continue;
+        }
+        let id = dictionary.id_or_insert(&ratio.name, &ratio.name);
+        for (user, value) in ratios {
+            user_ids.push(user);
+            feature_ids.push(id);
+            values.push(value);
+        }
+    }
+
     // Sort by (user, feature) so CSR rows come straight off the table.
     let mut order: Vec<u32> = (0..user_ids.len() as u32).collect();
     order.par_sort_unstable_by_key(|&i| (user_ids[i as usize], feature_ids[i as usize]));

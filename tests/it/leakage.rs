@@ -156,6 +156,10 @@ fn profiles_table(snapshot: NaiveDate) -> RecordBatch {
 
 /// Features as of `t` over `events`, as comparable rows (name, user, value).
 fn features_as_of(t: NaiveDate, events: &[(Event, i64)]) -> Vec<(String, u64, f32)> {
+    features_with(FAMILIES, t, events)
+}
+
+fn features_with(families: &str, t: NaiveDate, events: &[(Event, i64)]) -> Vec<(String, u64, f32)> {
     static WORLD: AtomicUsize = AtomicUsize::new(0);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -190,7 +194,7 @@ fn features_as_of(t: NaiveDate, events: &[(Event, i64)]) -> Vec<(String, u64, f3
             Arc::new(MemTable::try_new(events.schema(), vec![vec![events]]).unwrap()),
         )
         .unwrap();
-        let config = FeatureConfig::parse(FAMILIES, "leakage.toml").unwrap();
+        let config = FeatureConfig::parse(families, "leakage.toml").unwrap();
         let mut dictionary = FeatureDictionary::default();
         let set = features::build(&ctx, &store, &config, &mut dictionary, t)
             .await
@@ -240,4 +244,38 @@ proptest! {
         };
         prop_assert_eq!(settled(&features_as_of(t, &with_unsettled)), settled(&without));
     }
+}
+
+#[test]
+fn a_ratio_divides_two_features_of_the_same_user() {
+    let families = r#"
+        [[family]]
+        name = "spend"
+        source = "events"
+        aggregate = "sum"
+        value = "amount"
+        windows = ["30d"]
+
+        [[family]]
+        name = "purchases"
+        source = "events"
+        aggregate = "count"
+        windows = ["30d"]
+
+        [[ratio]]
+        name = "mean_purchase_30d"
+        numerator = "spend_30d"
+        denominator = "purchases_30d"
+    "#;
+    let t = as_of(10);
+    // user 1 spends 10 and 30 in the window and 1000 before it; user 2 only before it
+    let events = [
+        ((1, -60, 0, 0, 10.0), 0),
+        ((1, -3 * 1440, 1, 0, 30.0), 0),
+        ((1, -40 * 1440, 1, 0, 1000.0), 0),
+        ((2, -45 * 1440, 1, 0, 7.0), 0),
+    ];
+    let rows = features_with(families, t, &events);
+    let ratios: Vec<_> = rows.iter().filter(|r| r.0 == "mean_purchase_30d").collect();
+    assert_eq!(ratios, vec![&("mean_purchase_30d".to_string(), 1, 20.0)]);
 }
