@@ -138,17 +138,12 @@ pub async fn labels(
          AND user_id IS NOT NULL GROUP BY user_id",
         dpd = label.days_past_due
     );
-    let error = |error| DatasetError::Query {
-        sql: sql.clone(),
-        error,
-    };
-    let batches = ctx
-        .sql(&sql)
+    let batches = crate::sql::collect(ctx, &sql)
         .await
-        .map_err(error)?
-        .collect()
-        .await
-        .map_err(error)?;
+        .map_err(|error| DatasetError::Query {
+            sql: sql.clone(),
+            error,
+        })?;
     let mut out = HashMap::new();
     for batch in &batches {
         let users = batch.column(0).as_primitive::<UInt64Type>();

@@ -5,6 +5,7 @@
 //! ```text
 //! store      object storage roots (file://, memory://) and Parquet I/O
 //! schema     the Arrow schema of every input and output (schemas/*.json)
+//! sql        running a statement on a DataFusion session
 //! synth      a deterministic synthetic world of raw fragments, with its true PD
 //! sources    schema checks, quarantine of bad rows, clean tables for DataFusion
 //! features   declarative families -> long sparse (user_id, feature_id, value) + dictionary
@@ -26,5 +27,6 @@ pub mod publish;
 pub mod schema;
 mod serde_date;
 pub mod sources;
+pub mod sql;
 pub mod store;
 pub mod synth;

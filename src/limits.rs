@@ -280,16 +280,12 @@ async fn query(
     ctx: &SessionContext,
     sql: &str,
 ) -> Result<Vec<datafusion::arrow::array::RecordBatch>, PolicyError> {
-    let error = |error| PolicyError::Query {
-        sql: sql.to_string(),
-        error,
-    };
-    ctx.sql(sql)
+    crate::sql::collect(ctx, sql)
         .await
-        .map_err(error)?
-        .collect()
-        .await
-        .map_err(error)
+        .map_err(|error| PolicyError::Query {
+            sql: sql.to_string(),
+            error,
+        })
 }
 
 /// How many users got each limit band, lowest band first, for summaries.

@@ -206,16 +206,12 @@ async fn query(
     source: &str,
     sql: &str,
 ) -> Result<Vec<RecordBatch>, SourceError> {
-    let error = |error| SourceError::Query {
-        source_name: source.to_string(),
-        error,
-    };
-    ctx.sql(sql)
+    crate::sql::collect(ctx, sql)
         .await
-        .map_err(error)?
-        .collect()
-        .await
-        .map_err(error)
+        .map_err(|error| SourceError::Query {
+            source_name: source.to_string(),
+            error,
+        })
 }
 
 /// The `dt` partitions of a source, sorted.

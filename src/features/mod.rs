@@ -211,17 +211,32 @@ async fn run(
     family: &str,
     sql: &str,
 ) -> Result<Vec<RecordBatch>, FeatureError> {
-    let error = |error| FeatureError::Query {
-        family: family.to_string(),
-        sql: sql.to_string(),
-        error,
-    };
-    ctx.sql(sql)
+    crate::sql::collect(ctx, sql)
         .await
-        .map_err(error)?
+        .map_err(|error| FeatureError::Query {
+            family: family.to_string(),
+            sql: sql.to_string(),
+            error,
+        })
+}
+
+/// The SQL of every family and window as of `as_of`, labelled `family_<window>`; for tools
+/// that run the same aggregations elsewhere (the DuckDB benchmark).
+pub fn family_queries(
+    config: &FeatureConfig,
+    as_of: NaiveDate,
+    snapshot: NaiveDate,
+) -> Vec<(String, String)> {
+    config
+        .families
+        .iter()
+        .flat_map(|family| {
+            family.window_days().into_iter().map(move |window| {
+                let label = feature_name(family, window, None);
+                (label, family_sql(family, window, as_of, Some(snapshot)))
+            })
+        })
         .collect()
-        .await
-        .map_err(error)
 }
 
 /// Builds the features of every user alive at `as_of`. The sources must already be
