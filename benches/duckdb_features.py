@@ -1,0 +1,42 @@
+"""DuckDB side of the feature benchmark (benches/features.rs runs it).
+
+Reads the raw Parquet of a redflower root and runs the same family queries redflower runs,
+materialising every result in a temporary table, and prints one JSON line: seconds, result rows, peak RSS.
+The queries come from redflower (features::family_queries) in a JSON file; the only rewrite
+is days-since-last, since DuckDB has no DATE -> INTEGER cast.
+
+    python3 benches/duckdb_features.py ROOT QUERIES.json THREADS
+"""
+
+import json
+import re
+import resource
+import sys
+import time
+
+import duckdb
+
+root, queries_file, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+queries = json.load(open(queries_file))
+
+con = duckdb.connect()
+con.execute(f"SET threads = {threads}")
+con.execute("SET TimeZone = 'UTC'")
+for source in ["events", "certificates", "repayments", "profiles", "limit_requests"]:
+    con.execute(
+        f"CREATE VIEW {source} AS SELECT * FROM read_parquet('{root}/raw/{source}/*/*.parquet', "
+        f"hive_partitioning = true, hive_types = {{'dt': VARCHAR}})"
+    )
+
+days_since = re.compile(r"MAX\(CAST\((.*?) AS INT\)\)")
+
+started = time.perf_counter()
+rows = 0
+for label, sql in queries:
+    sql = days_since.sub(lambda m: f"MAX({m.group(1)} - DATE '1970-01-01')", sql)
+    # materialise inside DuckDB, as redflower materialises its batches
+    con.execute(f"CREATE OR REPLACE TEMP TABLE result AS {sql}")
+    rows += con.execute("SELECT COUNT(*) FROM result").fetchone()[0]
+seconds = time.perf_counter() - started
+peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"seconds": seconds, "rows": rows, "peak_rss_mib": peak_mib, "duckdb": duckdb.__version__}))
