@@ -199,15 +199,7 @@ fn features_with(families: &str, t: NaiveDate, events: &[(Event, i64)]) -> Vec<(
         let set = features::build(&ctx, &store, &config, &mut dictionary, t)
             .await
             .unwrap();
-        (0..set.nnz())
-            .map(|i| {
-                (
-                    dictionary.name(set.feature_ids[i]).to_string(),
-                    set.user_ids[i],
-                    set.values[i],
-                )
-            })
-            .collect()
+        crate::support::named_rows(&set, &dictionary)
     })
 }
 

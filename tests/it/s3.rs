@@ -92,15 +92,7 @@ async fn features_of(store: &Store) -> Vec<(String, u64, f32)> {
     .await
     .unwrap();
     features::write(store, &set).await.unwrap();
-    (0..set.nnz())
-        .map(|i| {
-            (
-                dictionary.name(set.feature_ids[i]).to_string(),
-                set.user_ids[i],
-                set.values[i],
-            )
-        })
-        .collect()
+    crate::support::named_rows(&set, &dictionary)
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use chrono::NaiveDate;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
+use redflower::features::{FeatureDictionary, FeatureSet};
 use redflower::publish;
 use redflower::store::Store;
 use redflower::synth::{self, WorldConfig};
@@ -65,4 +66,17 @@ pub fn limits_by_user(batches: &[RecordBatch]) -> HashMap<u64, (f64, Option<f64>
         }
     }
     out
+}
+
+/// A feature set as comparable rows (feature name, user, value), in the set's order.
+pub fn named_rows(set: &FeatureSet, dictionary: &FeatureDictionary) -> Vec<(String, u64, f32)> {
+    (0..set.nnz())
+        .map(|i| {
+            (
+                dictionary.name(set.feature_ids[i]).to_string(),
+                set.user_ids[i],
+                set.values[i],
+            )
+        })
+        .collect()
 }
