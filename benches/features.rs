@@ -47,6 +47,10 @@ fn peak_rss_mib() -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = tokio::runtime::Runtime::new()?;
     let end = NaiveDate::from_ymd_opt(2026, 11, 1).context("date")?;
     let world = WorldConfig {
@@ -75,7 +79,8 @@ fn main() -> anyhow::Result<()> {
         let set = features::build(&ctx, &store, config, &mut dictionary, end).await?;
         let seconds = started.elapsed().as_secs_f64();
         let snapshot = sources::snapshot_before(&store, "profiles", end).await?;
-        let queries = features::family_queries(config, end, snapshot);
+        let queries =
+            [true, false].map(|fused| features::family_queries(config, end, snapshot, fused));
         anyhow::Ok((
             store,
             raw_rows,
@@ -87,20 +92,71 @@ fn main() -> anyhow::Result<()> {
     })?;
     let redflower_peak = peak_rss_mib();
 
-    let queries_file = std::env::temp_dir().join("redflower-family-queries.json");
-    std::fs::write(&queries_file, serde_json::to_vec(&queries)?)?;
     let local_root = store.url().trim_start_matches("file://").to_string();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let [fused, per_family] = &queries;
+    let duck_fused = run_duckdb(&args.python, &local_root, fused, threads)?;
+    let duck_per_family = run_duckdb(&args.python, &local_root, per_family, threads)?;
+
+    println!(
+        "feature job, {} users, {} days, {raw_rows} raw rows, {threads} threads, as of {end}",
+        args.users, args.days,
+    );
+    println!("| engine | queries | seconds | raw rows/s | result | peak RSS |");
+    println!("|---|---:|---:|---:|---|---:|");
+    println!(
+        "| redflower (DataFusion) | {} fused | {seconds:.1} | {:.0} | {feature_rows} non-zeros, {distinct} features | {redflower_peak:.0} MiB |",
+        fused.len(),
+        raw_rows as f64 / seconds
+    );
+    for (duck, plan, n) in [
+        (&duck_fused, "fused", fused.len()),
+        (&duck_per_family, "per family", per_family.len()),
+    ] {
+        println!(
+            "| DuckDB {} | {n} {plan} | {:.1} | {:.0} | {} grouped rows | {:.0} MiB |",
+            duck.version,
+            duck.seconds,
+            raw_rows as f64 / duck.seconds,
+            duck.rows,
+            duck.peak_rss_mib
+        );
+    }
+    println!();
+    println!(
+        "redflower / DuckDB time: {:.2} (DuckDB on redflower's fused queries), {:.2} (DuckDB on one query per family and window)",
+        seconds / duck_fused.seconds,
+        seconds / duck_per_family.seconds
+    );
+    Ok(())
+}
+
+struct DuckRun {
+    seconds: f64,
+    rows: u64,
+    peak_rss_mib: f64,
+    version: String,
+}
+
+/// Runs benches/duckdb_features.py on `queries` in a fresh Python process.
+fn run_duckdb(
+    python: &str,
+    root: &str,
+    queries: &[(String, String)],
+    threads: usize,
+) -> anyhow::Result<DuckRun> {
+    let queries_file = std::env::temp_dir().join("redflower-family-queries.json");
+    std::fs::write(&queries_file, serde_json::to_vec(queries)?)?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/duckdb_features.py");
-    let output = Command::new(&args.python)
+    let output = Command::new(python)
         .args([
             script,
-            &local_root,
+            root,
             &queries_file.display().to_string(),
             &threads.to_string(),
         ])
         .output()
-        .with_context(|| format!("running {} {script}", args.python))?;
+        .with_context(|| format!("running {python} {script}"))?;
     if !output.status.success() {
         bail!(
             "DuckDB side failed: {}",
@@ -108,28 +164,10 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let duck: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let duck_seconds = duck["seconds"].as_f64().context("DuckDB seconds")?;
-
-    println!(
-        "feature job, {} users, {} days, {raw_rows} raw rows, {} family queries, {threads} threads, as of {end}",
-        args.users,
-        args.days,
-        queries.len()
-    );
-    println!("| engine | seconds | raw rows/s | result | peak RSS |");
-    println!("|---|---:|---:|---|---:|");
-    println!(
-        "| redflower (DataFusion) | {seconds:.1} | {:.0} | {feature_rows} non-zeros, {distinct} features | {redflower_peak:.0} MiB |",
-        raw_rows as f64 / seconds
-    );
-    println!(
-        "| DuckDB {} | {duck_seconds:.1} | {:.0} | {} grouped rows | {:.0} MiB |",
-        duck["duckdb"].as_str().unwrap_or("?"),
-        raw_rows as f64 / duck_seconds,
-        duck["rows"],
-        duck["peak_rss_mib"].as_f64().unwrap_or(f64::NAN)
-    );
-    println!();
-    println!("redflower / DuckDB time: {:.2}", seconds / duck_seconds);
-    Ok(())
+    Ok(DuckRun {
+        seconds: duck["seconds"].as_f64().context("DuckDB seconds")?,
+        rows: duck["rows"].as_u64().context("DuckDB rows")?,
+        peak_rss_mib: duck["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+        version: duck["duckdb"].as_str().unwrap_or("?").to_string(),
+    })
 }

@@ -86,6 +86,17 @@ impl TypeName {
 }
 
 impl TableSchema {
+    /// A SQL literal for the start of `date`, typed like the time column, so a filter compares
+    /// the raw column (Parquet statistics can prune on it) instead of casting every row.
+    pub fn time_literal(&self, date: chrono::NaiveDate) -> Option<String> {
+        let column = self.time_column.as_ref()?;
+        let field = self.fields.iter().find(|f| &f.name == column)?;
+        Some(match field.data_type {
+            TypeName::TimestampMicrosecond => format!("TIMESTAMP '{date} 00:00:00'"),
+            _ => format!("DATE '{date}'"),
+        })
+    }
+
     fn parse(json: &str) -> TableSchema {
         // The files are compiled in; a broken one fails every test, never a user's run.
         let mut table: TableSchema = serde_json::from_str(json).expect("schemas/*.json is valid");

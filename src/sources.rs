@@ -292,28 +292,43 @@ pub async fn validate_and_register(
             .iter()
             .map(|(cond, reason)| format!(" WHEN {cond} THEN '{reason}'"))
             .collect();
-        if let Some(time) = &source.table.time_column {
+        // the clean view is read by every feature query: plain predicates, no CASE strings,
+        // so the Parquet reader can evaluate them while decoding
+        let mut clean_conditions: Vec<String> = source
+            .rules
+            .iter()
+            .map(|(cond, _)| format!("NOT COALESCE(({cond}), FALSE)"))
+            .collect();
+        if let (Some(time), Some(bound)) = (
+            &source.table.time_column,
+            source.table.time_literal(run_date),
+        ) {
             arms.push_str(&format!(
-                " WHEN CAST({time} AS DATE) >= DATE '{run_date}' THEN '{time} on or after the run date'"
+                " WHEN {time} >= {bound} THEN '{time} on or after the run date'"
             ));
+            clean_conditions.push(format!("NOT COALESCE({time} >= {bound}, FALSE)"));
         }
         // numbering copies in a fixed order keeps the same copy every night
         let copy_no = match source.unique_key {
             Some(key) => {
                 arms.push_str(" WHEN copy_no > 1 THEN 'duplicate of an earlier row'");
+                clean_conditions.push("copy_no = 1".to_string());
                 format!(
                     ", ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY dt, {columns}) AS copy_no"
                 )
             }
             None => String::new(),
         };
-        let checked = format!(
-            "SELECT {columns}, dt, CASE{arms} ELSE NULL END AS quarantine_reason \
-             FROM (SELECT {columns}, dt{copy_no} FROM {raw} WHERE dt < '{run_date}') {lookup}",
+        let candidates = format!(
+            "(SELECT {columns}, dt{copy_no} FROM {raw} WHERE dt < '{run_date}') {lookup}",
             lookup = source.lookup
         );
+        let checked = format!(
+            "SELECT {columns}, dt, CASE{arms} ELSE NULL END AS quarantine_reason FROM {candidates}"
+        );
         let clean = format!(
-            "CREATE OR REPLACE VIEW {name} AS SELECT {columns}, dt FROM ({checked}) WHERE quarantine_reason IS NULL"
+            "CREATE OR REPLACE VIEW {name} AS SELECT {columns}, dt FROM {candidates} WHERE {}",
+            clean_conditions.join(" AND ")
         );
         query(ctx, &name, &clean).await?;
 

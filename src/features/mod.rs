@@ -21,7 +21,7 @@ use datafusion::arrow::datatypes::{DataType, Float64Type, UInt64Type};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use rayon::prelude::*;
-use tracing::info;
+use tracing::{debug, info};
 
 pub use config::{Aggregate, FeatureConfig, FeatureFamily, Transform};
 pub use dictionary::FeatureDictionary;
@@ -87,45 +87,123 @@ fn sql_date(date: NaiveDate) -> String {
     format!("DATE '{date}'")
 }
 
-/// The SQL of one family and window; output columns: user_id, k (key or NULL), v.
-fn family_sql(
-    family: &FeatureFamily,
-    window: Option<u32>,
-    as_of: NaiveDate,
-    snapshot: Option<NaiveDate>,
-) -> String {
+/// How a family's rows are placed in time: the expression compared with as-of bounds, the
+/// literal type it compares with, and the day it became known (for days-since-last).
+struct KnownAt<'a> {
+    compared: String,
+    table: Option<&'a schema::TableSchema>,
+    day: String,
+}
+
+impl KnownAt<'_> {
+    fn of<'t>(family: &FeatureFamily, table: &'t schema::TableSchema) -> Option<KnownAt<'t>> {
+        if let Some(time) = &family.time {
+            let day = format!("CAST(({time}) AS DATE)");
+            return Some(KnownAt {
+                compared: day.clone(),
+                table: None,
+                day,
+            });
+        }
+        let column = table.time_column.as_ref()?;
+        Some(KnownAt {
+            compared: column.clone(),
+            table: Some(table),
+            day: format!("CAST({column} AS DATE)"),
+        })
+    }
+
+    fn bound(&self, date: NaiveDate) -> String {
+        self.table
+            .and_then(|t| t.time_literal(date))
+            .unwrap_or_else(|| sql_date(date))
+    }
+}
+
+/// Families that read one source with one key and one notion of time run as a single query:
+/// one scan and one hash aggregation, with a FILTERed aggregate column per family and window.
+/// Windows and families that differ only in filter or aggregate cost no extra pass.
+struct QueryGroup<'a> {
+    source: &'a str,
+    key: Option<&'a str>,
+    time: Option<&'a str>,
+    /// column `c{i}` of the result is `members[i]`
+    members: Vec<(&'a FeatureFamily, Option<u32>)>,
+}
+
+impl QueryGroup<'_> {
+    fn label(&self) -> String {
+        let names: Vec<String> = self
+            .members
+            .iter()
+            .map(|(family, window)| feature_name(family, *window, None))
+            .collect();
+        format!(
+            "{}[{}]: {}",
+            self.source,
+            self.key.unwrap_or("user"),
+            names.join(", ")
+        )
+    }
+}
+
+fn query_groups(config: &FeatureConfig) -> Vec<QueryGroup<'_>> {
+    let mut groups: Vec<QueryGroup> = Vec::new();
+    for family in &config.families {
+        let (source, key, time) = (
+            family.source.as_str(),
+            family.key.as_deref(),
+            family.time.as_deref(),
+        );
+        let index = match groups
+            .iter()
+            .position(|g| (g.source, g.key, g.time) == (source, key, time))
+        {
+            Some(index) => index,
+            None => {
+                groups.push(QueryGroup {
+                    source,
+                    key,
+                    time,
+                    members: Vec::new(),
+                });
+                groups.len() - 1
+            }
+        };
+        for window in family.window_days() {
+            groups[index].members.push((family, window));
+        }
+    }
+    groups
+}
+
+/// The SQL of one group; output columns: user_id, k (the key, NULL without one), then one
+/// DOUBLE column `c{i}` per member, NULL where the member has no row for that user and key.
+fn group_sql(group: &QueryGroup, as_of: NaiveDate, snapshot: Option<NaiveDate>) -> String {
     let table = schema::all()
         .into_iter()
-        .find(|t| t.name == family.source)
+        .find(|t| t.name == group.source)
         .expect("validated at load");
-    let key = family
-        .key
-        .as_ref()
-        .map_or("CAST(NULL AS VARCHAR)".to_string(), |k| {
-            format!("CAST(({k}) AS VARCHAR)")
-        });
-    let value = family.value.as_deref().unwrap_or("1");
+    let known_at = KnownAt::of(group.members[0].0, table);
+    let key = group.key.unwrap_or("CAST(NULL AS VARCHAR)");
     let mut conditions = vec!["user_id IS NOT NULL".to_string()];
-    if let Some(k) = &family.key {
+    if let Some(k) = group.key {
         conditions.push(format!("({k}) IS NOT NULL"));
     }
-    if let Some(filter) = &family.filter {
-        conditions.push(format!("({filter})"));
-    }
-    let known_at = match (&family.time, &table.time_column) {
-        (Some(time), _) => Some(format!("CAST(({time}) AS DATE)")),
-        (None, Some(column)) => Some(format!("CAST({column} AS DATE)")),
-        (None, None) => None,
-    };
     match (&known_at, snapshot) {
         (Some(known_at), _) => {
-            conditions.push(format!("{known_at} < {}", sql_date(as_of)));
+            conditions.push(format!("{} < {}", known_at.compared, known_at.bound(as_of)));
             // partitions hold rows by their own time, never later than when they are known
             conditions.push(format!("dt < '{as_of}'"));
-            if let Some(days) = window {
-                let from = as_of - Duration::days(days as i64);
-                conditions.push(format!("{known_at} >= {}", sql_date(from)));
-                if family.time.is_none() {
+            let windows: Vec<Option<u32>> = group.members.iter().map(|(_, w)| *w).collect();
+            if let Some(Some(longest)) = windows
+                .iter()
+                .copied()
+                .max_by_key(|w| w.unwrap_or(u32::MAX))
+            {
+                let from = as_of - Duration::days(longest as i64);
+                conditions.push(format!("{} >= {}", known_at.compared, known_at.bound(from)));
+                if group.time.is_none() {
                     conditions.push(format!("dt >= '{from}'"));
                 }
             }
@@ -136,37 +214,86 @@ fn family_sql(
         }
         (None, None) => unreachable!("snapshot sources get a snapshot date"),
     }
-    let aggregate = match family.aggregate {
-        Aggregate::Count => "COUNT(*)".to_string(),
-        Aggregate::Sum => format!("SUM({value})"),
-        Aggregate::Mean => format!("AVG({value})"),
-        Aggregate::Max => format!("MAX({value})"),
-        Aggregate::Min => format!("MIN({value})"),
-        Aggregate::DistinctCount => format!("COUNT(DISTINCT {value})"),
-        Aggregate::Indicator => "MAX(1)".to_string(),
-        // the window sums the per-key sums of one user: shares over all keys, before support
-        // and top-k drop rare keys
-        Aggregate::Share => {
-            format!("SUM({value}) / NULLIF(SUM(SUM({value})) OVER (PARTITION BY user_id), 0)")
-        }
-        Aggregate::DaysSinceLast => format!(
-            "{} - MAX(CAST({} AS INT))",
-            (as_of - NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid")).num_days(),
-            known_at
-                .as_deref()
-                .expect("validated: days_since_last needs time")
-        ),
+    // rows no member wants are dropped before the aggregation
+    let filters: Option<Vec<String>> = group
+        .members
+        .iter()
+        .map(|(family, _)| family.filter.as_ref().map(|f| format!("({f})")))
+        .collect();
+    if let Some(mut filters) = filters {
+        filters.dedup();
+        conditions.push(format!("({})", filters.join(" OR ")));
+    }
+
+    let mut shares = Vec::new();
+    let columns: Vec<String> = group
+        .members
+        .iter()
+        .enumerate()
+        .map(|(i, (family, window))| {
+            let mut wanted = Vec::new();
+            if let Some(filter) = &family.filter {
+                wanted.push(format!("({filter})"));
+            }
+            if let (Some(days), Some(known_at)) = (window, &known_at) {
+                let from = as_of - Duration::days(*days as i64);
+                wanted.push(format!("{} >= {}", known_at.compared, known_at.bound(from)));
+            }
+            let only = if wanted.is_empty() {
+                String::new()
+            } else {
+                format!(" FILTER (WHERE {})", wanted.join(" AND "))
+            };
+            let value = family.value.as_deref().unwrap_or("1");
+            let aggregate = match family.aggregate {
+                // a count of no rows is no feature, as for every other aggregate
+                Aggregate::Count => format!("NULLIF(COUNT(*){only}, 0)"),
+                Aggregate::Sum => format!("SUM({value}){only}"),
+                Aggregate::Mean => format!("AVG({value}){only}"),
+                Aggregate::Max => format!("MAX({value}){only}"),
+                Aggregate::Min => format!("MIN({value}){only}"),
+                Aggregate::DistinctCount => format!("NULLIF(COUNT(DISTINCT {value}){only}, 0)"),
+                Aggregate::Indicator => format!("MAX(1){only}"),
+                Aggregate::Share => {
+                    shares.push(i);
+                    format!("SUM({value}){only}")
+                }
+                Aggregate::DaysSinceLast => format!(
+                    "{} - MAX(CAST({} AS INT)){only}",
+                    (as_of - NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid")).num_days(),
+                    known_at
+                        .as_ref()
+                        .expect("validated: days_since_last needs time")
+                        .day
+                ),
+            };
+            format!("CAST({aggregate} AS DOUBLE) AS c{i}")
+        })
+        .collect();
+    let group_by = match group.key {
+        Some(k) => format!("user_id, {k}"),
+        None => "user_id".to_string(),
     };
-    let group_by = if family.key.is_some() {
-        format!("user_id, {key}")
-    } else {
-        "user_id".to_string()
-    };
-    format!(
-        "SELECT user_id, {key} AS k, CAST({aggregate} AS DOUBLE) AS v FROM {source} WHERE {conditions} GROUP BY {group_by}",
-        source = family.source,
+    let grouped = format!(
+        "SELECT user_id, {key} AS k, {columns} FROM {source} WHERE {conditions} GROUP BY {group_by}",
+        columns = columns.join(", "),
+        source = group.source,
         conditions = conditions.join(" AND "),
-    )
+    );
+    if shares.is_empty() {
+        return grouped;
+    }
+    // a share divides by the user's total over all keys, before support and top-k drop any
+    let outer: Vec<String> = (0..group.members.len())
+        .map(|i| {
+            if shares.contains(&i) {
+                format!("c{i} / NULLIF(SUM(c{i}) OVER (PARTITION BY user_id), 0) AS c{i}")
+            } else {
+                format!("c{i}")
+            }
+        })
+        .collect();
+    format!("SELECT user_id, k, {} FROM ({grouped})", outer.join(", "))
 }
 
 fn feature_name(family: &FeatureFamily, window: Option<u32>, key: Option<&str>) -> String {
@@ -220,23 +347,140 @@ async fn run(
         })
 }
 
-/// The SQL of every family and window as of `as_of`, labelled `family_<window>`; for tools
-/// that run the same aggregations elsewhere (the DuckDB benchmark).
+/// The SQL redflower runs as of `as_of` (`fused`), or one query per family and window as a
+/// plain SQL job would, each with a label naming its features; for tools that run the same
+/// aggregations elsewhere (the DuckDB benchmark).
 pub fn family_queries(
     config: &FeatureConfig,
     as_of: NaiveDate,
     snapshot: NaiveDate,
+    fused: bool,
 ) -> Vec<(String, String)> {
-    config
-        .families
-        .iter()
-        .flat_map(|family| {
-            family.window_days().into_iter().map(move |window| {
-                let label = feature_name(family, window, None);
-                (label, family_sql(family, window, as_of, Some(snapshot)))
+    let groups = if fused {
+        query_groups(config)
+    } else {
+        query_groups(config)
+            .into_iter()
+            .flat_map(|g| {
+                let (source, key, time) = (g.source, g.key, g.time);
+                g.members.into_iter().map(move |member| QueryGroup {
+                    source,
+                    key,
+                    time,
+                    members: vec![member],
+                })
             })
-        })
+            .collect()
+    };
+    groups
+        .iter()
+        .map(|group| (group.label(), group_sql(group, as_of, Some(snapshot))))
         .collect()
+}
+
+/// One query's result with its keys interned: `row_keys[b][r]` indexes `keys` for row r of
+/// batch b, so support counting and id lookup never touch strings per row.
+struct GroupResult {
+    batches: Vec<RecordBatch>,
+    keys: Vec<Option<String>>,
+    row_keys: Vec<Vec<u32>>,
+}
+
+fn intern_keys(label: &str, batches: Vec<RecordBatch>) -> Result<GroupResult, FeatureError> {
+    let mut keys: Vec<Option<String>> = vec![None];
+    let mut index: HashMap<String, u32> = HashMap::new();
+    let mut row_keys = Vec::with_capacity(batches.len());
+    for batch in &batches {
+        let column = cast(batch.column(1), &DataType::Utf8).map_err(|e| FeatureError::Result {
+            family: label.to_string(),
+            problem: e.to_string(),
+        })?;
+        let column = column.as_string::<i32>();
+        let mut rows = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            if column.is_null(row) {
+                rows.push(0);
+                continue;
+            }
+            let key = column.value(row);
+            let id = match index.get(key) {
+                Some(id) => *id,
+                None => {
+                    let id = keys.len() as u32;
+                    keys.push(Some(key.to_string()));
+                    index.insert(key.to_string(), id);
+                    id
+                }
+            };
+            rows.push(id);
+        }
+        row_keys.push(rows);
+    }
+    Ok(GroupResult {
+        batches,
+        keys,
+        row_keys,
+    })
+}
+
+/// Long rows being assembled: (user, feature id, value).
+#[derive(Default)]
+struct LongRows {
+    user_ids: Vec<u64>,
+    feature_ids: Vec<u32>,
+    values: Vec<f32>,
+}
+
+/// Adds the features of member column `c{column}`: keys with enough support, at most top-k,
+/// ids from the dictionary in key order so they do not depend on hash order.
+fn add_member(
+    result: &GroupResult,
+    column: usize,
+    family: &FeatureFamily,
+    window: Option<u32>,
+    dictionary: &mut FeatureDictionary,
+    out: &mut LongRows,
+) -> usize {
+    let value_column = column + 2;
+    let mut support = vec![0u64; result.keys.len()];
+    for (batch, keys) in result.batches.iter().zip(&result.row_keys) {
+        let values = batch.column(value_column).as_primitive::<Float64Type>();
+        for (row, key) in keys.iter().enumerate() {
+            if values.is_valid(row) {
+                support[*key as usize] += 1;
+            }
+        }
+    }
+    let mut kept: Vec<u32> = (0..support.len() as u32)
+        .filter(|&k| support[k as usize] > 0 && support[k as usize] >= family.min_support)
+        .collect();
+    kept.sort_by(|&a, &b| {
+        support[b as usize]
+            .cmp(&support[a as usize])
+            .then_with(|| result.keys[a as usize].cmp(&result.keys[b as usize]))
+    });
+    if let Some(k) = family.top_k {
+        kept.truncate(k);
+    }
+    kept.sort_by(|&a, &b| result.keys[a as usize].cmp(&result.keys[b as usize]));
+    let mut ids: Vec<Option<u32>> = vec![None; result.keys.len()];
+    for k in &kept {
+        let name = feature_name(family, window, result.keys[*k as usize].as_deref());
+        ids[*k as usize] = Some(dictionary.id_or_insert(&name, &family.name));
+    }
+    let before = out.values.len();
+    for (batch, keys) in result.batches.iter().zip(&result.row_keys) {
+        let users = batch.column(0).as_primitive::<UInt64Type>();
+        let values = batch.column(value_column).as_primitive::<Float64Type>();
+        for (row, key) in keys.iter().enumerate() {
+            if let (true, Some(id)) = (values.is_valid(row), ids[*key as usize]) {
+                out.user_ids.push(users.value(row));
+                out.feature_ids.push(id);
+                out.values.push(apply(family.transform, values.value(row)));
+            }
+        }
+    }
+    out.values.len() - before
 }
 
 /// Builds the features of every user alive at `as_of`. The sources must already be
@@ -250,63 +494,32 @@ pub async fn build(
 ) -> Result<FeatureSet, FeatureError> {
     let snapshot = sources::snapshot_before(store, "profiles", as_of).await?;
     let users = population(ctx, snapshot, as_of).await?;
-    let mut user_ids = Vec::new();
-    let mut feature_ids = Vec::new();
-    let mut values = Vec::new();
+    let mut long = LongRows::default();
 
-    for family in &config.families {
-        for window in family.window_days() {
-            let sql = family_sql(family, window, as_of, Some(snapshot));
-            let batches = run(ctx, &family.name, &sql).await?;
-            // (user, key, value) rows, then keep the keys with enough support
-            let mut rows: Vec<(u64, Option<String>, f64)> = Vec::new();
-            for batch in &batches {
-                let keys =
-                    cast(batch.column(1), &DataType::Utf8).map_err(|e| FeatureError::Result {
-                        family: family.name.clone(),
-                        problem: e.to_string(),
-                    })?;
-                let keys = keys.as_string::<i32>();
-                let users = batch.column(0).as_primitive::<UInt64Type>();
-                let vals = batch.column(2).as_primitive::<Float64Type>();
-                for row in 0..batch.num_rows() {
-                    if vals.is_null(row) {
-                        continue;
-                    }
-                    let key = (!keys.is_null(row)).then(|| keys.value(row).to_string());
-                    rows.push((users.value(row), key, vals.value(row)));
-                }
-            }
-            let mut support: HashMap<Option<&str>, u64> = HashMap::new();
-            for (_, key, _) in &rows {
-                *support.entry(key.as_deref()).or_default() += 1;
-            }
-            let mut kept: Vec<(Option<&str>, u64)> = support
-                .into_iter()
-                .filter(|(_, n)| *n >= family.min_support)
-                .collect();
-            kept.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-            if let Some(k) = family.top_k {
-                kept.truncate(k);
-            }
-            // ids are assigned in a stable order: by key, not by hash-map order
-            kept.sort_by(|a, b| a.0.cmp(&b.0));
-            let ids: HashMap<Option<&str>, u32> = kept
-                .iter()
-                .map(|(key, _)| {
-                    let name = feature_name(family, window, *key);
-                    (*key, dictionary.id_or_insert(&name, &family.name))
-                })
-                .collect();
-            for (user, key, value) in &rows {
-                if let Some(id) = ids.get(&key.as_deref()) {
-                    user_ids.push(*user);
-                    feature_ids.push(*id);
-                    values.push(apply(family.transform, *value));
-                }
-            }
+    for group in query_groups(config) {
+        let label = group.label();
+        let sql = group_sql(&group, as_of, Some(snapshot));
+        let started = std::time::Instant::now();
+        let batches = run(ctx, &label, &sql).await?;
+        let query_seconds = started.elapsed().as_secs_f64();
+        let result = intern_keys(&label, batches)?;
+        let mut rows = 0;
+        for (column, (family, window)) in group.members.iter().enumerate() {
+            rows += add_member(&result, column, family, *window, dictionary, &mut long);
         }
+        debug!(
+            group = %label,
+            rows,
+            query_seconds,
+            assemble_seconds = started.elapsed().as_secs_f64() - query_seconds,
+            "feature group built"
+        );
     }
+    let LongRows {
+        mut user_ids,
+        mut feature_ids,
+        mut values,
+    } = long;
 
     for ratio in &config.ratios {
         let (Some(numerator), Some(denominator)) = (
@@ -391,26 +604,30 @@ pub async fn write(store: &Store, set: &FeatureSet) -> Result<(), FeatureError> 
 mod tests {
     use super::*;
 
-    fn family(toml_text: &str) -> FeatureFamily {
-        FeatureConfig::parse(toml_text, "t.toml")
-            .unwrap()
-            .families
-            .remove(0)
+    fn config(toml_text: &str) -> FeatureConfig {
+        FeatureConfig::parse(toml_text, "t.toml").unwrap()
+    }
+
+    fn sql(config: &FeatureConfig) -> Vec<String> {
+        let as_of = NaiveDate::from_ymd_opt(2026, 6, 30).unwrap();
+        query_groups(config)
+            .iter()
+            .map(|g| group_sql(g, as_of, None))
+            .collect()
     }
 
     #[test]
     fn windowed_sql_bounds_time_on_both_sides_and_prunes_partitions() {
-        let f = family(
+        let c = config(
             "[[family]]\nname='visits'\nsource='events'\nkey='merchant_id'\naggregate='count'\nwindows=['30d']",
         );
-        let as_of = NaiveDate::from_ymd_opt(2026, 6, 30).unwrap();
-        let sql = family_sql(&f, Some(30), as_of, None);
+        let sql = &sql(&c)[0];
         assert!(
-            sql.contains("CAST(event_time AS DATE) < DATE '2026-06-30'"),
+            sql.contains("event_time < TIMESTAMP '2026-06-30 00:00:00'"),
             "{sql}"
         );
         assert!(
-            sql.contains("CAST(event_time AS DATE) >= DATE '2026-05-31'"),
+            sql.contains("event_time >= TIMESTAMP '2026-05-31 00:00:00'"),
             "{sql}"
         );
         assert!(
@@ -420,12 +637,43 @@ mod tests {
     }
 
     #[test]
+    fn families_on_one_source_and_key_share_one_query_with_a_filtered_column_each() {
+        let c = config(
+            "[[family]]\nname='spend'\nsource='events'\nfilter=\"kind = 'purchase'\"\nkey='category'\naggregate='sum'\nvalue='amount'\nwindows=['30d','90d']\n\
+             [[family]]\nname='visits'\nsource='events'\nfilter=\"kind = 'visit'\"\nkey='category'\naggregate='count'\nwindows=['7d']\n\
+             [[family]]\nname='merchants'\nsource='events'\nkey='merchant_id'\naggregate='count'",
+        );
+        let queries = sql(&c);
+        assert_eq!(queries.len(), 2, "{queries:?}");
+        let fused = &queries[0];
+        assert!(
+            fused.contains(
+                "SUM(amount) FILTER (WHERE (kind = 'purchase') AND event_time >= TIMESTAMP '2026-05-31 00:00:00') AS DOUBLE) AS c0"
+            ),
+            "{fused}"
+        );
+        assert!(
+            fused.contains("AS c1") && fused.contains("AS c2"),
+            "{fused}"
+        );
+        // the longest window bounds the scan; rows no member wants are dropped up front
+        assert!(fused.contains("dt >= '2026-04-01'"), "{fused}");
+        assert!(
+            fused.contains("((kind = 'purchase') OR (kind = 'visit'))"),
+            "{fused}"
+        );
+        assert!(
+            fused.contains("NULLIF(COUNT(*) FILTER (WHERE (kind = 'visit')"),
+            "{fused}"
+        );
+    }
+
+    #[test]
     fn a_known_at_override_bounds_on_it_and_keeps_only_the_safe_partition_bound() {
-        let f = family(
+        let c = config(
             "[[family]]\nname='late'\nsource='repayments'\naggregate='count'\ntime=\"due_date + INTERVAL '30' DAY\"\nwindows=['120d']",
         );
-        let as_of = NaiveDate::from_ymd_opt(2026, 6, 30).unwrap();
-        let sql = family_sql(&f, Some(120), as_of, None);
+        let sql = &sql(&c)[0];
         assert!(
             sql.contains("CAST((due_date + INTERVAL '30' DAY) AS DATE) < DATE '2026-06-30'"),
             "{sql}"
@@ -435,32 +683,24 @@ mod tests {
 
     #[test]
     fn share_divides_by_the_users_total_over_all_keys() {
-        let f = family(
+        let c = config(
             "[[family]]\nname='share'\nsource='events'\nkey='category'\naggregate='share'\nvalue='amount'\nwindows=['90d']",
         );
-        let sql = family_sql(
-            &f,
-            Some(90),
-            NaiveDate::from_ymd_opt(2026, 6, 30).unwrap(),
-            None,
-        );
+        let sql = &sql(&c)[0];
         assert!(
-            sql.contains("SUM(amount) / NULLIF(SUM(SUM(amount)) OVER (PARTITION BY user_id), 0)"),
+            sql.contains("c0 / NULLIF(SUM(c0) OVER (PARTITION BY user_id), 0) AS c0"),
             "{sql}"
         );
-        assert!(
-            sql.contains("GROUP BY user_id, CAST((category) AS VARCHAR)"),
-            "{sql}"
-        );
+        assert!(sql.contains("GROUP BY user_id, category"), "{sql}");
     }
 
     #[test]
     fn names_read_like_the_docs() {
-        let f = family(
+        let c = config(
             "[[family]]\nname='visits'\nsource='events'\nkey='merchant_id'\naggregate='count'\nwindows=['30d']",
         );
         assert_eq!(
-            feature_name(&f, Some(30), Some("8812")),
+            feature_name(&c.families[0], Some(30), Some("8812")),
             "visits_30d[merchant_id=8812]"
         );
     }
