@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{Duration, NaiveDate};
+use futures::StreamExt;
 use datafusion::arrow::array::{
     Array, AsArray, Float32Array, RecordBatch, UInt32Array, UInt64Array,
 };
@@ -82,6 +83,10 @@ pub struct FeatureReport {
     pub dictionary_size: usize,
     pub seconds: f64,
 }
+
+/// Feature queries in flight at once: enough to overlap small queries with big scans, few
+/// enough that their hash tables share the engine's memory pool without spilling.
+const QUERIES_AT_ONCE: usize = 3;
 
 fn sql_date(date: NaiveDate) -> String {
     format!("DATE '{date}'")
@@ -496,12 +501,23 @@ pub async fn build(
     let users = population(ctx, snapshot, as_of).await?;
     let mut long = LongRows::default();
 
-    for group in query_groups(config) {
+    // A few queries run at once so small ones (profiles, certificates) overlap the scans of
+    // big ones; results are assembled in config order so dictionary ids stay deterministic.
+    let groups = query_groups(config);
+    let mut results = futures::stream::iter(groups.iter().map(|group| async move {
         let label = group.label();
-        let sql = group_sql(&group, as_of, Some(snapshot));
+        let sql = group_sql(group, as_of, Some(snapshot));
         let started = std::time::Instant::now();
         let batches = run(ctx, &label, &sql).await?;
-        let query_seconds = started.elapsed().as_secs_f64();
+        Ok::<_, FeatureError>((label, batches, started.elapsed().as_secs_f64()))
+    }))
+    .buffered(QUERIES_AT_ONCE);
+    for group in &groups {
+        let (label, batches, query_seconds) = results
+            .next()
+            .await
+            .expect("one result per group")?;
+        let started = std::time::Instant::now();
         let result = intern_keys(&label, batches)?;
         let mut rows = 0;
         for (column, (family, window)) in group.members.iter().enumerate() {
@@ -511,7 +527,7 @@ pub async fn build(
             group = %label,
             rows,
             query_seconds,
-            assemble_seconds = started.elapsed().as_secs_f64() - query_seconds,
+            assemble_seconds = started.elapsed().as_secs_f64(),
             "feature group built"
         );
     }
