@@ -10,7 +10,11 @@
 //! sources    schema checks, quarantine of bad rows, clean tables for DataFusion
 //! features   declarative families -> long sparse (user_id, feature_id, value) + dictionary
 //! dataset    CSR rows and point-in-time labels
-//! model      Burn sparse logistic model: training, metrics, versioned artifacts
+//! model      Burn wide & deep network: training, calibration, metrics, reports, registry
+//! pipelines  the configuration files of a run and the DataFusion session they make
+//! training   train / evaluate / compare workflows on a root's newest labelled window
+//! table      bring-your-own-table training sets from Parquet or CSV
+//! scoring    PD, scorecard points and reason codes for every user
 //! limits     the limit policy: PD -> grade -> limit, certificate boosts, user caps
 //! publish    versioned limit tables committed by a create-only manifest
 //! nightly    the job that runs the stages in order and reports
@@ -23,10 +27,14 @@ pub mod features;
 pub mod limits;
 pub mod model;
 pub mod nightly;
+pub mod pipelines;
 pub mod publish;
 pub mod schema;
+pub mod scoring;
 mod serde_date;
 pub mod sources;
 pub mod sql;
 pub mod store;
 pub mod synth;
+pub mod table;
+pub mod training;

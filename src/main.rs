@@ -10,10 +10,12 @@ use clap::{Parser, Subcommand};
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use tracing_subscriber::EnvFilter;
 
-use redflower::model::DeviceKind;
+use redflower::model::evaluation::Evaluation;
+use redflower::model::{self, DeviceKind, ModelCard};
 use redflower::nightly::{self, NightlyReport, Pipelines};
 use redflower::store::Store;
 use redflower::synth::{self, WorldConfig};
+use redflower::training::{self, Promote};
 
 /// Nightly credit limits from fragmented evidence.
 #[derive(Parser)]
@@ -72,6 +74,54 @@ enum Command {
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceKind,
     },
+    /// Train a model on the newest labelled window of a world (or on your own table), register
+    /// it under models/ with its metrics and HTML report.
+    ///
+    /// Examples: redflower train --root ./data --date 2026-11-01 --promote
+    ///           redflower train --root ./byo --table ./loans.csv --label defaulted
+    Train {
+        #[arg(long)]
+        root: String,
+        /// the run date whose training window to use (features as of date - horizon)
+        #[arg(long, required_unless_present = "table")]
+        date: Option<NaiveDate>,
+        /// train on this Parquet or CSV table instead of the world (path or URL)
+        #[arg(long, requires = "label")]
+        table: Option<String>,
+        /// the 0/1 label column of --table
+        #[arg(long, requires = "table")]
+        label: Option<String>,
+        #[arg(long)]
+        pipelines: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceKind,
+        /// make the new model the champion the nightly job scores with
+        #[arg(long)]
+        promote: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evaluate a registered model on the holdout of a date's training window, next to the
+    /// champion; writes models/<version>/evaluations/<date>/.
+    ///
+    /// Example: redflower evaluate --root ./data --model 2026-08-03-e10e27e0ff12 --date 2026-11-01
+    Evaluate {
+        #[arg(long)]
+        root: String,
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        date: NaiveDate,
+        #[arg(long)]
+        pipelines: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceKind,
+    },
+    /// List, compare and promote registered models.
+    Models {
+        #[command(subcommand)]
+        action: ModelsAction,
+    },
     /// Print a user's row from the newest published limit table.
     ///
     /// Example: redflower show --root ./data --user 42
@@ -81,6 +131,47 @@ enum Command {
         #[arg(long)]
         user: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum ModelsAction {
+    /// Every registered model, newest first; the champion is marked.
+    ///
+    /// Example: redflower models list --root ./data
+    List {
+        #[arg(long)]
+        root: String,
+    },
+    /// Two models on the same held-out users of a date's training window.
+    ///
+    /// Example: redflower models compare --root ./data --date 2026-11-01 A B
+    Compare {
+        #[arg(long)]
+        root: String,
+        #[arg(long)]
+        date: NaiveDate,
+        #[arg(long)]
+        pipelines: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceKind,
+        first: String,
+        second: String,
+    },
+    /// Make a model the champion the nightly job scores with.
+    ///
+    /// Example: redflower models promote --root ./data 2026-08-03-e10e27e0ff12
+    Promote {
+        #[arg(long)]
+        root: String,
+        version: String,
+    },
+}
+
+fn load_pipelines(dir: Option<PathBuf>) -> Result<Pipelines> {
+    Ok(match dir {
+        Some(dir) => Pipelines::load(&dir)?,
+        None => Pipelines::builtin(),
+    })
 }
 
 fn main() -> ExitCode {
@@ -195,6 +286,102 @@ async fn execute(command: Command) -> Result<()> {
             let report = nightly::run(&store, world.end, &Pipelines::builtin(), device).await?;
             print_summary(&report);
         }
+        Command::Train {
+            root,
+            date,
+            table,
+            label,
+            pipelines,
+            device,
+            promote,
+            json,
+        } => {
+            let store = Store::open(&root)?;
+            let pipelines = load_pipelines(pipelines)?;
+            let device = device.device()?;
+            let promote = if promote {
+                Promote::Always
+            } else {
+                Promote::Never
+            };
+            let started = std::time::Instant::now();
+            let outcome = match (table, label, date) {
+                (Some(table), Some(label), _) => {
+                    let byo = redflower::table::training_set(&table, &label).await?;
+                    println!(
+                        "table {table}: {} rows ({} without a label, left out), {} numeric and {} categorical columns -> {} features{}",
+                        byo.rows,
+                        byo.unlabelled,
+                        byo.numeric_columns.len(),
+                        byo.categorical_columns.len(),
+                        byo.dictionary.len(),
+                        if byo.skipped_columns.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; constant, skipped: {}", byo.skipped_columns.join(", "))
+                        }
+                    );
+                    training::train_and_register(
+                        &store,
+                        &byo.set,
+                        &byo.dictionary,
+                        false,
+                        format!("table {table}, label column '{label}'"),
+                        &pipelines,
+                        &device,
+                        promote,
+                    )
+                    .await?
+                    .1
+                }
+                (_, _, Some(date)) => {
+                    let window = training::labelled_window(&store, date, &pipelines).await?;
+                    training::train_and_register(
+                        &store,
+                        &window.set,
+                        &window.dictionary,
+                        true,
+                        format!("the redflower world at {}", store.url()),
+                        &pipelines,
+                        &device,
+                        promote,
+                    )
+                    .await?
+                    .1
+                }
+                _ => anyhow::bail!("train needs --date, or --table with --label"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&outcome)?);
+            } else {
+                print_evaluation(&outcome.card, &outcome.evaluation, &outcome.report);
+                println!(
+                    "  champion    {}",
+                    if outcome.promoted {
+                        "promoted: the nightly job scores with this model from now on"
+                    } else {
+                        "not promoted (redflower models promote to make it the champion)"
+                    }
+                );
+                println!("  took        {:.1}s", started.elapsed().as_secs_f64());
+            }
+        }
+        Command::Evaluate {
+            root,
+            model,
+            date,
+            pipelines,
+            device,
+        } => {
+            let store = Store::open(&root)?;
+            let pipelines = load_pipelines(pipelines)?;
+            let device = device.device()?;
+            let window = training::labelled_window(&store, date, &pipelines).await?;
+            let (card, evaluation, report) =
+                training::evaluate(&store, &window, &model, &pipelines, &device).await?;
+            print_evaluation(&card, &evaluation, &report);
+        }
+        Command::Models { action } => models(action).await?,
         Command::Show { root, user } => {
             let store = Store::open(&root)?;
             let manifest = redflower::publish::latest(&store)
@@ -224,6 +411,118 @@ async fn execute(command: Command) -> Result<()> {
         }
     }
     Ok(())
+}
+
+async fn models(action: ModelsAction) -> Result<()> {
+    match action {
+        ModelsAction::List { root } => {
+            let store = Store::open(&root)?;
+            let champion = model::champion(&store).await?.map(|c| c.version);
+            let cards = model::list(&store).await?;
+            if cards.is_empty() {
+                println!("no models under {}/models/", store.url());
+            }
+            println!(
+                "{:<2}{:<26} {:<15} {:>9} {:>8} {:>8} {:>8}  data",
+                "", "version", "kind", "features", "AUC", "KS", "ECE"
+            );
+            for card in cards {
+                let mark = if champion.as_deref() == Some(card.version.as_str()) {
+                    "*"
+                } else {
+                    ""
+                };
+                println!(
+                    "{mark:<2}{:<26} {:<15} {:>9} {:>8.4} {:>8.4} {:>8.4}  {}",
+                    card.version,
+                    card.kind,
+                    card.n_features,
+                    card.holdout.auc,
+                    card.holdout.ks,
+                    card.holdout.ece,
+                    card.data
+                );
+            }
+            println!("(* = champion; AUC, KS, ECE on each model's own holdout)");
+        }
+        ModelsAction::Compare {
+            root,
+            date,
+            pipelines,
+            device,
+            first,
+            second,
+        } => {
+            let store = Store::open(&root)?;
+            let pipelines = load_pipelines(pipelines)?;
+            let device = device.device()?;
+            let window = training::labelled_window(&store, date, &pipelines).await?;
+            let (_, a, _) =
+                training::evaluate(&store, &window, &first, &pipelines, &device).await?;
+            let (_, b, _) =
+                training::evaluate(&store, &window, &second, &pipelines, &device).await?;
+            println!("on {} users of {}:", a.metrics.rows, a.rows_evaluated);
+            println!("{:<12} {:>26} {:>26}", "", first, second);
+            let line = |name: &str, x: f64, y: f64| println!("{name:<12} {x:>26.5} {y:>26.5}");
+            line("AUC", a.metrics.auc, b.metrics.auc);
+            line("Gini", a.metrics.gini, b.metrics.gini);
+            line("KS", a.metrics.ks, b.metrics.ks);
+            line("log loss", a.metrics.log_loss, b.metrics.log_loss);
+            line("Brier", a.metrics.brier, b.metrics.brier);
+            line("ECE", a.metrics.ece, b.metrics.ece);
+            line("mean PD", a.metrics.mean_pd, b.metrics.mean_pd);
+            if let Some(oracle) = a.oracle_auc {
+                println!("oracle AUC on the same users: {oracle:.4}");
+            }
+        }
+        ModelsAction::Promote { root, version } => {
+            let store = Store::open(&root)?;
+            let champion = model::promote(&store, &version).await?;
+            println!(
+                "champion is now {} (was {}); the next nightly run scores with it",
+                champion.version,
+                champion.previous.as_deref().unwrap_or("none")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_evaluation(card: &ModelCard, e: &Evaluation, report: &str) {
+    let m = &e.metrics;
+    println!();
+    println!("model {} ({}) on {}", card.version, card.kind, card.data);
+    println!(
+        "  evaluated   on {} ({} rows, {} defaults)",
+        e.rows_evaluated, m.rows, m.positives
+    );
+    let oracle = e.oracle_auc.map_or(String::new(), |o| {
+        format!(", oracle AUC {o:.4} (ratio {:.3})", m.auc / o)
+    });
+    println!(
+        "  ranking     AUC {:.4}, Gini {:.4}, KS {:.4}{oracle}",
+        m.auc, m.gini, m.ks
+    );
+    let before = e.uncalibrated.map_or(String::new(), |u| {
+        format!(" (before calibration {:.4})", u.ece)
+    });
+    println!(
+        "  calibration ECE {:.4}{before}; mean PD {:.4} vs default rate {:.4}; log loss {:.4}, Brier {:.4}",
+        m.ece, m.mean_pd, m.default_rate, m.log_loss, m.brier
+    );
+    if let Some(top) = e.deciles.first() {
+        println!(
+            "  lift        riskiest decile: default rate {:.3}, lift {:.2}",
+            top.default_rate, top.lift
+        );
+    }
+    if let Some(c) = &e.champion {
+        println!(
+            "  champion    {}: AUC {:.4}; PSI of PD against it {:.4}",
+            c.version, c.auc, c.score_psi
+        );
+    }
+    println!("  report      {report}");
 }
 
 fn print_summary(report: &NightlyReport) {
@@ -283,11 +582,17 @@ fn print_summary(report: &NightlyReport) {
             format!("{a:.4}")
         });
     println!(
-        "  model       {}: holdout AUC {:.4}, oracle AUC {} on {} held-out users; log loss {:.4}",
+        "  model       {} ({}): holdout AUC {:.4}, oracle AUC {} on {} held-out users; ECE {:.4}, log loss {:.4}",
         report.model_version,
+        if report.trained_tonight {
+            "no champion yet: trained and promoted tonight"
+        } else {
+            "the champion"
+        },
         report.holdout.auc,
         oracle,
         report.holdout.rows,
+        report.holdout.ece,
         report.holdout.log_loss
     );
     println!(

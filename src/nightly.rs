@@ -5,30 +5,27 @@
 //! This module only orders the stages and moves their outputs between them; each stage owns
 //! its own reads and writes.
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::NaiveDate;
-use datafusion::arrow::array::AsArray;
-use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
-use datafusion::execution::config::SessionConfig;
-use datafusion::execution::memory_pool::FairSpillPool;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::prelude::SessionContext;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tracing::info;
 
-use crate::dataset::{self, Csr, DatasetError, LabelConfig};
+pub use crate::pipelines::{
+    EngineConfig, NightlyConfig, Pipelines, PipelinesError, ValidationConfig, session,
+};
+
+use crate::dataset::{self, Csr, DatasetError};
 use crate::features::stats::{self, Drift, Strength};
-use crate::features::{self, FeatureConfig, FeatureDictionary, FeatureError, FeatureReport};
-use crate::limits::{self, LimitPolicy, PolicyError};
-use crate::model::{self, DeviceKind, Metrics, ModelError, TrainingConfig};
+use crate::features::{self, FeatureDictionary, FeatureError, FeatureReport};
+use crate::limits::{self, PolicyError};
+use crate::model::{self, DeviceKind, Metrics, ModelError};
 use crate::publish::{self, LimitRow, Manifest, PublishError};
+use crate::scoring::{self, ScoringError};
 use crate::sources::{self, SourceError, SourceReport};
 use crate::store::{Store, StoreError};
+use crate::training::{self, Promote, TrainingError, oracle_auc};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NightlyError {
@@ -46,96 +43,14 @@ pub enum NightlyError {
     Policy(#[from] PolicyError),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error(transparent)]
+    Scoring(#[from] ScoringError),
+    #[error(transparent)]
+    Training(#[from] TrainingError),
+    #[error(transparent)]
+    Pipelines(#[from] PipelinesError),
     #[error("{file}: {error}")]
     Config { file: String, error: String },
-    #[error("reading truth: {0}")]
-    Truth(String),
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NightlyConfig {
-    pub engine: EngineConfig,
-    pub label: LabelConfig,
-    pub validation: ValidationConfig,
-    pub training: TrainingConfig,
-}
-
-/// How DataFusion may use this machine.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EngineConfig {
-    /// Memory DataFusion's operators may hold; past it, sorts and aggregations spill to disk.
-    pub memory_limit_mb: usize,
-    /// Parallel partitions per query; 0 means one per core.
-    pub target_partitions: usize,
-    /// Where spill files go; empty means the system temp folder.
-    #[serde(default)]
-    pub spill_dir: String,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            memory_limit_mb: 4096,
-            target_partitions: 0,
-            spill_dir: String::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ValidationConfig {
-    pub max_bad_share: f64,
-}
-
-/// The three files of `pipelines/`.
-#[derive(Debug, Clone)]
-pub struct Pipelines {
-    pub features: FeatureConfig,
-    pub policy: LimitPolicy,
-    pub nightly: NightlyConfig,
-}
-
-impl Pipelines {
-    /// The configuration shipped with redflower, compiled in.
-    pub fn builtin() -> Pipelines {
-        Pipelines {
-            features: FeatureConfig::builtin(),
-            policy: LimitPolicy::builtin(),
-            nightly: parse_nightly(
-                include_str!("../pipelines/nightly.toml"),
-                "pipelines/nightly.toml",
-            )
-            .expect("the shipped nightly.toml is valid"),
-        }
-    }
-
-    /// `features.toml`, `limits.toml` and `nightly.toml` from a folder.
-    pub fn load(dir: &Path) -> Result<Pipelines, NightlyError> {
-        let config = |e: &dyn std::fmt::Display| NightlyError::Config {
-            file: dir.display().to_string(),
-            error: e.to_string(),
-        };
-        let nightly_file = dir.join("nightly.toml");
-        let text = std::fs::read_to_string(&nightly_file).map_err(|e| NightlyError::Config {
-            file: nightly_file.display().to_string(),
-            error: e.to_string(),
-        })?;
-        Ok(Pipelines {
-            features: FeatureConfig::load(&dir.join("features.toml")).map_err(|e| config(&e))?,
-            policy: LimitPolicy::load(&dir.join("limits.toml")).map_err(|e| config(&e))?,
-            nightly: parse_nightly(&text, &nightly_file.display().to_string())?,
-        })
-    }
-}
-
-fn parse_nightly(text: &str, file: &str) -> Result<NightlyConfig, NightlyError> {
-    toml::from_str(text).map_err(|e| NightlyError::Config {
-        file: file.to_string(),
-        error: e.to_string(),
-    })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -161,7 +76,11 @@ pub struct NightlyReport {
     pub most_drifted: Vec<Drift>,
     pub training_rows: usize,
     pub training_defaults: usize,
+    /// the model that scored tonight: the champion, or one trained and promoted tonight
+    /// because the root had none
     pub model_version: String,
+    pub trained_tonight: bool,
+    /// the scoring model on the holdout of tonight's training set (the newest labels)
     pub holdout: Metrics,
     /// AUC of the true PD on the same held-out users, when the root has a synthetic truth
     pub oracle_auc: Option<f64>,
@@ -209,27 +128,6 @@ impl Stopwatch {
         self.stage = Instant::now();
         seconds
     }
-}
-
-/// A DataFusion session under the engine's memory limit, spilling to disk past it.
-pub fn session(engine: &EngineConfig) -> Result<SessionContext, NightlyError> {
-    let partitions = match engine.target_partitions {
-        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-        n => n,
-    };
-    let config = SessionConfig::new()
-        .with_target_partitions(partitions)
-        .set_bool("datafusion.execution.parquet.pushdown_filters", true);
-    let mut runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(FairSpillPool::new(engine.memory_limit_mb << 20)));
-    if !engine.spill_dir.is_empty() {
-        runtime = runtime.with_temp_file_path(&engine.spill_dir);
-    }
-    let runtime = runtime.build_arc().map_err(|e| NightlyError::Config {
-        file: "nightly.toml [engine]".into(),
-        error: e.to_string(),
-    })?;
-    Ok(SessionContext::new_with_config_rt(config, runtime))
 }
 
 /// Runs the whole chain for `run_date` on the root `store`.
@@ -285,39 +183,70 @@ pub async fn run(
     clock.lap("features");
 
     let training_set = dataset::training_set(&training_features, &labels)?;
-    let trained = model::train(&training_set, dictionary.len(), &config.training, &device);
-    let model = model::register(
-        store,
-        &trained,
-        &dictionary,
-        training_as_of,
-        &config.training,
-    )
-    .await?;
-    let oracle_auc = oracle_auc(store, &trained.holdout_users, &trained.holdout_labels).await?;
+    let (model, trained_tonight) = match model::champion(store).await? {
+        Some(champion) => {
+            let model = model::load(store, &champion.version, &device).await?;
+            model.check_dictionary(&dictionary)?;
+            info!(model = %champion.version, "scoring with the champion");
+            (model, false)
+        }
+        None => {
+            info!("no champion under models/: training one");
+            let (model, _) = training::train_and_register(
+                store,
+                &training_set,
+                &dictionary,
+                true,
+                format!("the redflower world at {}", store.url()),
+                pipelines,
+                &device,
+                Promote::IfNoChampion,
+            )
+            .await?;
+            (model, true)
+        }
+    };
+    // how the scoring model does on the newest labels, night after night
+    let (holdout_rows, holdout_labels) =
+        training::holdout(&training_set, config.training.holdout_share);
+    let holdout_pd = model.pd(&holdout_rows, &device);
+    let holdout = model::metrics::evaluate(&holdout_pd, &holdout_labels);
+    let oracle_auc = oracle_auc(store, &holdout_rows.users, &holdout_labels).await?;
     clock.lap("train");
 
     let scoring_rows = Csr::from_features(&scoring_features);
-    let pd = model::predict(&model.network, &scoring_rows, &device, 4096);
+    let scores = scoring::score(
+        &model,
+        &scoring_rows,
+        &dictionary,
+        &config.evaluation,
+        &device,
+    );
+    scoring::write(store, run_date, &scores).await?;
     clock.lap("score");
 
     let inputs = limits::load_inputs(&ctx, run_date).await?;
     let policy = &pipelines.policy;
-    let rows: Vec<LimitRow> = scoring_rows
-        .users
-        .par_iter()
-        .zip(pd.par_iter())
-        .map(|(&user_id, &pd)| LimitRow {
-            user_id,
-            pd,
-            decision: policy.decide(
+    let rows: Vec<LimitRow> = (0..scores.users.len())
+        .into_par_iter()
+        .map(|i| {
+            let (user_id, pd) = (scores.users[i], scores.pd[i]);
+            let mut decision = policy.decide(
                 pd,
                 inputs
                     .certificates
                     .get(&user_id)
                     .map_or(&[][..], |c| c.as_slice()),
                 inputs.caps.get(&user_id).copied(),
-            ),
+            );
+            decision
+                .reasons
+                .extend(scores.reasons[i].iter().map(|code| format!("model:{code}")));
+            LimitRow {
+                user_id,
+                pd,
+                decision,
+            }
         })
         .collect();
     clock.lap("limits");
@@ -339,7 +268,8 @@ pub async fn run(
         training_rows: training_set.labels.len(),
         training_defaults: training_set.positives(),
         model_version: model.card.version.clone(),
-        holdout: trained.holdout,
+        trained_tonight,
+        holdout,
         oracle_auc,
         scored_users: rows.len(),
         limit_distribution: limits::distribution(&credit),
@@ -368,29 +298,4 @@ pub async fn run(
         .put(&format!("runs/{run_date}/report.json"), json.into())
         .await?;
     Ok(report)
-}
-
-/// AUC of the synthetic world's true PD on the given users, if the root has `truth/`.
-async fn oracle_auc(
-    store: &Store,
-    users: &[u64],
-    labels: &[f32],
-) -> Result<Option<f64>, NightlyError> {
-    let batches = store.read_parquet_dir("truth/true_pd").await?;
-    if batches.is_empty() {
-        return Ok(None);
-    }
-    let mut truth = HashMap::new();
-    for batch in &batches {
-        crate::schema::TRUTH
-            .check("truth/true_pd", &batch.schema())
-            .map_err(|e| NightlyError::Truth(e.to_string()))?;
-        let ids = batch.column(0).as_primitive::<UInt64Type>();
-        let pd = batch.column(1).as_primitive::<Float64Type>();
-        for row in 0..batch.num_rows() {
-            truth.insert(ids.value(row), pd.value(row));
-        }
-    }
-    let scores: Option<Vec<f64>> = users.iter().map(|u| truth.get(u).copied()).collect();
-    Ok(scores.and_then(|s| model::metrics::auc(&s, labels)))
 }

@@ -171,9 +171,10 @@ schema!(FEATURES, "features.json");
 schema!(FEATURE_DICTIONARY, "feature_dictionary.json");
 schema!(LIMITS, "limits.json");
 schema!(TRUTH, "truth.json");
+schema!(SCORES, "scores.json");
 
 /// Every table, for tools that list or document them.
-pub fn all() -> [&'static TableSchema; 10] {
+pub fn all() -> [&'static TableSchema; 11] {
     [
         &PROFILES,
         &EVENTS,
@@ -185,6 +186,7 @@ pub fn all() -> [&'static TableSchema; 10] {
         &FEATURE_DICTIONARY,
         &LIMITS,
         &TRUTH,
+        &SCORES,
     ]
 }
 

@@ -211,6 +211,11 @@ impl Store {
         format!("{}{}/", self.base, self.path(rel))
     }
 
+    /// The URL of one object, for DataFusion (with `register`).
+    pub fn file_url(&self, rel: &str) -> String {
+        format!("{}{}", self.base, self.path(rel))
+    }
+
     /// Makes the root readable by `ctx` through `table_url`.
     pub fn register(&self, ctx: &SessionContext) {
         ctx.register_object_store(&self.base, self.inner.clone());

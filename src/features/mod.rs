@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{Duration, NaiveDate};
-use futures::StreamExt;
 use datafusion::arrow::array::{
     Array, AsArray, Float32Array, RecordBatch, UInt32Array, UInt64Array,
 };
@@ -21,6 +20,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, UInt64Type};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
+use futures::StreamExt;
 use rayon::prelude::*;
 use tracing::{debug, info};
 
@@ -513,10 +513,8 @@ pub async fn build(
     }))
     .buffered(QUERIES_AT_ONCE);
     for group in &groups {
-        let (label, batches, query_seconds) = results
-            .next()
-            .await
-            .expect("one result per group")?;
+        let (label, batches, query_seconds) =
+            results.next().await.expect("one result per group")?;
         let started = std::time::Instant::now();
         let result = intern_keys(&label, batches)?;
         let mut rows = 0;

@@ -1,12 +1,18 @@
-//! Models: trains the default-probability model with Burn, measures it, and keeps versioned
-//! artifacts under `models/<version>/` (weights as safetensors, `model.json` with the
-//! dictionary prefix it was trained on, metrics and config).
+//! Models: trains default-probability networks with Burn, calibrates and measures them, and
+//! keeps versioned artifacts under `models/<version>/`: `weights.safetensors`, `model.json`
+//! (the card: architecture, calibration, data window, dictionary prefix hash, holdout
+//! metrics), `metrics.json` (the full evaluation) and `report.html`. `models/_champion.json`
+//! names the model the nightly job scores with.
 //!
 //! Reads training sets and CSR rows from `dataset`; writes only `models/`. A model refuses a
 //! feature dictionary whose first entries differ from those it was trained on.
 
+pub mod calibration;
+pub mod evaluation;
 pub mod metrics;
 pub mod network;
+pub mod reasons;
+pub mod report;
 pub mod train;
 
 use burn::tensor::Device;
@@ -15,10 +21,12 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use calibration::{Platt, Scorecard};
 pub use metrics::Metrics;
-pub use network::SparseLogistic;
-pub use train::{TrainedModel, TrainingConfig, predict, train};
+pub use network::{Architecture, WideDeep};
+pub use train::{TrainedModel, TrainingConfig, logits, predict, train};
 
+use crate::dataset::Csr;
 use crate::features::FeatureDictionary;
 use crate::store::{Store, StoreError};
 
@@ -39,6 +47,8 @@ pub enum ModelError {
         expected: String,
         found: String,
     },
+    #[error("no model '{version}' under {root}/models/ (see `redflower models list`)")]
+    UnknownModel { version: String, root: String },
 }
 
 /// Where tensors live. Chosen at run time; the GPU kinds need their cargo feature.
@@ -75,25 +85,37 @@ impl DeviceKind {
 #[serde(deny_unknown_fields)]
 pub struct ModelCard {
     pub version: String,
+    /// `wide_and_deep` or `sparse_logistic`
     pub kind: String,
+    pub architecture: Architecture,
+    /// what it was trained on: a redflower world, or `--table URL --label COLUMN`
+    pub data: String,
     /// features as of this date, labels from the following horizon
     #[serde(with = "crate::serde_date")]
     pub trained_as_of: NaiveDate,
     pub n_features: usize,
     pub dictionary_hash: String,
+    pub calibration: Platt,
+    pub scorecard: Scorecard,
+    /// calibrated PD on the held-out users
     pub holdout: Metrics,
+    /// the network's raw output on the same users, before calibration
+    pub holdout_uncalibrated: Metrics,
+    /// AUC of the true PD on the same users, where the data is a synthetic world
+    pub oracle_auc: Option<f64>,
     pub epochs_run: usize,
     pub training: TrainingConfig,
-    /// SHA-256 of the learned values (little-endian f32 weights, then the bias)
+    /// SHA-256 of the learned values in `WideDeep::learned_values` order
     pub values_sha256: String,
+    pub limitations: Vec<String>,
 }
 
 pub struct Model {
     pub card: ModelCard,
-    pub network: SparseLogistic,
+    pub network: WideDeep,
 }
 
-fn weights_bytes(network: &SparseLogistic, version: &str) -> Result<Vec<u8>, ModelError> {
+fn weights_bytes(network: &WideDeep, version: &str) -> Result<Vec<u8>, ModelError> {
     let mut store = SafetensorsStore::from_bytes(None);
     let problem = |e: &dyn std::fmt::Display| ModelError::Artifact {
         version: version.to_string(),
@@ -103,35 +125,70 @@ fn weights_bytes(network: &SparseLogistic, version: &str) -> Result<Vec<u8>, Mod
     store.get_bytes().map_err(|e| problem(&e))
 }
 
-/// Saves a trained model as `models/<trained_as_of>-<weights hash>/`. The version is derived
-/// from the learned values (not the file bytes, whose header order may vary), so retraining
-/// on the same data gives the same version.
+/// What the registry needs to know about a training run besides the network.
+pub struct Provenance<'a> {
+    pub data: String,
+    pub trained_as_of: NaiveDate,
+    pub training: &'a TrainingConfig,
+    pub scorecard: Scorecard,
+    pub oracle_auc: Option<f64>,
+}
+
+fn limitations(trained: &TrainedModel, provenance: &Provenance) -> Vec<String> {
+    let mut notes = vec![
+        format!(
+            "Trained on one snapshot of features as of {} with labels from the following horizon; PD is calibrated to that period's default rate ({:.2}% on the holdout) and drifts with it.",
+            provenance.trained_as_of,
+            trained.holdout.default_rate * 100.0
+        ),
+        "Features that appear after training are ignored until the next model; the dictionary prefix hash guards the ids it knows.".to_string(),
+        "Reason codes come from the wide (linear) part only; the deep part's share of a user's logit is reported as one number, not split by feature.".to_string(),
+    ];
+    if trained.holdout.rows < 5000 {
+        notes.push(format!(
+            "Only {} held-out rows: metrics have wide confidence intervals.",
+            trained.holdout.rows
+        ));
+    }
+    notes
+}
+
+/// Saves a trained model as `models/<trained_as_of>-<hash>/` (weights and card). The version
+/// is derived from the learned values (not the file bytes, whose header order may vary), so
+/// retraining on the same data gives the same version.
 pub async fn register(
     store: &Store,
     trained: &TrainedModel,
     dictionary: &FeatureDictionary,
-    trained_as_of: NaiveDate,
-    training: &TrainingConfig,
+    provenance: &Provenance<'_>,
 ) -> Result<Model, ModelError> {
     let weights = weights_bytes(&trained.network, "new")?;
-    let (coefficients, bias) = trained.network.coefficients();
     let mut hasher = Sha256::new();
-    for value in coefficients.iter().chain([&bias]) {
+    for value in trained.network.learned_values() {
         hasher.update(value.to_le_bytes());
     }
+    hasher.update(trained.calibration.slope.to_le_bytes());
+    hasher.update(trained.calibration.intercept.to_le_bytes());
     let digest = format!("{:x}", hasher.finalize());
-    let version = format!("{trained_as_of}-{}", &digest[..12]);
-    let n_features = trained.network.n_features();
+    let version = format!("{}-{}", provenance.trained_as_of, &digest[..12]);
+    let architecture = trained.network.architecture();
     let card = ModelCard {
         version: version.clone(),
-        kind: "sparse_logistic".into(),
-        trained_as_of,
-        n_features,
-        dictionary_hash: dictionary.prefix_hash(n_features),
+        kind: architecture.kind().to_string(),
+        architecture,
+        data: provenance.data.clone(),
+        trained_as_of: provenance.trained_as_of,
+        n_features: architecture.n_features,
+        dictionary_hash: dictionary.prefix_hash(architecture.n_features),
+        calibration: trained.calibration,
+        scorecard: provenance.scorecard,
         holdout: trained.holdout,
+        holdout_uncalibrated: trained.holdout_raw,
+        oracle_auc: provenance.oracle_auc,
         epochs_run: trained.epochs_run,
-        training: training.clone(),
+        training: provenance.training.clone(),
         values_sha256: digest,
+        limitations: limitations(trained, provenance),
     };
     store
         .put(
@@ -139,38 +196,58 @@ pub async fn register(
             weights.into(),
         )
         .await?;
-    let json = serde_json::to_vec_pretty(&card).map_err(|e| ModelError::Artifact {
-        version: version.clone(),
-        problem: e.to_string(),
-    })?;
-    store
-        .put(&format!("models/{version}/model.json"), json.into())
-        .await?;
+    put_json(store, &version, "model.json", &card).await?;
     Ok(Model {
         card,
         network: trained.network.clone(),
     })
 }
 
-/// Loads `models/<version>/` onto `device`.
-pub async fn load(store: &Store, version: &str, device: &Device) -> Result<Model, ModelError> {
-    let missing = |what: &str| ModelError::Artifact {
+async fn put_json<T: Serialize>(
+    store: &Store,
+    version: &str,
+    file: &str,
+    value: &T,
+) -> Result<(), ModelError> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| ModelError::Artifact {
         version: version.to_string(),
-        problem: format!("{what} is missing under {}/models/{version}/", store.url()),
-    };
-    let card = store
+        problem: format!("{file}: {e}"),
+    })?;
+    store
+        .put(&format!("models/{version}/{file}"), json.into())
+        .await?;
+    Ok(())
+}
+
+/// Reads `models/<version>/model.json`.
+pub async fn card(store: &Store, version: &str) -> Result<ModelCard, ModelError> {
+    let bytes = store
         .get(&format!("models/{version}/model.json"))
         .await?
-        .ok_or_else(|| missing("model.json"))?;
-    let card: ModelCard = serde_json::from_slice(&card).map_err(|e| ModelError::Artifact {
+        .ok_or_else(|| ModelError::UnknownModel {
+            version: version.to_string(),
+            root: store.url().to_string(),
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| ModelError::Artifact {
         version: version.to_string(),
         problem: format!("model.json: {e}"),
-    })?;
+    })
+}
+
+/// Loads `models/<version>/` onto `device`.
+pub async fn load(store: &Store, version: &str, device: &Device) -> Result<Model, ModelError> {
+    let card = card(store, version).await?;
     let weights = store
         .get(&format!("models/{version}/weights.safetensors"))
         .await?
-        .ok_or_else(|| missing("weights.safetensors"))?;
-    let mut network = SparseLogistic::new(card.n_features, device);
+        .ok_or_else(|| ModelError::Artifact {
+            version: version.to_string(),
+            problem: format!(
+                "weights.safetensors is missing under {}/models/{version}/",
+                store.url()
+            ),
+        })?;
+    let mut network = WideDeep::new(card.architecture, device);
     let mut snapshot = SafetensorsStore::from_bytes(Some(weights.to_vec()));
     network
         .load_from(&mut snapshot)
@@ -179,6 +256,68 @@ pub async fn load(store: &Store, version: &str, device: &Device) -> Result<Model
             problem: e.to_string(),
         })?;
     Ok(Model { card, network })
+}
+
+/// Every registered model's card, newest training date first.
+pub async fn list(store: &Store) -> Result<Vec<ModelCard>, ModelError> {
+    let mut versions: Vec<String> = store
+        .list("models")
+        .await?
+        .into_iter()
+        .filter_map(|(path, _)| {
+            let rest = path.strip_prefix("models/")?;
+            let (version, file) = rest.split_once('/')?;
+            (file == "model.json").then(|| version.to_string())
+        })
+        .collect();
+    versions.sort();
+    versions.dedup();
+    let mut cards = Vec::new();
+    for version in versions.iter().rev() {
+        cards.push(card(store, version).await?);
+    }
+    Ok(cards)
+}
+
+/// `models/_champion.json`: the model the nightly job scores with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Champion {
+    pub version: String,
+    /// the champion it replaced, for a quick way back
+    pub previous: Option<String>,
+    pub promoted_at: String,
+}
+
+const CHAMPION_FILE: &str = "models/_champion.json";
+
+pub async fn champion(store: &Store) -> Result<Option<Champion>, ModelError> {
+    let Some(bytes) = store.get(CHAMPION_FILE).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ModelError::Artifact {
+            version: "champion".into(),
+            problem: format!("{CHAMPION_FILE}: {e}"),
+        })
+}
+
+/// Makes `version` the champion; the model must exist.
+pub async fn promote(store: &Store, version: &str) -> Result<Champion, ModelError> {
+    card(store, version).await?;
+    let previous = champion(store).await?.map(|c| c.version);
+    let champion = Champion {
+        version: version.to_string(),
+        previous: previous.filter(|p| p != version),
+        promoted_at: chrono::Utc::now().to_rfc3339(),
+    };
+    let json = serde_json::to_vec_pretty(&champion).map_err(|e| ModelError::Artifact {
+        version: version.to_string(),
+        problem: e.to_string(),
+    })?;
+    store.put(CHAMPION_FILE, json.into()).await?;
+    Ok(champion)
 }
 
 impl Model {
@@ -200,6 +339,14 @@ impl Model {
         }
         Ok(())
     }
+
+    /// Calibrated PD of every row.
+    pub fn pd(&self, rows: &Csr, device: &Device) -> Vec<f64> {
+        logits(&self.network, rows, device, 4096)
+            .into_iter()
+            .map(|z| self.card.calibration.pd(z))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -207,20 +354,20 @@ mod tests {
     use super::*;
     use crate::dataset::{Csr, TrainingSet};
 
-    /// Two features: feature 0 raises risk, feature 1 lowers it.
+    /// Feature 0 raises risk, feature 1 lowers it, and defaults are rare (~8%).
     fn toy_set() -> TrainingSet {
         let mut csr = Csr {
             offsets: vec![0],
             ..Default::default()
         };
         let mut labels = Vec::new();
-        for user in 0..2000u64 {
+        for user in 0..6000u64 {
             let risky = user % 3 == 0;
             csr.users.push(user);
             csr.ids.push(if risky { 0 } else { 1 });
             csr.values.push(1.0);
             csr.offsets.push(csr.ids.len());
-            let default = if risky { user % 2 == 0 } else { user % 10 == 1 };
+            let default = if risky { user % 7 < 1 } else { user % 29 == 1 };
             labels.push(if default { 1.0 } else { 0.0 });
         }
         TrainingSet {
@@ -237,22 +384,63 @@ mod tests {
             learning_rate: 0.05,
             l2: 0.0,
             holdout_share: 0.2,
-            validation_share: 0.1,
+            validation_share: 0.2,
             patience: 2,
             seed: 1,
+            positive_weight: 1.0,
+            embedding_dim: 4,
+            hidden: 8,
+        }
+    }
+
+    fn provenance(config: &TrainingConfig) -> Provenance<'_> {
+        Provenance {
+            data: "toy".into(),
+            trained_as_of: NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+            training: config,
+            scorecard: Scorecard::default(),
+            oracle_auc: None,
         }
     }
 
     #[test]
-    fn learns_the_sign_of_each_feature_and_is_deterministic() {
+    fn wide_and_deep_learns_the_sign_of_each_feature_and_is_deterministic() {
         let device = Device::flex();
         let set = toy_set();
         let a = train(&set, 2, &config(), &device);
         let b = train(&set, 2, &config(), &device);
+        assert_eq!(a.network.architecture().kind(), "wide_and_deep");
         let (weights, _) = a.network.coefficients();
         assert!(weights[0] > weights[1], "{weights:?}");
         assert!(a.holdout.auc > 0.6, "{:?}", a.holdout);
-        assert_eq!(a.network.coefficients(), b.network.coefficients());
+        assert_eq!(a.network.learned_values(), b.network.learned_values());
+        assert_eq!(a.calibration, b.calibration);
+    }
+
+    #[test]
+    fn calibration_removes_the_bias_of_class_weighting() {
+        let device = Device::flex();
+        let weighted = TrainingConfig {
+            positive_weight: 6.0,
+            embedding_dim: 0,
+            epochs: 6,
+            ..config()
+        };
+        let trained = train(&toy_set(), 2, &weighted, &device);
+        // weighting defaults six times makes raw PDs far too high; Platt brings them back
+        assert!(
+            trained.holdout_raw.mean_pd > 2.0 * trained.holdout_raw.default_rate,
+            "{:?}",
+            trained.holdout_raw
+        );
+        assert!(
+            trained.holdout.ece < trained.holdout_raw.ece / 3.0,
+            "calibrated {:?} raw {:?}",
+            trained.holdout,
+            trained.holdout_raw
+        );
+        // calibration is monotone: the ranking, hence AUC, is unchanged
+        assert!((trained.holdout.auc - trained.holdout_raw.auc).abs() < 1e-9);
     }
 
     #[tokio::test]
@@ -263,14 +451,18 @@ mod tests {
         let mut dictionary = FeatureDictionary::default();
         dictionary.id_or_insert("risky", "t");
         dictionary.id_or_insert("safe", "t");
-        let as_of = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
-        let model = register(&store, &trained, &dictionary, as_of, &config())
+        let config = config();
+        let model = register(&store, &trained, &dictionary, &provenance(&config))
             .await
             .unwrap();
         let loaded = load(&store, &model.card.version, &device).await.unwrap();
         assert_eq!(
-            loaded.network.coefficients(),
-            trained.network.coefficients()
+            loaded.network.learned_values(),
+            trained.network.learned_values()
+        );
+        assert_eq!(
+            loaded.pd(&trained.holdout_rows, &device),
+            trained.holdout_pd
         );
         loaded.check_dictionary(&dictionary).unwrap();
         dictionary.id_or_insert("new_feature", "t");
@@ -280,5 +472,39 @@ mod tests {
         other.id_or_insert("risky", "t");
         let err = loaded.check_dictionary(&other).unwrap_err().to_string();
         assert!(err.contains("retrain"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn promotion_names_the_champion_and_remembers_the_previous_one() {
+        let device = Device::flex();
+        let store = Store::open("memory://champion-test").unwrap();
+        assert!(champion(&store).await.unwrap().is_none());
+        let mut dictionary = FeatureDictionary::default();
+        dictionary.id_or_insert("risky", "t");
+        dictionary.id_or_insert("safe", "t");
+        let wide = TrainingConfig {
+            embedding_dim: 0,
+            ..config()
+        };
+        let deep = config();
+        let a = train(&toy_set(), 2, &wide, &device);
+        let b = train(&toy_set(), 2, &deep, &device);
+        let a = register(&store, &a, &dictionary, &provenance(&wide))
+            .await
+            .unwrap();
+        let b = register(&store, &b, &dictionary, &provenance(&deep))
+            .await
+            .unwrap();
+        assert_ne!(a.card.version, b.card.version);
+        promote(&store, &a.card.version).await.unwrap();
+        let now = promote(&store, &b.card.version).await.unwrap();
+        assert_eq!(now.version, b.card.version);
+        assert_eq!(now.previous.as_deref(), Some(a.card.version.as_str()));
+        assert_eq!(list(&store).await.unwrap().len(), 2);
+        let err = promote(&store, "no-such-model")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("models list"), "{err}");
     }
 }

@@ -1,72 +1,174 @@
-//! The network: a sparse logistic model, written as an embedding bag. Each feature id owns one
-//! weight; a user's logit is the bias plus the sum of their features' weights times values.
+//! The network: wide & deep over sparse rows.
+//!
+//! - wide: one weight per feature id, logit = bias + sum(weight * value). Exactly additive, so
+//!   each feature's contribution is a reason code.
+//! - deep: an embedding bag of the same ids (value-weighted sum of `embedding_dim` vectors)
+//!   through a ReLU MLP to one more logit. The strong facts (occupation, region, income band,
+//!   age band, city tier) are indicator ids, so the bag is where their interactions with each
+//!   other and with behaviour are learned.
+//!
 //! Burn has no sparse tensors or EmbeddingBag, so rows are padded to the batch's longest row
-//! with id 0 (a padding weight that never learns, because its values are always 0).
+//! with id 0, a padding slot whose value is always 0 and so never learns or contributes.
 
 use burn::module::{Module, Param};
-use burn::nn::{Embedding, EmbeddingConfig, Initializer};
-use burn::tensor::activation::log_sigmoid;
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
+use burn::tensor::activation::{log_sigmoid, relu};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
 
 use crate::dataset::Csr;
 
-#[derive(Module, Debug)]
-pub struct SparseLogistic {
-    weights: Embedding,
-    bias: Param<Tensor<1>>,
+/// The shape of a network, saved with the model so it can be rebuilt before loading weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Architecture {
+    pub n_features: usize,
+    /// 0: the wide part alone (sparse logistic regression)
+    pub embedding_dim: usize,
+    pub hidden: usize,
 }
 
-impl SparseLogistic {
-    /// A model over feature ids `0..n_features`, all weights zero: the problem is convex, so
-    /// a zero start loses nothing and needs no random seed.
-    pub fn new(n_features: usize, device: &Device) -> SparseLogistic {
-        SparseLogistic {
-            weights: EmbeddingConfig::new(n_features + 1, 1)
+impl Architecture {
+    pub fn kind(&self) -> &'static str {
+        if self.embedding_dim == 0 {
+            "sparse_logistic"
+        } else {
+            "wide_and_deep"
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Deep {
+    embedding: Embedding,
+    hidden: Linear,
+    output: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct WideDeep {
+    wide: Embedding,
+    bias: Param<Tensor<1>>,
+    deep: Option<Deep>,
+}
+
+impl WideDeep {
+    /// Wide weights start at zero (the wide problem is convex, a zero start loses nothing);
+    /// the deep part starts from the device's seeded generator, so seed the device first.
+    pub fn new(architecture: Architecture, device: &Device) -> WideDeep {
+        let rows = architecture.n_features + 1;
+        let deep = (architecture.embedding_dim > 0).then(|| Deep {
+            embedding: EmbeddingConfig::new(rows, architecture.embedding_dim)
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.01,
+                })
+                .init(device),
+            hidden: LinearConfig::new(architecture.embedding_dim, architecture.hidden.max(1))
+                .init(device),
+            // the deep logit starts at zero: training begins from the wide model
+            output: LinearConfig::new(architecture.hidden.max(1), 1)
+                .with_initializer(Initializer::Zeros)
+                .init(device),
+        });
+        WideDeep {
+            wide: EmbeddingConfig::new(rows, 1)
                 .with_initializer(Initializer::Zeros)
                 .init(device),
             bias: Param::from_tensor(Tensor::zeros([1], device)),
+            deep,
+        }
+    }
+
+    pub fn architecture(&self) -> Architecture {
+        let [rows, _] = self.wide.weight.shape().dims();
+        let (embedding_dim, hidden) = self.deep.as_ref().map_or((0, 0), |d| {
+            let [_, dim] = d.embedding.weight.shape().dims();
+            let [_, hidden] = d.hidden.weight.shape().dims();
+            (dim, hidden)
+        });
+        Architecture {
+            n_features: rows - 1,
+            embedding_dim,
+            hidden,
         }
     }
 
     pub fn n_features(&self) -> usize {
-        let [rows, _] = self.weights.weight.shape().dims();
-        rows - 1
+        self.architecture().n_features
     }
 
-    /// Logits `[B]` of a padded batch: ids `[B, L]` (feature id + 1, 0 = padding), values `[B, L]`.
+    /// The wide logit (bias included) and the deep logit `[B]` of a padded batch: ids `[B, L]`
+    /// (feature id + 1, 0 = padding), values `[B, L]`. The model's logit is their sum.
+    pub fn forward_parts(&self, ids: Tensor<2, Int>, values: Tensor<2>) -> (Tensor<1>, Tensor<1>) {
+        let weights: Tensor<2> = self.wide.forward(ids.clone()).squeeze_dim(2);
+        let wide: Tensor<1> =
+            (weights * values.clone()).sum_dim(1).squeeze_dim(1) + self.bias.val();
+        let deep = match &self.deep {
+            Some(deep) => {
+                let vectors: Tensor<3> = deep.embedding.forward(ids);
+                let bag: Tensor<2> = (vectors * values.unsqueeze_dim(2))
+                    .sum_dim(1)
+                    .squeeze_dim(1);
+                let hidden = relu(deep.hidden.forward(bag));
+                deep.output.forward(hidden).squeeze_dim(1)
+            }
+            None => wide.zeros_like(),
+        };
+        (wide, deep)
+    }
+
+    /// Logits `[B]` of a padded batch.
     pub fn forward(&self, ids: Tensor<2, Int>, values: Tensor<2>) -> Tensor<1> {
-        let weights: Tensor<2> = self.weights.forward(ids).squeeze_dim(2);
-        let dot: Tensor<1> = (weights * values).sum_dim(1).squeeze_dim(1);
-        dot + self.bias.val()
+        let (wide, deep) = self.forward_parts(ids, values);
+        wide + deep
     }
 
-    /// Feature weights as a plain vector, index = feature id; and the bias.
+    /// Wide weights as a plain vector, index = feature id; and the bias.
     pub fn coefficients(&self) -> (Vec<f32>, f32) {
-        let weights: Vec<f32> = self
-            .weights
-            .weight
-            .val()
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap_or_default();
-        let bias: Vec<f32> = self
-            .bias
-            .val()
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap_or_default();
+        let weights = to_vec(self.wide.weight.val().reshape([-1]));
+        let bias = to_vec(self.bias.val());
         (weights[1..].to_vec(), bias.first().copied().unwrap_or(0.0))
     }
 
-    /// Squared L2 norm of the feature weights.
+    /// Every learned value in a fixed order (wide weights, bias, then the deep part's
+    /// tensors), for the version hash: the same values always give the same version.
+    pub fn learned_values(&self) -> Vec<f32> {
+        let (mut values, bias) = self.coefficients();
+        values.push(bias);
+        if let Some(deep) = &self.deep {
+            values.extend(to_vec(deep.embedding.weight.val().reshape([-1])));
+            for layer in [&deep.hidden, &deep.output] {
+                values.extend(to_vec(layer.weight.val().reshape([-1])));
+                if let Some(bias) = &layer.bias {
+                    values.extend(to_vec(bias.val()));
+                }
+            }
+        }
+        values
+    }
+
+    /// Squared L2 norm of the per-feature parameters (wide weights and embeddings).
     pub fn l2(&self) -> Tensor<1> {
-        self.weights.weight.val().powi_scalar(2).sum()
+        let wide = self.wide.weight.val().powi_scalar(2).sum();
+        match &self.deep {
+            Some(deep) => wide + deep.embedding.weight.val().powi_scalar(2).sum(),
+            None => wide,
+        }
     }
 }
 
-/// Binary cross-entropy from logits, written with log-sigmoid so large logits stay finite.
-pub fn bce_with_logits(logits: Tensor<1>, labels: Tensor<1>) -> Tensor<1> {
-    let positive = log_sigmoid(logits.clone()) * labels.clone();
+fn to_vec(tensor: Tensor<1>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap_or_default()
+}
+
+/// Binary cross-entropy from logits, written with log-sigmoid so large logits stay finite;
+/// defaults weigh `positive_weight` times a non-default (class imbalance).
+pub fn bce_with_logits(logits: Tensor<1>, labels: Tensor<1>, positive_weight: f64) -> Tensor<1> {
+    let positive = log_sigmoid(logits.clone()) * labels.clone().mul_scalar(positive_weight);
     let negative = log_sigmoid(logits.neg()) * labels.neg().add_scalar(1.0);
     (positive + negative).mean().neg()
 }

@@ -1,6 +1,7 @@
-//! The trainer: Adam over shuffled minibatches of padded CSR rows, L2 on the weights, early
-//! stopping on a validation slice carved from the training users. Same data and seed give the
-//! same model: the weights start at zero and the shuffles come from a seeded generator.
+//! The trainer: Adam over shuffled minibatches of padded CSR rows, defaults weighted against
+//! class imbalance, L2 on the per-feature parameters, early stopping on validation AUC, then
+//! Platt calibration on the same validation slice. Same data and seed give the same model:
+//! the wide weights start at zero, the deep part and the shuffles come from seeded generators.
 
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
@@ -12,8 +13,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
+use super::calibration::Platt;
 use super::metrics::{self, Metrics};
-use super::network::{PaddedBatch, SparseLogistic, bce_with_logits};
+use super::network::{Architecture, PaddedBatch, WideDeep, bce_with_logits};
 use crate::dataset::{Csr, TrainingSet, is_holdout};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,11 +33,32 @@ pub struct TrainingConfig {
     /// epochs without validation improvement before stopping
     pub patience: usize,
     pub seed: u64,
+    /// weight of a default against a non-default in the loss; calibration removes the bias
+    /// it puts into raw outputs
+    #[serde(default = "one")]
+    pub positive_weight: f64,
+    /// size of the deep part's embeddings; 0 trains the wide part alone
+    #[serde(default)]
+    pub embedding_dim: usize,
+    /// width of the deep part's hidden layer
+    #[serde(default)]
+    pub hidden: usize,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 pub struct TrainedModel {
-    pub network: SparseLogistic,
+    pub network: WideDeep,
+    pub calibration: Platt,
+    /// calibrated
     pub holdout: Metrics,
+    /// before calibration
+    pub holdout_raw: Metrics,
+    pub best_validation_auc: f64,
+    /// the held-out rows, for segment views
+    pub holdout_rows: Csr,
     /// the held-out users and their PD, for comparisons (e.g. with the oracle)
     pub holdout_users: Vec<u64>,
     pub holdout_pd: Vec<f64>,
@@ -43,13 +66,8 @@ pub struct TrainedModel {
     pub epochs_run: usize,
 }
 
-/// PD of every row of `csr`, in batches, without gradients.
-pub fn predict(
-    network: &SparseLogistic,
-    csr: &Csr,
-    device: &Device,
-    batch_size: usize,
-) -> Vec<f64> {
+/// Logits of every row of `csr`, in batches, without gradients.
+pub fn logits(network: &WideDeep, csr: &Csr, device: &Device, batch_size: usize) -> Vec<f64> {
     let n_features = network.n_features();
     let rows: Vec<usize> = (0..csr.len()).collect();
     let mut out = Vec::with_capacity(csr.len());
@@ -60,9 +78,17 @@ pub fn predict(
             .into_data()
             .try_into_vec_as::<f32>()
             .unwrap_or_default();
-        out.extend(logits.into_iter().map(|z| 1.0 / (1.0 + (-z as f64).exp())));
+        out.extend(logits.into_iter().map(f64::from));
     }
     out
+}
+
+/// Uncalibrated PD of every row of `csr` (the sigmoid of the logit).
+pub fn predict(network: &WideDeep, csr: &Csr, device: &Device, batch_size: usize) -> Vec<f64> {
+    logits(network, csr, device, batch_size)
+        .into_iter()
+        .map(|z| 1.0 / (1.0 + (-z).exp()))
+        .collect()
 }
 
 pub fn train(
@@ -87,11 +113,18 @@ pub fn train(
     let validation_csr = set.rows.select(&validation);
     let validation_labels: Vec<f32> = validation.iter().map(|&i| set.labels[i]).collect();
 
-    let mut network = SparseLogistic::new(n_features, &train_device);
+    let mut network = WideDeep::new(
+        Architecture {
+            n_features,
+            embedding_dim: config.embedding_dim,
+            hidden: config.hidden,
+        },
+        &train_device,
+    );
     let mut optimizer = AdamConfig::new().init();
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut order = fit.clone();
-    let mut best: Option<(f64, SparseLogistic)> = None;
+    let mut best: Option<(f64, WideDeep)> = None;
     let mut since_best = 0;
     let mut epochs_run = 0;
     let steps_per_epoch = fit.len().div_ceil(config.batch_size) as u64;
@@ -108,7 +141,7 @@ pub fn train(
             let labels =
                 Tensor::<1>::from_data(TensorData::new(labels, [chunk.len()]), &train_device);
             let logits = network.forward(batch.ids, batch.values);
-            let loss = bce_with_logits(logits, labels)
+            let loss = bce_with_logits(logits, labels, config.positive_weight)
                 + network.l2().mul_scalar(l2 / config.batch_size as f64);
             let grads = GradientsParams::from_grads(loss.backward(), &network);
             network = optimizer.step(config.learning_rate, network, grads);
@@ -138,16 +171,32 @@ pub fn train(
         best_validation_auc = best.as_ref().map(|b| b.0),
         "training done"
     );
-    let network = best.map(|(_, n)| n).unwrap_or_else(|| network.valid());
-    let holdout_csr = set.rows.select(&holdout);
+    let (best_validation_auc, network) = best.unwrap_or_else(|| (f64::NAN, network.valid()));
+    let validation_logits = logits(&network, &validation_csr, device, 4096);
+    let calibration = Platt::fit(&validation_logits, &validation_labels);
+    let holdout_rows = set.rows.select(&holdout);
     let holdout_labels: Vec<f32> = holdout.iter().map(|&i| set.labels[i]).collect();
-    let holdout_pd = predict(&network, &holdout_csr, device, 4096);
+    let holdout_logits = logits(&network, &holdout_rows, device, 4096);
+    let raw_pd: Vec<f64> = holdout_logits
+        .iter()
+        .map(|z| Platt::default().pd(*z))
+        .collect();
+    let holdout_pd: Vec<f64> = holdout_logits.iter().map(|z| calibration.pd(*z)).collect();
+    info!(
+        slope = calibration.slope,
+        intercept = calibration.intercept,
+        "calibrated on the validation slice"
+    );
     TrainedModel {
         holdout: metrics::evaluate(&holdout_pd, &holdout_labels),
-        holdout_users: holdout_csr.users,
+        holdout_raw: metrics::evaluate(&raw_pd, &holdout_labels),
+        best_validation_auc,
+        holdout_users: holdout_rows.users.clone(),
+        holdout_rows,
         holdout_pd,
         holdout_labels,
         network,
+        calibration,
         epochs_run,
     }
 }

@@ -1,0 +1,291 @@
+//! ML engineers' workflows on a root: train a model on the newest labelled window of a world,
+//! evaluate a registered model on it, compare two. Orders validate -> features -> labels the
+//! way the nightly job does, then hands the model stage a training set; writes `models/`
+//! (plus the feature tables and dictionary the feature stage writes).
+
+use burn::tensor::Device;
+use chrono::NaiveDate;
+use datafusion::prelude::SessionContext;
+use serde::Serialize;
+use tracing::info;
+
+use crate::dataset::DatasetError;
+use crate::dataset::{self, Csr, TrainingSet, is_holdout};
+use crate::features::FeatureError;
+use crate::features::{self, FeatureDictionary, FeatureSet};
+use crate::model::ModelError;
+use crate::model::evaluation::{self, Evaluation, EvaluationInput};
+use crate::model::{self, Model, ModelCard, Provenance, report};
+use crate::pipelines::{self, Pipelines, PipelinesError};
+use crate::sources::{self, SourceError};
+use crate::store::Store;
+use crate::store::StoreError;
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
+use std::collections::HashMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainingError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Feature(#[from] FeatureError),
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Pipelines(#[from] PipelinesError),
+    #[error("reading truth: {0}")]
+    Truth(String),
+}
+
+/// Features as of the training date of `run_date`, and labels known by `run_date`.
+pub struct LabelledWindow {
+    pub ctx: SessionContext,
+    pub run_date: NaiveDate,
+    pub dictionary: FeatureDictionary,
+    pub features: FeatureSet,
+    pub set: TrainingSet,
+}
+
+pub async fn labelled_window(
+    store: &Store,
+    run_date: NaiveDate,
+    pipelines: &Pipelines,
+) -> Result<LabelledWindow, TrainingError> {
+    let config = &pipelines.nightly;
+    let ctx = pipelines::session(&config.engine)?;
+    sources::validate_and_register(&ctx, store, run_date, config.validation.max_bad_share).await?;
+    let as_of = dataset::training_as_of(run_date, &config.label);
+    let mut dictionary = FeatureDictionary::load(store).await?;
+    let features =
+        features::build(&ctx, store, &pipelines.features, &mut dictionary, as_of).await?;
+    features::write(store, &features).await?;
+    dictionary.save(store).await?;
+    let labels = dataset::labels(&ctx, as_of, &config.label).await?;
+    let set = dataset::training_set(&features, &labels)?;
+    Ok(LabelledWindow {
+        ctx,
+        run_date,
+        dictionary,
+        features,
+        set,
+    })
+}
+
+/// The held-out rows of a training set (never trained on) and their labels.
+pub fn holdout(set: &TrainingSet, share: f64) -> (Csr, Vec<f32>) {
+    let rows: Vec<usize> = (0..set.rows.len())
+        .filter(|&i| is_holdout(set.rows.users[i], share))
+        .collect();
+    (
+        set.rows.select(&rows),
+        rows.iter().map(|&i| set.labels[i]).collect(),
+    )
+}
+
+/// When `train` makes its model the champion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Promote {
+    Always,
+    IfNoChampion,
+    Never,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainOutcome {
+    pub card: ModelCard,
+    pub evaluation: Evaluation,
+    pub promoted: bool,
+    pub report: String,
+}
+
+/// Saves an evaluation as `metrics.json` and `report.html` under `folder`.
+pub async fn write_evaluation(
+    store: &Store,
+    folder: &str,
+    card: &ModelCard,
+    evaluation: &Evaluation,
+) -> Result<String, TrainingError> {
+    let json = serde_json::to_vec_pretty(evaluation).map_err(|e| {
+        TrainingError::Pipelines(PipelinesError {
+            file: format!("{folder}/metrics.json"),
+            error: e.to_string(),
+        })
+    })?;
+    store
+        .put(&format!("{folder}/metrics.json"), json.into())
+        .await?;
+    let html = report::render(card, evaluation);
+    let path = format!("{folder}/report.html");
+    store.put(&path, html.into_bytes().into()).await?;
+    Ok(format!("{}/{path}", store.url()))
+}
+
+/// The champion's PD on `rows`, if there is a champion other than `except` that can read
+/// tonight's dictionary.
+async fn champion_pd(
+    store: &Store,
+    rows: &Csr,
+    dictionary: Option<&FeatureDictionary>,
+    except: &str,
+    device: &Device,
+) -> Result<Option<(String, Vec<f64>)>, TrainingError> {
+    let Some(champion) = model::champion(store).await? else {
+        return Ok(None);
+    };
+    if champion.version == except {
+        return Ok(None);
+    }
+    let model = model::load(store, &champion.version, device).await?;
+    if let Some(dictionary) = dictionary
+        && model.check_dictionary(dictionary).is_err()
+    {
+        return Ok(None);
+    }
+    Ok(Some((champion.version, model.pd(rows, device))))
+}
+
+/// Trains on a training set, registers the model with its evaluation and report, and
+/// promotes it as asked. `dictionary` is None for tables that bring their own columns.
+#[allow(clippy::too_many_arguments)]
+pub async fn train_and_register(
+    store: &Store,
+    set: &TrainingSet,
+    dictionary: &FeatureDictionary,
+    segments_from_dictionary: bool,
+    data: String,
+    pipelines: &Pipelines,
+    device: &Device,
+    promote: Promote,
+) -> Result<(Model, TrainOutcome), TrainingError> {
+    let config = &pipelines.nightly;
+    let trained = model::train(set, dictionary.len(), &config.training, device);
+    let oracle_auc = oracle_auc(store, &trained.holdout_users, &trained.holdout_labels).await?;
+    let model = model::register(
+        store,
+        &trained,
+        dictionary,
+        &Provenance {
+            data,
+            trained_as_of: set.as_of,
+            training: &config.training,
+            scorecard: config.evaluation.scorecard,
+            oracle_auc,
+        },
+    )
+    .await?;
+    let version = model.card.version.clone();
+    let champion = champion_pd(
+        store,
+        &trained.holdout_rows,
+        segments_from_dictionary.then_some(dictionary),
+        &version,
+        device,
+    )
+    .await?;
+    let evaluation = evaluation::evaluate(EvaluationInput {
+        model_version: &version,
+        rows_evaluated: format!("the holdout of the training set as of {}", set.as_of),
+        pd: &trained.holdout_pd,
+        uncalibrated: Some(trained.holdout_raw),
+        labels: &trained.holdout_labels,
+        rows: &trained.holdout_rows,
+        dictionary: segments_from_dictionary.then_some(dictionary),
+        config: &config.evaluation,
+        oracle_auc,
+        champion: champion.as_ref().map(|(v, pd)| (v.as_str(), pd.as_slice())),
+    });
+    let report = write_evaluation(
+        store,
+        &format!("models/{version}"),
+        &model.card,
+        &evaluation,
+    )
+    .await?;
+    let promoted = match promote {
+        Promote::Always => true,
+        Promote::IfNoChampion => model::champion(store).await?.is_none(),
+        Promote::Never => false,
+    };
+    if promoted {
+        model::promote(store, &version).await?;
+        info!(model = %version, "promoted to champion");
+    }
+    let outcome = TrainOutcome {
+        card: model.card.clone(),
+        evaluation,
+        promoted,
+        report,
+    };
+    Ok((model, outcome))
+}
+
+/// Evaluates a registered model on the holdout of `window`, next to the champion, and saves
+/// the result under `models/<version>/evaluations/<run date>/`.
+pub async fn evaluate(
+    store: &Store,
+    window: &LabelledWindow,
+    version: &str,
+    pipelines: &Pipelines,
+    device: &Device,
+) -> Result<(ModelCard, Evaluation, String), TrainingError> {
+    let config = &pipelines.nightly;
+    let model = model::load(store, version, device).await?;
+    model.check_dictionary(&window.dictionary)?;
+    let (rows, labels) = holdout(&window.set, config.training.holdout_share);
+    let pd = model.pd(&rows, device);
+    let oracle_auc = oracle_auc(store, &rows.users, &labels).await?;
+    let champion = champion_pd(store, &rows, Some(&window.dictionary), version, device).await?;
+    let evaluation = evaluation::evaluate(EvaluationInput {
+        model_version: version,
+        rows_evaluated: format!(
+            "the holdout of the training set as of {} (run date {})",
+            window.set.as_of, window.run_date
+        ),
+        pd: &pd,
+        uncalibrated: None,
+        labels: &labels,
+        rows: &rows,
+        dictionary: Some(&window.dictionary),
+        config: &config.evaluation,
+        oracle_auc,
+        champion: champion.as_ref().map(|(v, pd)| (v.as_str(), pd.as_slice())),
+    });
+    let report = write_evaluation(
+        store,
+        &format!("models/{version}/evaluations/{}", window.run_date),
+        &model.card,
+        &evaluation,
+    )
+    .await?;
+    Ok((model.card, evaluation, report))
+}
+
+/// AUC of the synthetic world's true PD on the given users, if the root has `truth/`.
+pub async fn oracle_auc(
+    store: &Store,
+    users: &[u64],
+    labels: &[f32],
+) -> Result<Option<f64>, TrainingError> {
+    let batches = store.read_parquet_dir("truth/true_pd").await?;
+    if batches.is_empty() {
+        return Ok(None);
+    }
+    let mut truth = HashMap::new();
+    for batch in &batches {
+        crate::schema::TRUTH
+            .check("truth/true_pd", &batch.schema())
+            .map_err(|e| TrainingError::Truth(e.to_string()))?;
+        let ids = batch.column(0).as_primitive::<UInt64Type>();
+        let pd = batch.column(1).as_primitive::<Float64Type>();
+        for row in 0..batch.num_rows() {
+            truth.insert(ids.value(row), pd.value(row));
+        }
+    }
+    let scores: Option<Vec<f64>> = users.iter().map(|u| truth.get(u).copied()).collect();
+    Ok(scores.and_then(|s| model::metrics::auc(&s, labels)))
+}
