@@ -60,9 +60,10 @@ async fn nightly_publishes_one_row_per_user_within_caps_and_reruns_identically()
         .unwrap();
     let (version, rerun) = published(&store).await;
     assert_eq!(version, 2);
+    assert!(first.trained_tonight && !second.trained_tonight);
     assert_eq!(
         second.model_version, first.model_version,
-        "same data, same model"
+        "the champion trained on the first night scores the second"
     );
     assert_eq!(
         rerun, table,

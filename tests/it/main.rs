@@ -3,6 +3,7 @@
 
 mod chain;
 mod leakage;
+mod models;
 mod publishing;
 mod quarantine;
 mod s3;

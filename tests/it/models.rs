@@ -1,0 +1,277 @@
+//! The model registry end to end: champion scoring, explained scores, bring-your-own-table.
+
+use std::collections::HashMap;
+
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::{Float32Type, Float64Type, UInt32Type, UInt64Type};
+use redflower::model::{self, DeviceKind};
+use redflower::nightly::{self, Pipelines};
+use redflower::store::Store;
+use redflower::training::{self, Promote};
+
+use crate::support::{published, run_date, synth_world};
+
+#[tokio::test]
+async fn nightly_scores_with_the_champion_and_every_score_is_explained_by_its_features() {
+    let store = Store::open("memory://champion-scores").unwrap();
+    synth_world(&store, 4_000, 21).await;
+    let pipelines = Pipelines::builtin();
+    let device = DeviceKind::Cpu.device().unwrap();
+
+    let first = nightly::run(&store, run_date(), &pipelines, DeviceKind::Cpu)
+        .await
+        .unwrap();
+    assert!(
+        first.trained_tonight,
+        "a root without a champion trains one"
+    );
+    let champion = model::champion(&store).await.unwrap().expect("promoted");
+    assert_eq!(champion.version, first.model_version);
+    let card = model::card(&store, &champion.version).await.unwrap();
+    assert_eq!(card.kind, "wide_and_deep");
+    let report = store
+        .get(&format!("models/{}/report.html", card.version))
+        .await
+        .unwrap()
+        .expect("a report");
+    let report = String::from_utf8(report.to_vec()).unwrap();
+    assert_eq!(
+        report.matches("<svg").count(),
+        4,
+        "ROC, KS, calibration, scores"
+    );
+
+    // retraining on the same window is deterministic: the same version comes back
+    let window = training::labelled_window(&store, run_date(), &pipelines)
+        .await
+        .unwrap();
+    let (retrained, _) = training::train_and_register(
+        &store,
+        &window.set,
+        &window.dictionary,
+        true,
+        "again".into(),
+        &pipelines,
+        &device,
+        Promote::Never,
+    )
+    .await
+    .unwrap();
+    assert_eq!(retrained.card.version, champion.version);
+
+    let second = nightly::run(&store, run_date(), &pipelines, DeviceKind::Cpu)
+        .await
+        .unwrap();
+    assert!(
+        !second.trained_tonight,
+        "the champion scores the next night"
+    );
+    assert_eq!(second.model_version, champion.version);
+
+    // wide logit = bias + sum(weight * value) over the user's stored features, exactly the
+    // linear part the reason codes are taken from
+    let loaded = model::load(&store, &champion.version, &device)
+        .await
+        .unwrap();
+    let (weights, bias) = loaded.network.coefficients();
+    let mut linear: HashMap<u64, f64> = HashMap::new();
+    let mut contributions: HashMap<u64, Vec<(u32, f64)>> = HashMap::new();
+    for batch in store
+        .read_parquet(&format!("features/dt={}/part-00000.parquet", run_date()))
+        .await
+        .unwrap()
+    {
+        let users = batch.column(0).as_primitive::<UInt64Type>();
+        let ids = batch.column(1).as_primitive::<UInt32Type>();
+        let values = batch.column(2).as_primitive::<Float32Type>();
+        for row in 0..batch.num_rows() {
+            let id = ids.value(row);
+            if (id as usize) < weights.len() {
+                let c = weights[id as usize] as f64 * values.value(row) as f64;
+                *linear.entry(users.value(row)).or_insert(bias as f64) += c;
+                contributions
+                    .entry(users.value(row))
+                    .or_default()
+                    .push((id, c));
+            }
+        }
+    }
+    let dictionary = redflower::features::FeatureDictionary::load(&store)
+        .await
+        .unwrap();
+    let scores = store
+        .read_parquet_dir(&format!("scores/dt={}", run_date()))
+        .await
+        .unwrap();
+    let mut scored = 0;
+    for batch in &scores {
+        let users = batch
+            .column_by_name("user_id")
+            .unwrap()
+            .as_primitive::<UInt64Type>();
+        let pd = batch
+            .column_by_name("pd")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        let wide = batch
+            .column_by_name("wide_logit")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        let deep = batch
+            .column_by_name("deep_logit")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        let reasons = batch.column_by_name("reasons").unwrap().as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            let user = users.value(row);
+            let expected = linear.get(&user).copied().unwrap_or(bias as f64);
+            assert!(
+                (wide.value(row) - expected).abs() < 1e-4,
+                "user {user}: wide logit {} but features give {expected}",
+                wide.value(row)
+            );
+            let logit = wide.value(row) + deep.value(row);
+            assert!((pd.value(row) - card.calibration.pd(logit)).abs() < 1e-9);
+            // reasons: positive contributions, largest first, none larger left out
+            let mine = contributions.get(&user).cloned().unwrap_or_default();
+            let named: Vec<f64> = reasons
+                .value(row)
+                .split(';')
+                .filter(|r| !r.is_empty())
+                .map(|name| {
+                    let id = dictionary.id(name).expect("a reason is a feature");
+                    mine.iter()
+                        .find(|(i, _)| *i == id)
+                        .expect("the user's own feature")
+                        .1
+                })
+                .collect();
+            assert!(named.iter().all(|c| *c > 0.0), "user {user}: {named:?}");
+            assert!(
+                named.windows(2).all(|w| w[0] >= w[1]),
+                "user {user}: {named:?}"
+            );
+            if named.len() < 4 {
+                assert_eq!(
+                    mine.iter().filter(|(_, c)| *c > 0.0).count(),
+                    named.len(),
+                    "user {user}: an adverse feature was left out"
+                );
+            } else {
+                let smallest = named[named.len() - 1];
+                assert_eq!(
+                    mine.iter().filter(|(_, c)| *c > smallest).count(),
+                    named.len() - 1
+                );
+            }
+            scored += 1;
+        }
+    }
+    assert_eq!(scored, 4_000);
+
+    // the published rows carry the same model reasons
+    let (_, table) = published(&store).await;
+    let with_model_reasons = table
+        .iter()
+        .flat_map(|b| {
+            let r = b
+                .column_by_name("reasons")
+                .unwrap()
+                .as_string::<i32>()
+                .clone();
+            (0..b.num_rows()).map(move |i| r.value(i).contains("model:"))
+        })
+        .filter(|x| *x)
+        .count();
+    assert!(with_model_reasons > 3_000, "{with_model_reasons}");
+}
+
+#[tokio::test]
+async fn a_csv_table_trains_a_registered_model_with_a_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("loans.csv");
+    let mut text = String::from("income,city,tenure_years,defaulted\n");
+    for i in 0..3000u64 {
+        let income = 20_000 + (i * 7919) % 80_000;
+        let city = ["north", "south", "east", "west"][(i % 4) as usize];
+        let tenure = if i % 13 == 0 {
+            String::new()
+        } else {
+            ((i * 31) % 20).to_string()
+        };
+        // poorer borrowers in the south default more
+        let risk = (income < 40_000) as u64 + (city == "south") as u64;
+        let defaulted = if i % 101 == 0 {
+            String::new() // a row without a label
+        } else {
+            (((i * 2654435761) % 10) < 1 + 3 * risk)
+                .then_some(1)
+                .unwrap_or(0)
+                .to_string()
+        };
+        text.push_str(&format!("{income},{city},{tenure},{defaulted}\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let root = dir.path().join("registry");
+    let store = Store::open(root.to_str().unwrap()).unwrap();
+    let byo = redflower::table::training_set(csv.to_str().unwrap(), "defaulted")
+        .await
+        .unwrap();
+    assert_eq!(byo.rows, 3000);
+    assert_eq!(byo.unlabelled, 30);
+    assert_eq!(byo.numeric_columns, vec!["income", "tenure_years"]);
+    assert_eq!(byo.categorical_columns, vec!["city"]);
+    assert!(byo.dictionary.id("city=south").is_some());
+    assert!(byo.dictionary.id("tenure_years=null").is_some());
+
+    let pipelines = Pipelines::builtin();
+    let device = DeviceKind::Cpu.device().unwrap();
+    let (model, outcome) = training::train_and_register(
+        &store,
+        &byo.set,
+        &byo.dictionary,
+        false,
+        "loans.csv".into(),
+        &pipelines,
+        &device,
+        Promote::Never,
+    )
+    .await
+    .unwrap();
+    assert!(
+        outcome.evaluation.metrics.auc > 0.65,
+        "{:?}",
+        outcome.evaluation.metrics
+    );
+    assert!(!outcome.promoted);
+    assert!(model::champion(&store).await.unwrap().is_none());
+    let listed = model::list(&store).await.unwrap();
+    assert_eq!(listed[0].version, model.card.version);
+    assert!(
+        root.join(format!("models/{}/report.html", model.card.version))
+            .exists()
+    );
+    assert!(
+        root.join(format!("models/{}/metrics.json", model.card.version))
+            .exists()
+    );
+
+    // a label that is not 0/1 is named with its row
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "x,y\n1,0\n2,3\n").unwrap();
+    let err = redflower::table::training_set(bad.to_str().unwrap(), "y")
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("bad.csv") && err.contains("row 2"), "{err}");
+    let err = redflower::table::training_set(csv.to_str().unwrap(), "nope")
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("no label column 'nope'") && err.contains("income"),
+        "{err}"
+    );
+}
