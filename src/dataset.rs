@@ -124,6 +124,16 @@ pub fn training_as_of(run_date: NaiveDate, label: &LabelConfig) -> NaiveDate {
     run_date - Duration::days(label.horizon_days as i64)
 }
 
+/// The data window of a training set in words, for model cards.
+pub fn describe_window(as_of: NaiveDate, label: &LabelConfig) -> String {
+    let last_due = as_of + Duration::days(label.horizon_days as i64 - label.days_past_due as i64);
+    format!(
+        "features as of {as_of} (rows known before it); label: a statement due {as_of}..{last_due} went {}+ days past due (known by {})",
+        label.days_past_due,
+        as_of + Duration::days(label.horizon_days as i64)
+    )
+}
+
 /// For each user with a statement due in [as_of, as_of + horizon - dpd], 1 if one of those
 /// statements reached `days_past_due`. Those outcomes are all known by as_of + horizon.
 pub async fn labels(

@@ -341,7 +341,7 @@ async fn execute(command: Command) -> Result<()> {
                         &window.set,
                         &window.dictionary,
                         true,
-                        format!("the redflower world at {}", store.url()),
+                        window.data.clone(),
                         &pipelines,
                         &device,
                         promote,

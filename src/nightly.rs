@@ -197,7 +197,11 @@ pub async fn run(
                 &training_set,
                 &dictionary,
                 true,
-                format!("the redflower world at {}", store.url()),
+                format!(
+                    "the redflower world at {}: {}",
+                    store.url(),
+                    dataset::describe_window(training_as_of, &config.label)
+                ),
                 pipelines,
                 &device,
                 Promote::IfNoChampion,

@@ -45,6 +45,8 @@ pub enum TrainingError {
 /// Features as of the training date of `run_date`, and labels known by `run_date`.
 pub struct LabelledWindow {
     pub ctx: SessionContext,
+    /// where the rows come from and the data window, for the model card
+    pub data: String,
     pub run_date: NaiveDate,
     pub dictionary: FeatureDictionary,
     pub features: FeatureSet,
@@ -69,6 +71,11 @@ pub async fn labelled_window(
     let set = dataset::training_set(&features, &labels)?;
     Ok(LabelledWindow {
         ctx,
+        data: format!(
+            "the redflower world at {}: {}",
+            store.url(),
+            dataset::describe_window(as_of, &config.label)
+        ),
         run_date,
         dictionary,
         features,

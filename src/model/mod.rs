@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 pub use calibration::{Platt, Scorecard};
 pub use metrics::Metrics;
 pub use network::{Architecture, WideDeep};
-pub use train::{TrainedModel, TrainingConfig, logits, predict, train};
+pub use train::{Split, TrainedModel, TrainingConfig, logits, predict, train};
 
 use crate::dataset::Csr;
 use crate::features::FeatureDictionary;

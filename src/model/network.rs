@@ -14,6 +14,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::{log_sigmoid, relu};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::Csr;
@@ -181,32 +182,31 @@ pub struct PaddedBatch {
 }
 
 impl PaddedBatch {
+    /// Rows are copied into the padded buffers in parallel (rayon), a slice of each per row.
     pub fn new(csr: &Csr, rows: &[usize], n_features: usize, device: &Device) -> PaddedBatch {
+        let known = |r: usize| {
+            let (ids, values) = csr.row(r);
+            ids.iter()
+                .zip(values)
+                .filter(move |(id, _)| (**id as usize) < n_features)
+        };
         let width = rows
-            .iter()
-            .map(|&r| {
-                csr.row(r)
-                    .0
-                    .iter()
-                    .filter(|&&id| (id as usize) < n_features)
-                    .count()
-            })
+            .par_iter()
+            .map(|&r| known(r).count())
             .max()
             .unwrap_or(0)
             .max(1);
         let mut ids = vec![0i64; rows.len() * width];
         let mut values = vec![0f32; rows.len() * width];
-        for (b, &r) in rows.iter().enumerate() {
-            let (row_ids, row_values) = csr.row(r);
-            let known = row_ids
-                .iter()
-                .zip(row_values)
-                .filter(|(id, _)| (**id as usize) < n_features);
-            for (slot, (id, value)) in known.enumerate() {
-                ids[b * width + slot] = *id as i64 + 1;
-                values[b * width + slot] = *value;
-            }
-        }
+        ids.par_chunks_mut(width)
+            .zip(values.par_chunks_mut(width))
+            .zip(rows.par_iter())
+            .for_each(|((id_slots, value_slots), &r)| {
+                for (slot, (id, value)) in known(r).enumerate() {
+                    id_slots[slot] = *id as i64 + 1;
+                    value_slots[slot] = *value;
+                }
+            });
         PaddedBatch {
             ids: Tensor::from_data(TensorData::new(ids, [rows.len(), width]), device),
             values: Tensor::from_data(TensorData::new(values, [rows.len(), width]), device),

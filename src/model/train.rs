@@ -64,21 +64,55 @@ pub struct TrainedModel {
     pub holdout_pd: Vec<f64>,
     pub holdout_labels: Vec<f32>,
     pub epochs_run: usize,
+    /// rows the gradient steps ran over, and the seconds they took (all epochs, without the
+    /// validation passes): throughput = fit_rows * epochs_run / fit_seconds
+    pub fit_rows: usize,
+    pub fit_seconds: f64,
 }
 
-/// Logits of every row of `csr`, in batches, without gradients.
+/// Which part of training a user's row serves; a hash of the user id decides, so the same
+/// user is in the same part on every run and in every tool (the benchmarks export it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// gradient steps
+    Fit,
+    /// early stopping and calibration
+    Validation,
+    /// never trained on: the reported metrics
+    Holdout,
+}
+
+impl Split {
+    pub fn of(user: u64, config: &TrainingConfig) -> Split {
+        if is_holdout(user, config.holdout_share) {
+            Split::Holdout
+        } else if is_holdout(user.rotate_left(17) ^ 0xA5A5, config.validation_share) {
+            // a second, independent hash
+            Split::Validation
+        } else {
+            Split::Fit
+        }
+    }
+}
+
+/// Logits of every row of `csr`, in batches, without gradients. Rows are batched by length
+/// so a batch pads to a width close to its rows' own (a few users have hundreds of features,
+/// most have dozens); results come back in row order.
 pub fn logits(network: &WideDeep, csr: &Csr, device: &Device, batch_size: usize) -> Vec<f64> {
     let n_features = network.n_features();
-    let rows: Vec<usize> = (0..csr.len()).collect();
-    let mut out = Vec::with_capacity(csr.len());
-    for chunk in rows.chunks(batch_size.max(1)) {
+    let mut order: Vec<usize> = (0..csr.len()).collect();
+    order.sort_by_key(|&r| csr.offsets[r + 1] - csr.offsets[r]);
+    let mut out = vec![0.0; csr.len()];
+    for chunk in order.chunks(batch_size.max(1)) {
         let batch = PaddedBatch::new(csr, chunk, n_features, device);
         let logits: Vec<f32> = network
             .forward(batch.ids, batch.values)
             .into_data()
             .try_into_vec_as::<f32>()
             .unwrap_or_default();
-        out.extend(logits.into_iter().map(f64::from));
+        for (&row, logit) in chunk.iter().zip(logits) {
+            out[row] = f64::from(logit);
+        }
     }
     out
 }
@@ -100,16 +134,16 @@ pub fn train(
     let train_device = device.clone().autodiff();
     train_device.seed(config.seed);
     let users = &set.rows.users;
-    let holdout: Vec<usize> = (0..users.len())
-        .filter(|&i| is_holdout(users[i], config.holdout_share))
-        .collect();
-    let rest: Vec<usize> = (0..users.len())
-        .filter(|&i| !is_holdout(users[i], config.holdout_share))
-        .collect();
-    // a second, independent hash split for early stopping
-    let (validation, fit): (Vec<usize>, Vec<usize>) = rest
-        .into_iter()
-        .partition(|&i| is_holdout(users[i].rotate_left(17) ^ 0xA5A5, config.validation_share));
+    let rows_in = |part: Split| -> Vec<usize> {
+        (0..users.len())
+            .filter(|&i| Split::of(users[i], config) == part)
+            .collect()
+    };
+    let (fit, validation, holdout) = (
+        rows_in(Split::Fit),
+        rows_in(Split::Validation),
+        rows_in(Split::Holdout),
+    );
     let validation_csr = set.rows.select(&validation);
     let validation_labels: Vec<f32> = validation.iter().map(|&i| set.labels[i]).collect();
 
@@ -133,7 +167,9 @@ pub fn train(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let l2 = config.l2 / fit.len().max(1) as f64 * config.batch_size as f64;
+    let mut fit_seconds = 0.0;
     for epoch in 0..config.epochs {
+        let epoch_started = std::time::Instant::now();
         order.shuffle(&mut rng);
         for chunk in order.chunks(config.batch_size) {
             let batch = PaddedBatch::new(&set.rows, chunk, n_features, &train_device);
@@ -147,6 +183,9 @@ pub fn train(
             network = optimizer.step(config.learning_rate, network, grads);
             progress.inc(1);
         }
+        // GPU backends queue work: wait for it so the fit time is the real one
+        let _ = train_device.sync();
+        fit_seconds += epoch_started.elapsed().as_secs_f64();
         epochs_run = epoch + 1;
         let valid = network.valid();
         let pd = predict(&valid, &validation_csr, device, 4096);
@@ -198,5 +237,7 @@ pub fn train(
         network,
         calibration,
         epochs_run,
+        fit_rows: fit.len(),
+        fit_seconds,
     }
 }
