@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 use redflower::model::evaluation::Evaluation;
 use redflower::model::{self, DeviceKind, ModelCard};
-use redflower::nightly::{self, NightlyReport, Pipelines};
+use redflower::nightly::{self, NightlyReport, Pipelines, RunOptions};
 use redflower::store::Store;
 use redflower::synth::{self, WorldConfig};
 use redflower::training::{self, Promote};
@@ -59,6 +59,9 @@ enum Command {
         pipelines: Option<PathBuf>,
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceKind,
+        /// publish even if the gates of nightly.toml [publish] refuse (recorded in the manifest)
+        #[arg(long)]
+        force: bool,
         /// print the run report as JSON instead of the summary
         #[arg(long)]
         json: bool,
@@ -117,6 +120,11 @@ enum Command {
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceKind,
     },
+    /// List published versions, roll back to one, or apply retention.
+    Publish {
+        #[command(subcommand)]
+        action: PublishAction,
+    },
     /// List, compare and promote registered models.
     Models {
         #[command(subcommand)]
@@ -130,6 +138,35 @@ enum Command {
         root: String,
         #[arg(long)]
         user: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum PublishAction {
+    /// Every committed version, oldest first; the newest is what readers see.
+    ///
+    /// Example: redflower publish list --root ./data
+    List {
+        #[arg(long)]
+        root: String,
+    },
+    /// Make an older version's table visible again (commits a new version pointing at it).
+    ///
+    /// Example: redflower publish rollback --root ./data --to 3
+    Rollback {
+        #[arg(long)]
+        root: String,
+        #[arg(long)]
+        to: u64,
+    },
+    /// Keep the newest N versions; delete older manifests and data no kept version needs.
+    ///
+    /// Example: redflower publish retain --root ./data --keep 14
+    Retain {
+        #[arg(long)]
+        root: String,
+        #[arg(long)]
+        keep: usize,
     },
 }
 
@@ -235,14 +272,12 @@ async fn execute(command: Command) -> Result<()> {
             date,
             pipelines,
             device,
+            force,
             json,
         } => {
             let store = Store::open(&root)?;
-            let pipelines = match pipelines {
-                Some(dir) => Pipelines::load(&dir)?,
-                None => Pipelines::builtin(),
-            };
-            let report = nightly::run(&store, date, &pipelines, device)
+            let pipelines = load_pipelines(pipelines)?;
+            let report = nightly::run_with(&store, date, &pipelines, &RunOptions { device, force })
                 .await
                 .with_context(|| format!("nightly run for {date} on {} failed; the last published table is unchanged", store.url()))?;
             if json {
@@ -382,6 +417,7 @@ async fn execute(command: Command) -> Result<()> {
             print_evaluation(&card, &evaluation, &report);
         }
         Command::Models { action } => models(action).await?,
+        Command::Publish { action } => publish_command(action).await?,
         Command::Show { root, user } => {
             let store = Store::open(&root)?;
             let manifest = redflower::publish::latest(&store)
@@ -408,6 +444,58 @@ async fn execute(command: Command) -> Result<()> {
                 manifest.version, manifest.as_of, manifest.model_version, manifest.policy_version
             );
             println!("{}", pretty_format_batches(&rows)?);
+        }
+    }
+    Ok(())
+}
+
+async fn publish_command(action: PublishAction) -> Result<()> {
+    match action {
+        PublishAction::List { root } => {
+            let store = Store::open(&root)?;
+            let versions = redflower::publish::versions(&store).await?;
+            if versions.is_empty() {
+                println!("nothing is published under {}", store.url());
+            }
+            println!(
+                "{:>8}  {:<10}  {:>9}  {:>10}  {:<26}  {:<10}  notes",
+                "version", "as of", "rows", "mean limit", "model", "policy"
+            );
+            for m in &versions {
+                let mut notes = Vec::new();
+                if let Some(from) = m.rollback_of {
+                    notes.push(format!("rollback to version {from}"));
+                }
+                if !m.forced_past.is_empty() {
+                    notes.push(format!("forced past: {}", m.forced_past.join("; ")));
+                }
+                println!(
+                    "{:>8}  {:<10}  {:>9}  {:>10.0}  {:<26}  {:<10}  {}",
+                    m.version,
+                    m.as_of,
+                    m.row_count,
+                    m.mean_limit,
+                    m.model_version,
+                    m.policy_version,
+                    notes.join("; ")
+                );
+            }
+        }
+        PublishAction::Rollback { root, to } => {
+            let store = Store::open(&root)?;
+            let manifest = redflower::publish::rollback(&store, to).await?;
+            println!(
+                "version {} committed: readers now see version {to}'s table ({} rows, as of {})",
+                manifest.version, manifest.row_count, manifest.as_of
+            );
+        }
+        PublishAction::Retain { root, keep } => {
+            let store = Store::open(&root)?;
+            let report = redflower::publish::retain(&store, keep).await?;
+            println!(
+                "kept the newest {keep} versions: deleted {} manifests and {} data files",
+                report.manifests_deleted, report.data_files_deleted
+            );
         }
     }
     Ok(())

@@ -137,6 +137,34 @@ pub async fn run(
     pipelines: &Pipelines,
     device: DeviceKind,
 ) -> Result<NightlyReport, NightlyError> {
+    run_with(
+        store,
+        run_date,
+        pipelines,
+        &RunOptions {
+            device,
+            force: false,
+        },
+    )
+    .await
+}
+
+/// How a run may behave beyond its configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    pub device: DeviceKind,
+    /// publish even when the gates of `[publish]` refuse; recorded in the manifest
+    pub force: bool,
+}
+
+/// `run` with options.
+pub async fn run_with(
+    store: &Store,
+    run_date: NaiveDate,
+    pipelines: &Pipelines,
+    options: &RunOptions,
+) -> Result<NightlyReport, NightlyError> {
+    let device = options.device;
     let mut clock = Stopwatch::new();
     let device = device.device()?;
     let ctx = session(&pipelines.nightly.engine)?;
@@ -255,8 +283,16 @@ pub async fn run(
         .collect();
     clock.lap("limits");
 
-    let manifest =
-        publish::publish(store, &rows, run_date, &model.card.version, &policy.version).await?;
+    let manifest = publish::publish_gated(
+        store,
+        &rows,
+        run_date,
+        &model.card.version,
+        &policy.version,
+        &config.publish,
+        options.force,
+    )
+    .await?;
     clock.lap("publish");
 
     let credit: Vec<f64> = rows.iter().map(|r| r.decision.credit_limit).collect();

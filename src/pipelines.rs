@@ -15,6 +15,7 @@ use crate::features::FeatureConfig;
 use crate::limits::LimitPolicy;
 use crate::model::TrainingConfig;
 use crate::model::evaluation::EvaluationConfig;
+use crate::publish::PublishConfig;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {error}")]
@@ -32,6 +33,8 @@ pub struct NightlyConfig {
     pub training: TrainingConfig,
     #[serde(default)]
     pub evaluation: EvaluationConfig,
+    #[serde(default)]
+    pub publish: PublishConfig,
 }
 
 /// How DataFusion may use this machine.

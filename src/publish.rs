@@ -4,6 +4,12 @@
 //! That put is the commit: readers take the highest manifest, a second writer of the same
 //! version fails cleanly, and a run that fails before it leaves the last table as it was.
 //!
+//! Before the commit, gates compare the new table with the last published one and refuse a
+//! row count that drops or a mean limit that moves more than `[publish]` allows (`force`
+//! overrides and is recorded in the manifest). A rollback commits a new version that points
+//! at an older version's files; retention deletes manifests past the newest N and the data no
+//! kept manifest needs.
+//!
 //! `publish` is the only writer under `published/`.
 
 use std::sync::Arc;
@@ -38,6 +44,42 @@ pub enum PublishError {
     },
     #[error("building the limit table: {0}")]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error(
+        "refusing to publish over version {previous}: {}; the published table is unchanged (rerun with --force to publish anyway)",
+        violations.join("; ")
+    )]
+    GateRefused {
+        previous: u64,
+        violations: Vec<String>,
+    },
+    #[error("no published version {version} under {root} (latest is {latest})")]
+    UnknownVersion {
+        version: u64,
+        root: String,
+        latest: String,
+    },
+}
+
+/// `[publish]` in `pipelines/nightly.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishConfig {
+    /// refuse when the row count falls by more than this share of the last published table's
+    pub max_row_drop_share: f64,
+    /// refuse when the mean limit moves (either way) by more than this share
+    pub max_mean_limit_change: f64,
+    /// committed versions kept; older manifests, and data no kept manifest needs, are deleted
+    pub retain_versions: usize,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig {
+            max_row_drop_share: 0.05,
+            max_mean_limit_change: 0.15,
+            retain_versions: 14,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +104,17 @@ pub struct Manifest {
     pub policy_version: String,
     pub mean_limit: f64,
     pub files: Vec<DataFile>,
+    /// mean PD and users per limit band, for gates and dashboards
+    #[serde(default)]
+    pub mean_pd: f64,
+    #[serde(default)]
+    pub limit_distribution: Vec<(String, usize)>,
+    /// gate violations a `--force` publish went past
+    #[serde(default)]
+    pub forced_past: Vec<String>,
+    /// set on a rollback: the version whose files this one points at again
+    #[serde(default)]
+    pub rollback_of: Option<u64>,
 }
 
 /// One user's published row.
@@ -156,6 +209,27 @@ pub async fn publish_version(
     model_version: &str,
     policy_version: &str,
 ) -> Result<Manifest, PublishError> {
+    write_and_commit(
+        store,
+        version,
+        rows,
+        as_of,
+        model_version,
+        policy_version,
+        Vec::new(),
+    )
+    .await
+}
+
+async fn write_and_commit(
+    store: &Store,
+    version: u64,
+    rows: &[LimitRow],
+    as_of: NaiveDate,
+    model_version: &str,
+    policy_version: &str,
+    forced_past: Vec<String>,
+) -> Result<Manifest, PublishError> {
     let now = Utc::now();
     // unique even for two writers of one version: the loser's files are never visible
     let run = format!(
@@ -182,15 +256,35 @@ pub async fn publish_version(
         row_count: rows.len() as u64,
         model_version: model_version.to_string(),
         policy_version: policy_version.to_string(),
-        mean_limit: rows.iter().map(|r| r.decision.credit_limit).sum::<f64>()
-            / rows.len().max(1) as f64,
+        mean_limit: mean_limit(rows),
         files: vec![DataFile {
             path,
             bytes: size,
             sha256: format!("{:x}", Sha256::digest(&written)),
         }],
+        mean_pd: rows.iter().map(|r| r.pd).sum::<f64>() / rows.len().max(1) as f64,
+        limit_distribution: crate::limits::distribution(
+            &rows
+                .iter()
+                .map(|r| r.decision.credit_limit)
+                .collect::<Vec<_>>(),
+        ),
+        forced_past,
+        rollback_of: None,
     };
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| PublishError::Manifest {
+    commit(store, &manifest).await?;
+    info!(version, rows = rows.len(), "limit table published");
+    Ok(manifest)
+}
+
+fn mean_limit(rows: &[LimitRow]) -> f64 {
+    rows.iter().map(|r| r.decision.credit_limit).sum::<f64>() / rows.len().max(1) as f64
+}
+
+/// The create-only put of a manifest: the moment a version becomes visible.
+async fn commit(store: &Store, manifest: &Manifest) -> Result<(), PublishError> {
+    let version = manifest.version;
+    let json = serde_json::to_vec_pretty(manifest).map_err(|e| PublishError::Manifest {
         path: manifest_path(version),
         problem: e.to_string(),
     })?;
@@ -198,12 +292,167 @@ pub async fn publish_version(
         .put_if_absent(&manifest_path(version), json.into())
         .await
     {
-        Ok(()) => {}
-        Err(StoreError::AlreadyExists { .. }) => return Err(PublishError::Conflict { version }),
-        Err(e) => return Err(e.into()),
+        Ok(()) => Ok(()),
+        Err(StoreError::AlreadyExists { .. }) => Err(PublishError::Conflict { version }),
+        Err(e) => Err(e.into()),
     }
-    info!(version, rows = rows.len(), "limit table published");
+}
+
+/// What the gates find wrong with publishing `rows` over `previous`; empty when it may go.
+pub fn gate_violations(
+    previous: &Manifest,
+    rows: &[LimitRow],
+    config: &PublishConfig,
+) -> Vec<String> {
+    let mut violations = Vec::new();
+    let (before, now) = (previous.row_count as f64, rows.len() as f64);
+    if before > 0.0 && (before - now) / before > config.max_row_drop_share {
+        violations.push(format!(
+            "row count {} is {:.1}% below version {}'s {} (max_row_drop_share {:.1}%)",
+            rows.len(),
+            100.0 * (before - now) / before,
+            previous.version,
+            previous.row_count,
+            100.0 * config.max_row_drop_share
+        ));
+    }
+    let (before, now) = (previous.mean_limit, mean_limit(rows));
+    if before > 0.0 && ((now - before) / before).abs() > config.max_mean_limit_change {
+        violations.push(format!(
+            "mean limit {now:.0} moved {:+.1}% from version {}'s {before:.0} (max_mean_limit_change {:.1}%)",
+            100.0 * (now - before) / before,
+            previous.version,
+            100.0 * config.max_mean_limit_change
+        ));
+    }
+    violations
+}
+
+/// Publishes `rows` as the next version if the gates pass against the last published table;
+/// with `force`, publishes anyway and records what it went past. Then applies retention.
+pub async fn publish_gated(
+    store: &Store,
+    rows: &[LimitRow],
+    as_of: NaiveDate,
+    model_version: &str,
+    policy_version: &str,
+    config: &PublishConfig,
+    force: bool,
+) -> Result<Manifest, PublishError> {
+    let previous = latest(store).await?;
+    let violations = previous
+        .as_ref()
+        .map(|p| gate_violations(p, rows, config))
+        .unwrap_or_default();
+    if let Some(previous) = &previous
+        && !violations.is_empty()
+        && !force
+    {
+        return Err(PublishError::GateRefused {
+            previous: previous.version,
+            violations,
+        });
+    }
+    let version = previous.as_ref().map_or(1, |m| m.version + 1);
+    if !violations.is_empty() {
+        tracing::warn!(version, ?violations, "publishing past the gates (--force)");
+    }
+    let manifest = write_and_commit(
+        store,
+        version,
+        rows,
+        as_of,
+        model_version,
+        policy_version,
+        violations,
+    )
+    .await?;
+    retain(store, config.retain_versions).await?;
     Ok(manifest)
+}
+
+/// Every committed manifest, oldest first.
+pub async fn versions(store: &Store) -> Result<Vec<Manifest>, PublishError> {
+    let mut paths: Vec<String> = store
+        .list(MANIFESTS)
+        .await?
+        .into_iter()
+        .map(|(path, _)| path)
+        .filter(|p| p.ends_with(".json"))
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for path in paths {
+        out.push(read_manifest(store, &path).await?);
+    }
+    Ok(out)
+}
+
+/// Makes version `to`'s table the visible one again, by committing a new version that points
+/// at its files (history stays: nothing is rewritten). Its files must still be there.
+pub async fn rollback(store: &Store, to: u64) -> Result<Manifest, PublishError> {
+    let all = versions(store).await?;
+    let latest = all.last().map(|m| m.version);
+    let Some(target) = all.iter().find(|m| m.version == to) else {
+        return Err(PublishError::UnknownVersion {
+            version: to,
+            root: store.url().to_string(),
+            latest: latest.map_or("none".into(), |v| v.to_string()),
+        });
+    };
+    // the checksums are verified before the commit, not after
+    read_table(store, target).await?;
+    let manifest = Manifest {
+        version: latest.unwrap_or(0) + 1,
+        published_at: Utc::now().to_rfc3339(),
+        forced_past: Vec::new(),
+        rollback_of: Some(to),
+        ..target.clone()
+    };
+    commit(store, &manifest).await?;
+    info!(version = manifest.version, rollback_of = to, "rolled back");
+    Ok(manifest)
+}
+
+/// What retention deleted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Retention {
+    pub manifests_deleted: usize,
+    pub data_files_deleted: usize,
+}
+
+/// Keeps the newest `keep` manifests (at least one), deletes older ones, then deletes data
+/// files that no kept manifest points at and that belong to versions older than the oldest
+/// kept one (a writer still writing a newer version is never touched).
+pub async fn retain(store: &Store, keep: usize) -> Result<Retention, PublishError> {
+    let all = versions(store).await?;
+    let keep = keep.max(1);
+    if all.len() <= keep {
+        return Ok(Retention::default());
+    }
+    let (old, kept) = all.split_at(all.len() - keep);
+    let oldest_kept = kept[0].version;
+    let mut report = Retention::default();
+    for manifest in old {
+        store.delete(&manifest_path(manifest.version)).await?;
+        report.manifests_deleted += 1;
+    }
+    let needed: std::collections::HashSet<&str> = kept
+        .iter()
+        .flat_map(|m| m.files.iter().map(|f| f.path.as_str()))
+        .collect();
+    for (path, _) in store.list("published/limits/data").await? {
+        let version = path
+            .strip_prefix("published/limits/data/v")
+            .and_then(|rest| rest.get(..8))
+            .and_then(|digits| digits.parse::<u64>().ok());
+        if version.is_some_and(|v| v < oldest_kept) && !needed.contains(path.as_str()) {
+            store.delete(&path).await?;
+            report.data_files_deleted += 1;
+        }
+    }
+    info!(?report, "retention applied");
+    Ok(report)
 }
 
 /// Reads the table a manifest points at, checking every file's checksum.

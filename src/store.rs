@@ -281,6 +281,15 @@ impl Store {
     }
 
     /// Deletes every object under `rel` (a rerun replaces, never duplicates).
+    /// Deletes one object; a missing one is not an error.
+    pub async fn delete(&self, rel: &str) -> Result<()> {
+        let path = self.path(rel);
+        match self.inner.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.object_error(&path)(e)),
+        }
+    }
+
     pub async fn delete_prefix(&self, rel: &str) -> Result<()> {
         for (object, _) in self.list(rel).await? {
             let path = self.path(&object);
