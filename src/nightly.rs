@@ -257,20 +257,16 @@ pub async fn run_with(
     scoring::write(store, run_date, &scores).await?;
     clock.lap("score");
 
-    let inputs = limits::load_inputs(&ctx, run_date).await?;
+    let snapshot = sources::snapshot_before(store, "profiles", run_date).await?;
     let policy = &pipelines.policy;
+    let inputs = limits::load_inputs(&ctx, run_date, snapshot, policy).await?;
+    let previous = publish::latest_limits(store).await?;
     let rows: Vec<LimitRow> = (0..scores.users.len())
         .into_par_iter()
         .map(|i| {
             let (user_id, pd) = (scores.users[i], scores.pd[i]);
-            let mut decision = policy.decide(
-                pd,
-                inputs
-                    .certificates
-                    .get(&user_id)
-                    .map_or(&[][..], |c| c.as_slice()),
-                inputs.caps.get(&user_id).copied(),
-            );
+            let facts = inputs.facts(user_id, previous.get(&user_id).copied());
+            let mut decision = policy.decide(pd, &facts);
             decision
                 .reasons
                 .extend(scores.reasons[i].iter().map(|code| format!("model:{code}")));

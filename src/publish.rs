@@ -180,8 +180,12 @@ fn to_batch(rows: &[LimitRow]) -> Result<RecordBatch, PublishError> {
                 rows.iter().map(|r| r.decision.user_cap),
             )),
             Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|r| r.decision.policy_limit),
+            )),
+            Arc::new(Float64Array::from_iter_values(
                 rows.iter().map(|r| r.decision.credit_limit),
             )),
+            Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.decision.apr))),
             Arc::new(StringArray::from_iter_values(reasons.iter())),
         ],
     )?)
@@ -453,6 +457,35 @@ pub async fn retain(store: &Store, keep: usize) -> Result<Retention, PublishErro
     }
     info!(?report, "retention applied");
     Ok(report)
+}
+
+/// user_id -> policy limit (before the user's own cap) of the newest published table (empty
+/// when none), for the policy's nightly step.
+pub async fn latest_limits(
+    store: &Store,
+) -> Result<std::collections::HashMap<u64, f64>, PublishError> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
+    let mut out = std::collections::HashMap::new();
+    let Some(manifest) = latest(store).await? else {
+        return Ok(out);
+    };
+    for batch in read_table(store, &manifest).await? {
+        let (Some(users), Some(limits)) = (
+            batch.column_by_name("user_id"),
+            batch
+                .column_by_name("policy_limit")
+                .or_else(|| batch.column_by_name("credit_limit")),
+        ) else {
+            continue;
+        };
+        let users = users.as_primitive::<UInt64Type>();
+        let limits = limits.as_primitive::<Float64Type>();
+        for row in 0..batch.num_rows() {
+            out.insert(users.value(row), limits.value(row));
+        }
+    }
+    Ok(out)
 }
 
 /// Reads the table a manifest points at, checking every file's checksum.

@@ -11,7 +11,7 @@ fn rows(n: u64, pd: f64) -> Vec<LimitRow> {
         .map(|user_id| LimitRow {
             user_id,
             pd,
-            decision: policy.decide(pd, &[], None),
+            decision: policy.decide(pd, &Default::default()),
         })
         .collect()
 }

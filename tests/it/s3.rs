@@ -137,7 +137,7 @@ async fn the_feature_job_runs_on_s3_and_matches_memory() {
         .map(|user_id| LimitRow {
             user_id,
             pd: 0.01,
-            decision: policy.decide(0.01, &[], None),
+            decision: policy.decide(0.01, &Default::default()),
         })
         .collect();
     publish::publish_version(&s3, 1, &rows, run_date(), "m", "p")
