@@ -51,6 +51,30 @@ pub struct LimitPolicy {
     pub grades: Vec<Grade>,
     pub certificate_boost: CertificateBoost,
     pub fraud: FraudChecks,
+    /// Category-scoped temporary amounts, spendable only in that category.
+    #[serde(rename = "scenario", default)]
+    pub scenarios: Vec<Scenario>,
+}
+
+/// A category-scoped limit: `amount` more, spendable only at merchants of `category`, for
+/// `valid_days` from the run, for users with PD at most `max_pd` who bought in the category
+/// at least `min_purchases_90d` times in the last 90 days.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub category: String,
+    pub amount: f64,
+    pub max_pd: f64,
+    pub min_purchases_90d: u32,
+    pub valid_days: u32,
+}
+
+/// A scenario limit granted to one user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScenarioLimit {
+    pub category: String,
+    pub amount: f64,
+    pub valid_days: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,6 +170,14 @@ impl LimitPolicy {
                 "need 0 <= floor <= ceiling and max_nightly_change > 0".into(),
             ));
         }
+        for scenario in &policy.scenarios {
+            if scenario.amount <= 0.0 || scenario.valid_days == 0 {
+                return Err(invalid(format!(
+                    "scenario '{}': amount and valid_days must be positive",
+                    scenario.category
+                )));
+            }
+        }
         let boost = &policy.certificate_boost;
         if let Some(bad) = boost
             .tier_boosts
@@ -190,6 +222,8 @@ pub struct UserFacts {
     pub previous_limit: Option<f64>,
     /// fraud checks this user failed (no boost while any)
     pub fraud_flags: Vec<String>,
+    /// purchases per merchant category in the 90 days before the run
+    pub category_purchases: HashMap<String, u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -203,6 +237,8 @@ pub struct Decision {
     pub credit_limit: f64,
     /// None for a decline
     pub apr: Option<f64>,
+    /// category-scoped amounts on top of the credit limit
+    pub scenarios: Vec<ScenarioLimit>,
     pub reasons: Vec<String>,
 }
 
@@ -238,6 +274,7 @@ impl LimitPolicy {
                 policy_limit: 0.0,
                 credit_limit: 0.0,
                 apr: None,
+                scenarios: Vec::new(),
                 reasons,
             };
         };
@@ -309,6 +346,29 @@ impl LimitPolicy {
             limit = self.round_down(cap.max(0.0));
             reasons.push("capped_by_user_request".to_string());
         }
+        // a user who asked for a lower limit gets no extra credit in any category
+        let scenarios = self
+            .scenarios
+            .iter()
+            .filter(|s| {
+                pd <= s.max_pd
+                    && facts.cap.is_none()
+                    && facts
+                        .category_purchases
+                        .get(&s.category)
+                        .copied()
+                        .unwrap_or(0)
+                        >= s.min_purchases_90d
+            })
+            .map(|s| ScenarioLimit {
+                category: s.category.clone(),
+                amount: s.amount,
+                valid_days: s.valid_days,
+            })
+            .collect::<Vec<_>>();
+        for s in &scenarios {
+            reasons.push(format!("scenario:{}", s.category));
+        }
         Decision {
             grade: grade.name.clone(),
             base_limit,
@@ -317,6 +377,7 @@ impl LimitPolicy {
             policy_limit,
             credit_limit: limit,
             apr: Some(grade.apr.max(self.apr_floor)),
+            scenarios,
             reasons,
         }
     }
@@ -404,6 +465,8 @@ pub struct PolicyInputs {
     pub income_bands: HashMap<u64, i32>,
     /// users the fraud checks flag
     pub fraud: HashMap<u64, Vec<String>>,
+    /// purchases per scenario category in the 90 days before the run
+    pub category_purchases: HashMap<u64, HashMap<String, u32>>,
 }
 
 impl PolicyInputs {
@@ -414,6 +477,11 @@ impl PolicyInputs {
             income_band: self.income_bands.get(&user).copied(),
             previous_limit,
             fraud_flags: self.fraud.get(&user).cloned().unwrap_or_default(),
+            category_purchases: self
+                .category_purchases
+                .get(&user)
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 }
@@ -445,6 +513,37 @@ pub async fn load_inputs(
         "SELECT user_id, CAST(income_band AS INT) FROM profiles WHERE dt = '{profile_snapshot}'"
     );
     let mut inputs = PolicyInputs::default();
+    if !policy.scenarios.is_empty() {
+        let categories: Vec<String> = policy
+            .scenarios
+            .iter()
+            .map(|s| format!("'{}'", s.category.replace('\'', "''")))
+            .collect();
+        let from = run_date - chrono::Duration::days(90);
+        let purchases_sql = format!(
+            "SELECT user_id, category, COUNT(*) FROM events \
+             WHERE kind = 'purchase' AND category IN ({}) \
+             AND event_time >= TIMESTAMP '{from} 00:00:00' AND event_time < TIMESTAMP '{run_date} 00:00:00' \
+             AND dt >= '{from}' AND dt < '{run_date}' GROUP BY user_id, category",
+            categories.join(", ")
+        );
+        for batch in query(ctx, &purchases_sql).await? {
+            let users = batch.column(0).as_primitive::<UInt64Type>();
+            let category = cast(batch.column(1), &DataType::Utf8)
+                .map_err(|e| arrow_error(&purchases_sql, e))?;
+            let category = category.as_string::<i32>();
+            let counts = batch
+                .column(2)
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            for row in 0..batch.num_rows() {
+                inputs
+                    .category_purchases
+                    .entry(users.value(row))
+                    .or_default()
+                    .insert(category.value(row).to_string(), counts.value(row) as u32);
+            }
+        }
+    }
     for batch in query(ctx, &certificates_sql).await? {
         let users = batch.column(0).as_primitive::<UInt64Type>();
         let types = cast(batch.column(1), &DataType::UInt32)
@@ -621,7 +720,52 @@ mod tests {
         };
         let night2 = policy.decide(0.005, &lifted);
         assert_eq!(night2.credit_limit, night1.policy_limit);
-        assert!(!night2.reasons.iter().any(|r| r == "limited_by_nightly_step"));
+        assert!(
+            !night2
+                .reasons
+                .iter()
+                .any(|r| r == "limited_by_nightly_step")
+        );
+    }
+
+    #[test]
+    fn scenario_limits_need_low_pd_recent_purchases_and_no_cap() {
+        let policy = LimitPolicy::builtin();
+        let rule = policy
+            .scenarios
+            .first()
+            .expect("the shipped policy has scenarios");
+        let buyer = UserFacts {
+            category_purchases: [(rule.category.clone(), rule.min_purchases_90d)]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let granted = policy.decide(rule.max_pd, &buyer);
+        assert!(
+            granted
+                .scenarios
+                .iter()
+                .any(|s| s.category == rule.category && s.amount == rule.amount)
+        );
+        assert!(
+            policy
+                .decide(rule.max_pd + 0.001, &buyer)
+                .scenarios
+                .iter()
+                .all(|s| s.category != rule.category)
+        );
+        assert!(
+            policy
+                .decide(0.001, &UserFacts::default())
+                .scenarios
+                .is_empty()
+        );
+        let capped = UserFacts {
+            cap: Some(5000.0),
+            ..buyer
+        };
+        assert!(policy.decide(0.001, &capped).scenarios.is_empty());
     }
 
     #[test]
@@ -741,6 +885,7 @@ mod tests {
                 } else {
                     Vec::new()
                 },
+                category_purchases: [("furniture".to_string(), 2u32)].into_iter().collect(),
             })
     }
 
@@ -781,6 +926,11 @@ mod tests {
             // APR never below the floor
             if let Some(apr) = d.apr {
                 prop_assert!(apr >= policy.apr_floor);
+            }
+            // scenario limits only for qualifying users, never past a user's own cap
+            for s in &d.scenarios {
+                let rule = policy.scenarios.iter().find(|r| r.category == s.category).unwrap();
+                prop_assert!(pd <= rule.max_pd && facts.cap.is_none());
             }
         }
     }

@@ -684,8 +684,12 @@ fn print_summary(report: &NightlyReport) {
         report.holdout.log_loss
     );
     println!(
-        "  limits      {} users scored; {} boosted by certificates; {} capped by their own request",
-        report.scored_users, report.boosted, report.capped_by_request
+        "  limits      {} users scored; {} boosted by certificates ({} withheld by fraud checks); {} capped by their own request; {} with scenario limits",
+        report.scored_users,
+        report.boosted,
+        report.boosts_withheld_for_fraud,
+        report.capped_by_request,
+        report.with_scenario_limits
     );
     for (band, count) in &report.limit_distribution {
         println!("              {band:>14}: {count}");

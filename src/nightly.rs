@@ -88,6 +88,10 @@ pub struct NightlyReport {
     pub limit_distribution: Vec<(String, usize)>,
     pub capped_by_request: usize,
     pub boosted: usize,
+    /// users whose boosts the fraud checks withheld
+    pub boosts_withheld_for_fraud: usize,
+    /// users granted at least one category-scoped scenario limit
+    pub with_scenario_limits: usize,
     pub manifest: Manifest,
     pub stages: Vec<StageTime>,
     pub seconds: f64,
@@ -321,6 +325,19 @@ pub async fn run_with(
         boosted: rows
             .iter()
             .filter(|r| r.decision.certificate_boost > 0.0)
+            .count(),
+        boosts_withheld_for_fraud: rows
+            .iter()
+            .filter(|r| {
+                r.decision.reasons.iter().any(|x| {
+                    x.starts_with("certificate_boost_withheld:")
+                        && !x.ends_with("pd_above_boost_bound")
+                })
+            })
+            .count(),
+        with_scenario_limits: rows
+            .iter()
+            .filter(|r| !r.decision.scenarios.is_empty())
             .count(),
         manifest,
         stages: clock.stages.clone(),

@@ -158,8 +158,26 @@ async fn read_manifest(store: &Store, path: &str) -> Result<Manifest, PublishErr
     })
 }
 
-fn to_batch(rows: &[LimitRow]) -> Result<RecordBatch, PublishError> {
+fn to_batch(rows: &[LimitRow], as_of: NaiveDate) -> Result<RecordBatch, PublishError> {
     let reasons: Vec<String> = rows.iter().map(|r| r.decision.reasons.join(";")).collect();
+    let scenarios: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            r.decision
+                .scenarios
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{}={} until {}",
+                        s.category,
+                        s.amount,
+                        as_of + chrono::Duration::days(s.valid_days as i64)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(";")
+        })
+        .collect();
     Ok(RecordBatch::try_new(
         schema::LIMITS.arrow(),
         vec![
@@ -186,6 +204,7 @@ fn to_batch(rows: &[LimitRow]) -> Result<RecordBatch, PublishError> {
                 rows.iter().map(|r| r.decision.credit_limit),
             )),
             Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.decision.apr))),
+            Arc::new(StringArray::from_iter_values(scenarios.iter())),
             Arc::new(StringArray::from_iter_values(reasons.iter())),
         ],
     )?)
@@ -243,7 +262,7 @@ async fn write_and_commit(
         std::process::id()
     );
     let path = format!("published/limits/data/{run}/part-00000.parquet");
-    let batch = to_batch(rows)?;
+    let batch = to_batch(rows, as_of)?;
     let size = store.write_parquet(&path, batch.schema(), &[batch]).await?;
     // read back what the store holds: the manifest vouches only for durable bytes
     let written = store

@@ -43,6 +43,10 @@ async fn nightly_publishes_one_row_per_user_within_caps_and_reruns_identically()
         }
     }
 
+    assert!(
+        first.with_scenario_limits > 0,
+        "furniture and education buyers with low PD get scenario limits"
+    );
     let oracle = first.oracle_auc.expect("synthetic roots have truth");
     assert!(first.holdout.auc > 0.6, "holdout AUC {}", first.holdout.auc);
     assert!(
