@@ -15,7 +15,8 @@
 //! training   train / evaluate / compare workflows on a root's newest labelled window
 //! table      bring-your-own-table training sets from Parquet or CSV
 //! scoring    PD, scorecard points and reason codes for every user
-//! limits     the limit policy: PD -> grade -> limit, certificate boosts, user caps
+//! limits     the limit policy: PD -> grade -> limit, certificate boosts, user caps, scenarios
+//! suggestions what-if scoring: which certificate would raise a user's limit, and by how much
 //! publish    versioned limit tables committed by a create-only manifest
 //! nightly    the job that runs the stages in order and reports
 //! ```
@@ -35,6 +36,7 @@ mod serde_date;
 pub mod sources;
 pub mod sql;
 pub mod store;
+pub mod suggestions;
 pub mod synth;
 pub mod table;
 pub mod training;

@@ -19,12 +19,13 @@ pub use crate::pipelines::{
 use crate::dataset::{self, Csr, DatasetError};
 use crate::features::stats::{self, Drift, Strength};
 use crate::features::{self, FeatureDictionary, FeatureError, FeatureReport};
-use crate::limits::{self, PolicyError};
+use crate::limits::{self, Decision, PolicyError, UserFacts};
 use crate::model::{self, DeviceKind, Metrics, ModelError};
 use crate::publish::{self, LimitRow, Manifest, PublishError};
 use crate::scoring::{self, ScoringError};
 use crate::sources::{self, SourceError, SourceReport};
 use crate::store::{Store, StoreError};
+use crate::suggestions;
 use crate::training::{self, Promote, TrainingError, oracle_auc};
 
 #[derive(Debug, thiserror::Error)]
@@ -265,23 +266,46 @@ pub async fn run_with(
     let policy = &pipelines.policy;
     let inputs = limits::load_inputs(&ctx, run_date, snapshot, policy).await?;
     let previous = publish::latest_limits(store).await?;
-    let rows: Vec<LimitRow> = (0..scores.users.len())
+    let facts: Vec<UserFacts> = scores
+        .users
+        .par_iter()
+        .map(|user| inputs.facts(*user, previous.get(user).copied()))
+        .collect();
+    let decisions: Vec<Decision> = (0..scores.users.len())
         .into_par_iter()
-        .map(|i| {
-            let (user_id, pd) = (scores.users[i], scores.pd[i]);
-            let facts = inputs.facts(user_id, previous.get(&user_id).copied());
-            let mut decision = policy.decide(pd, &facts);
+        .map(|i| policy.decide(scores.pd[i], &facts[i]))
+        .collect();
+    clock.lap("limits");
+
+    let candidates = suggestions::representatives(&inputs.certificates);
+    let suggested = suggestions::suggest(
+        &model,
+        &scoring_rows,
+        &dictionary,
+        policy,
+        &facts,
+        &decisions,
+        &candidates,
+        &device,
+        config.evaluation.suggestions_per_user,
+    );
+    let rows: Vec<LimitRow> = decisions
+        .into_par_iter()
+        .zip(suggested.into_par_iter())
+        .enumerate()
+        .map(|(i, (mut decision, suggested))| {
             decision
                 .reasons
                 .extend(scores.reasons[i].iter().map(|code| format!("model:{code}")));
             LimitRow {
-                user_id,
-                pd,
+                user_id: scores.users[i],
+                pd: scores.pd[i],
                 decision,
+                suggestions: suggestions::format(&suggested),
             }
         })
         .collect();
-    clock.lap("limits");
+    clock.lap("suggest");
 
     let manifest = publish::publish_gated(
         store,

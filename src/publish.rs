@@ -123,6 +123,8 @@ pub struct LimitRow {
     pub user_id: u64,
     pub pd: f64,
     pub decision: Decision,
+    /// certificate families that would raise the limit: `language=+800;professional=+300`
+    pub suggestions: String,
 }
 
 pub fn manifest_path(version: u64) -> String {
@@ -205,6 +207,9 @@ fn to_batch(rows: &[LimitRow], as_of: NaiveDate) -> Result<RecordBatch, PublishE
             )),
             Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.decision.apr))),
             Arc::new(StringArray::from_iter_values(scenarios.iter())),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.suggestions.as_str()),
+            )),
             Arc::new(StringArray::from_iter_values(reasons.iter())),
         ],
     )?)

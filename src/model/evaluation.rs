@@ -18,6 +18,13 @@ pub struct EvaluationConfig {
     pub scorecard: Scorecard,
     /// adverse reason codes kept per scored user
     pub reasons_per_user: usize,
+    /// certificate suggestions kept per user in the published table
+    #[serde(default = "three")]
+    pub suggestions_per_user: usize,
+}
+
+fn three() -> usize {
+    3
 }
 
 impl Default for EvaluationConfig {
@@ -26,6 +33,7 @@ impl Default for EvaluationConfig {
             segments: vec!["city_tier".into(), "age_band".into(), "occupation".into()],
             scorecard: Scorecard::default(),
             reasons_per_user: 4,
+            suggestions_per_user: 3,
         }
     }
 }

@@ -275,3 +275,122 @@ async fn a_csv_table_trains_a_registered_model_with_a_report() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_suggested_certificate_raises_the_limit_by_the_amount_shown() {
+    use redflower::dataset::Csr;
+    use redflower::limits::{self, LimitPolicy};
+    use redflower::suggestions;
+
+    let store = Store::open("memory://suggestions").unwrap();
+    synth_world(&store, 3_000, 33).await;
+    let pipelines = Pipelines::builtin();
+    let device = DeviceKind::Cpu.device().unwrap();
+    let report = nightly::run(&store, run_date(), &pipelines, DeviceKind::Cpu)
+        .await
+        .unwrap();
+    let model = model::load(&store, &report.model_version, &device)
+        .await
+        .unwrap();
+    let dictionary = redflower::features::FeatureDictionary::load(&store)
+        .await
+        .unwrap();
+
+    // tonight's rows, from the stored long feature table
+    let mut by_user: std::collections::BTreeMap<u64, Vec<(u32, f32)>> = Default::default();
+    for batch in store
+        .read_parquet(&format!("features/dt={}/part-00000.parquet", run_date()))
+        .await
+        .unwrap()
+    {
+        let users = batch.column(0).as_primitive::<UInt64Type>();
+        let ids = batch.column(1).as_primitive::<UInt32Type>();
+        let values = batch.column(2).as_primitive::<Float32Type>();
+        for row in 0..batch.num_rows() {
+            by_user
+                .entry(users.value(row))
+                .or_default()
+                .push((ids.value(row), values.value(row)));
+        }
+    }
+    let row_of = |user: u64, extra: Option<u32>| {
+        let mut entries = by_user.get(&user).cloned().unwrap_or_default();
+        if let Some(id) = extra {
+            entries.retain(|(i, _)| *i != id);
+            entries.push((id, 1.0));
+            entries.sort_by_key(|(i, _)| *i);
+        }
+        Csr {
+            users: vec![user],
+            offsets: vec![0, entries.len()],
+            ids: entries.iter().map(|(i, _)| *i).collect(),
+            values: entries.iter().map(|(_, v)| *v).collect(),
+        }
+    };
+
+    let ctx = redflower::pipelines::session(&pipelines.nightly.engine).unwrap();
+    redflower::sources::validate_and_register(&ctx, &store, run_date(), 0.01)
+        .await
+        .unwrap();
+    let snapshot = redflower::sources::snapshot_before(&store, "profiles", run_date())
+        .await
+        .unwrap();
+    let policy = LimitPolicy::builtin();
+    let inputs = limits::load_inputs(&ctx, run_date(), snapshot, &policy)
+        .await
+        .unwrap();
+    let candidates = suggestions::representatives(&inputs.certificates);
+
+    let (_, table) = published(&store).await;
+    let mut checked = 0;
+    for batch in &table {
+        let users = batch
+            .column_by_name("user_id")
+            .unwrap()
+            .as_primitive::<UInt64Type>();
+        let pds = batch
+            .column_by_name("pd")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        let limits_now = batch
+            .column_by_name("credit_limit")
+            .unwrap()
+            .as_primitive::<Float64Type>();
+        let shown = batch
+            .column_by_name("suggestions")
+            .unwrap()
+            .as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            if shown.value(row).is_empty() || checked >= 40 {
+                continue;
+            }
+            let user = users.value(row);
+            // the first night: no previous table, as when the row was decided
+            let facts = inputs.facts(user, None);
+            let pd = model.pd(&row_of(user, None), &device)[0];
+            // batches pad to different widths, so f32 sums may differ in the last bits
+            assert!((pd - pds.value(row)).abs() < 1e-5, "{pd} vs {}", pds.value(row));
+            assert_eq!(
+                policy.decide(pd, &facts).credit_limit,
+                limits_now.value(row)
+            );
+            for item in shown.value(row).split(';') {
+                let (family, amount) = item.split_once("=+").expect("family=+amount");
+                let amount: f64 = amount.parse().unwrap();
+                let certificate = candidates.iter().find(|c| c.family == family).unwrap();
+                let feature = dictionary.id(&format!(
+                    "certificate[cert_type_id={}]",
+                    certificate.cert_type_id
+                ));
+                let pd_with = model.pd(&row_of(user, feature), &device)[0];
+                let mut with = facts.clone();
+                with.certificates.push(certificate.clone());
+                let gained = policy.decide(pd_with, &with).credit_limit - limits_now.value(row);
+                assert_eq!(gained, amount, "user {user}: {item}");
+                assert!(amount > 0.0);
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 10, "only {checked} users had suggestions");
+}

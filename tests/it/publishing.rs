@@ -12,6 +12,7 @@ fn rows(n: u64, pd: f64) -> Vec<LimitRow> {
             user_id,
             pd,
             decision: policy.decide(pd, &Default::default()),
+            suggestions: String::new(),
         })
         .collect()
 }

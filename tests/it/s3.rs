@@ -138,6 +138,7 @@ async fn the_feature_job_runs_on_s3_and_matches_memory() {
             user_id,
             pd: 0.01,
             decision: policy.decide(0.01, &Default::default()),
+            suggestions: String::new(),
         })
         .collect();
     publish::publish_version(&s3, 1, &rows, run_date(), "m", "p")
