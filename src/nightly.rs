@@ -265,7 +265,7 @@ pub async fn run_with(
     let snapshot = sources::snapshot_before(store, "profiles", run_date).await?;
     let policy = &pipelines.policy;
     let inputs = limits::load_inputs(&ctx, run_date, snapshot, policy).await?;
-    let previous = publish::latest_limits(store).await?;
+    let previous = publish::limits_before(store, run_date).await?;
     let facts: Vec<UserFacts> = scores
         .users
         .par_iter()

@@ -483,15 +483,22 @@ pub async fn retain(store: &Store, keep: usize) -> Result<Retention, PublishErro
     Ok(report)
 }
 
-/// user_id -> policy limit (before the user's own cap) of the newest published table (empty
-/// when none), for the policy's nightly step.
-pub async fn latest_limits(
+/// user_id -> policy limit (before the user's own cap) of the newest table published for a
+/// date before `run_date` (empty when none), for the policy's nightly step. A rerun of a
+/// date starts from the same table as its first run, so it decides the same.
+pub async fn limits_before(
     store: &Store,
+    run_date: NaiveDate,
 ) -> Result<std::collections::HashMap<u64, f64>, PublishError> {
     use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
     let mut out = std::collections::HashMap::new();
-    let Some(manifest) = latest(store).await? else {
+    let Some(manifest) = versions(store)
+        .await?
+        .into_iter()
+        .filter(|m| m.as_of < run_date)
+        .max_by_key(|m| m.version)
+    else {
         return Ok(out);
     };
     for batch in read_table(store, &manifest).await? {
