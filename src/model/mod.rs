@@ -258,7 +258,8 @@ pub async fn load(store: &Store, version: &str, device: &Device) -> Result<Model
     Ok(Model { card, network })
 }
 
-/// Every registered model's card, newest training date first.
+/// Every registered model's card, newest training date first. A card that cannot be read (an
+/// older format, a broken file) is logged and left out of the list, never silently.
 pub async fn list(store: &Store) -> Result<Vec<ModelCard>, ModelError> {
     let mut versions: Vec<String> = store
         .list("models")
@@ -274,7 +275,13 @@ pub async fn list(store: &Store) -> Result<Vec<ModelCard>, ModelError> {
     versions.dedup();
     let mut cards = Vec::new();
     for version in versions.iter().rev() {
-        cards.push(card(store, version).await?);
+        match card(store, version).await {
+            Ok(card) => cards.push(card),
+            Err(ModelError::Artifact { version, problem }) => {
+                tracing::warn!(%version, %problem, "unreadable model card left out of the list")
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(cards)
 }
