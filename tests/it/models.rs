@@ -9,7 +9,7 @@ use redflower::nightly::{self, Pipelines};
 use redflower::store::Store;
 use redflower::training::{self, Promote};
 
-use crate::support::{published, run_date, synth_world};
+use crate::support::{f64_column, published, run_date, str_column, synth_world, u64_column};
 
 #[tokio::test]
 async fn nightly_scores_with_the_champion_and_every_score_is_explained_by_its_features() {
@@ -105,23 +105,11 @@ async fn nightly_scores_with_the_champion_and_every_score_is_explained_by_its_fe
         .unwrap();
     let mut scored = 0;
     for batch in &scores {
-        let users = batch
-            .column_by_name("user_id")
-            .unwrap()
-            .as_primitive::<UInt64Type>();
-        let pd = batch
-            .column_by_name("pd")
-            .unwrap()
-            .as_primitive::<Float64Type>();
-        let wide = batch
-            .column_by_name("wide_logit")
-            .unwrap()
-            .as_primitive::<Float64Type>();
-        let deep = batch
-            .column_by_name("deep_logit")
-            .unwrap()
-            .as_primitive::<Float64Type>();
-        let reasons = batch.column_by_name("reasons").unwrap().as_string::<i32>();
+        let users = u64_column(batch, "user_id");
+        let pd = f64_column(batch, "pd");
+        let wide = f64_column(batch, "wide_logit");
+        let deep = f64_column(batch, "deep_logit");
+        let reasons = str_column(batch, "reasons");
         for row in 0..batch.num_rows() {
             let user = users.value(row);
             let expected = linear.get(&user).copied().unwrap_or(bias as f64);
@@ -344,22 +332,10 @@ async fn a_suggested_certificate_raises_the_limit_by_the_amount_shown() {
     let (_, table) = published(&store).await;
     let mut checked = 0;
     for batch in &table {
-        let users = batch
-            .column_by_name("user_id")
-            .unwrap()
-            .as_primitive::<UInt64Type>();
-        let pds = batch
-            .column_by_name("pd")
-            .unwrap()
-            .as_primitive::<Float64Type>();
-        let limits_now = batch
-            .column_by_name("credit_limit")
-            .unwrap()
-            .as_primitive::<Float64Type>();
-        let shown = batch
-            .column_by_name("suggestions")
-            .unwrap()
-            .as_string::<i32>();
+        let users = u64_column(batch, "user_id");
+        let pds = f64_column(batch, "pd");
+        let limits_now = f64_column(batch, "credit_limit");
+        let shown = str_column(batch, "suggestions");
         for row in 0..batch.num_rows() {
             if shown.value(row).is_empty() || checked >= 40 {
                 continue;
@@ -369,7 +345,11 @@ async fn a_suggested_certificate_raises_the_limit_by_the_amount_shown() {
             let facts = inputs.facts(user, None);
             let pd = model.pd(&row_of(user, None), &device)[0];
             // batches pad to different widths, so f32 sums may differ in the last bits
-            assert!((pd - pds.value(row)).abs() < 1e-5, "{pd} vs {}", pds.value(row));
+            assert!(
+                (pd - pds.value(row)).abs() < 1e-5,
+                "{pd} vs {}",
+                pds.value(row)
+            );
             assert_eq!(
                 policy.decide(pd, &facts).credit_limit,
                 limits_now.value(row)

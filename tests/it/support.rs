@@ -3,12 +3,36 @@
 use std::collections::HashMap;
 
 use chrono::NaiveDate;
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::array::{
+    Array, AsArray, Float64Array, RecordBatch, StringArray, UInt64Array,
+};
 use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
 use redflower::features::{FeatureDictionary, FeatureSet};
 use redflower::publish;
 use redflower::store::Store;
 use redflower::synth::{self, WorldConfig};
+
+/// A named column of a batch, typed; panics with the name when it is missing.
+pub fn f64_column<'a>(batch: &'a RecordBatch, name: &str) -> &'a Float64Array {
+    batch
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("no column {name}"))
+        .as_primitive::<Float64Type>()
+}
+
+pub fn u64_column<'a>(batch: &'a RecordBatch, name: &str) -> &'a UInt64Array {
+    batch
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("no column {name}"))
+        .as_primitive::<UInt64Type>()
+}
+
+pub fn str_column<'a>(batch: &'a RecordBatch, name: &str) -> &'a StringArray {
+    batch
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("no column {name}"))
+        .as_string::<i32>()
+}
 
 pub fn world(users: u64, seed: u64) -> WorldConfig {
     WorldConfig {
