@@ -52,8 +52,16 @@ enum Command {
         #[arg(long)]
         root: String,
         /// the run date: features use only data from before it
+        #[arg(long, required_unless_present = "from", conflicts_with_all = ["from", "to"])]
+        date: Option<NaiveDate>,
+        /// backfill: run every date from --from to --to (inclusive), in order
+        #[arg(long, requires = "to")]
+        from: Option<NaiveDate>,
+        #[arg(long, requires = "from")]
+        to: Option<NaiveDate>,
+        /// run a date again even if it finished (runs/<date>/report.json exists)
         #[arg(long)]
-        date: NaiveDate,
+        rerun: bool,
         /// folder with features.toml, limits.toml and nightly.toml (default: the shipped ones)
         #[arg(long)]
         pipelines: Option<PathBuf>,
@@ -231,10 +239,34 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // a failed nightly run says what kind of failure it was (see the README)
+            match e.downcast_ref::<RunFailed>() {
+                Some(failed) => ExitCode::from(nightly::exit_code(&failed.error)),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
+
+/// A nightly run that failed, kept whole so the exit code can tell the scheduler what to do.
+#[derive(Debug)]
+struct RunFailed {
+    date: NaiveDate,
+    root: String,
+    error: nightly::NightlyError,
+}
+
+impl std::fmt::Display for RunFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "nightly run for {} on {} failed; the last published table is unchanged: {}",
+            self.date, self.root, self.error
+        )
+    }
+}
+
+impl std::error::Error for RunFailed {}
 
 async fn execute(command: Command) -> Result<()> {
     match command {
@@ -270,6 +302,9 @@ async fn execute(command: Command) -> Result<()> {
         Command::Nightly {
             root,
             date,
+            from,
+            to,
+            rerun,
             pipelines,
             device,
             force,
@@ -277,13 +312,34 @@ async fn execute(command: Command) -> Result<()> {
         } => {
             let store = Store::open(&root)?;
             let pipelines = load_pipelines(pipelines)?;
-            let report = nightly::run_with(&store, date, &pipelines, &RunOptions { device, force })
-                .await
-                .with_context(|| format!("nightly run for {date} on {} failed; the last published table is unchanged", store.url()))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print_summary(&report);
+            let dates: Vec<NaiveDate> = match (date, from, to) {
+                (Some(date), _, _) => vec![date],
+                (None, Some(from), Some(to)) if from <= to => {
+                    from.iter_days().take_while(|d| *d <= to).collect()
+                }
+                _ => anyhow::bail!("--from must not be after --to"),
+            };
+            for date in dates {
+                if !rerun && nightly::finished(&store, date).await? {
+                    println!(
+                        "nightly {date}: already done on {} (runs/{date}/report.json); nothing to do (--rerun runs it again)",
+                        store.url()
+                    );
+                    continue;
+                }
+                let report =
+                    nightly::run_with(&store, date, &pipelines, &RunOptions { device, force })
+                        .await
+                        .map_err(|error| RunFailed {
+                            date,
+                            root: store.url().to_string(),
+                            error,
+                        })?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print_summary(&report);
+                }
             }
         }
         Command::Demo {

@@ -154,6 +154,32 @@ pub async fn run(
     .await
 }
 
+/// The report of a finished run of `run_date`, if there is one: `runs/<date>/report.json` is
+/// written last, after the table is published, so its presence means the date is done.
+pub async fn finished(store: &Store, run_date: NaiveDate) -> Result<bool, NightlyError> {
+    Ok(store
+        .get(&format!("runs/{run_date}/report.json"))
+        .await?
+        .is_some())
+}
+
+/// What a scheduler should do about a failed run, as the process exit code says it.
+pub fn exit_code(error: &NightlyError) -> u8 {
+    match error {
+        // the input data was refused: fix it (see quarantine/), then run again
+        NightlyError::Source(SourceError::TooManyBadRows { .. })
+        | NightlyError::Source(SourceError::Schema(_)) => 3,
+        // the new table was refused by the gates: look, then rerun with --force or fix
+        NightlyError::Publish(PublishError::GateRefused { .. }) => 4,
+        // another writer published this version first: retry later
+        NightlyError::Publish(PublishError::Conflict { .. }) => 5,
+        // configuration: fix pipelines/
+        NightlyError::Config { .. } | NightlyError::Pipelines(_) | NightlyError::Policy(_) => 6,
+        // anything else, transient object-store errors included: retry with backoff
+        _ => 1,
+    }
+}
+
 /// How a run may behave beyond its configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct RunOptions {

@@ -2,6 +2,7 @@
 //! a binary of its own). One module per area.
 
 mod chain;
+mod cli;
 mod leakage;
 mod models;
 mod publishing;

@@ -1,0 +1,83 @@
+//! The `redflower nightly` command as a scheduler runs it: finished dates are no-ops,
+//! backfills run in order, and exit codes say what kind of failure happened.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use redflower::publish;
+use redflower::store::Store;
+
+use crate::support::synth_world;
+
+fn nightly(root: &str, args: &[&str]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_redflower"))
+        .args(["nightly", "--root", root])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run redflower");
+    (
+        output.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn finished_dates_are_no_ops_backfills_run_in_order_and_bad_input_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let store = Store::open(root).unwrap();
+    synth_world(&store, 2_000, 17).await;
+
+    let (code, out) = nightly(root, &["--from", "2026-10-31", "--to", "2026-11-01"]);
+    assert_eq!(code, 0, "{out}");
+    let versions = publish::versions(&store).await.unwrap();
+    let dates: Vec<String> = versions.iter().map(|m| m.as_of.to_string()).collect();
+    assert_eq!(dates, vec!["2026-10-31", "2026-11-01"]);
+
+    let (code, out) = nightly(root, &["--date", "2026-11-01"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("already done"), "{out}");
+    assert_eq!(publish::versions(&store).await.unwrap().len(), 2);
+
+    let (code, out) = nightly(root, &["--date", "2026-11-01", "--rerun"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(publish::versions(&store).await.unwrap().len(), 3);
+
+    // an upstream starts sending user ids as text: the input is refused, exit code 3
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Utf8, true),
+        Field::new("requested_at", DataType::Utf8, true),
+        Field::new("requested_limit", DataType::Float64, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["17"])),
+            Arc::new(StringArray::from(vec!["2026-10-30T10:00:00Z"])),
+            Arc::new(Float64Array::from(vec![1000.0])),
+        ],
+    )
+    .unwrap();
+    store
+        .write_parquet(
+            "raw/limit_requests/dt=2026-10-30/part-upstream.parquet",
+            schema,
+            &[batch],
+        )
+        .await
+        .unwrap();
+    let (code, out) = nightly(root, &["--date", "2026-11-02"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("part-upstream.parquet") && out.contains("last published table is unchanged"),
+        "{out}"
+    );
+    assert_eq!(publish::versions(&store).await.unwrap().len(), 3);
+}
