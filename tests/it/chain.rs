@@ -1,15 +1,11 @@
 //! synth -> nightly end to end on small worlds.
 
-use std::sync::Arc;
-
-use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use redflower::model::DeviceKind;
 use redflower::nightly::{self, Pipelines};
 use redflower::publish;
 use redflower::store::Store;
 
-use crate::support::{limits_by_user, published, run_date, synth_world};
+use crate::support::{limits_by_user, published, run_date, synth_world, write_text_user_ids};
 
 #[tokio::test]
 async fn nightly_publishes_one_row_per_user_within_caps_and_reruns_identically() {
@@ -86,25 +82,7 @@ async fn a_wrong_column_type_is_named_and_the_published_table_stays() {
     let (_, before) = published(&store).await;
 
     // an upstream starts sending user ids as text
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("user_id", DataType::Utf8, true),
-        Field::new("requested_at", DataType::Utf8, true),
-        Field::new("requested_limit", DataType::Float64, true),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(StringArray::from(vec!["17"])),
-            Arc::new(StringArray::from(vec!["2026-10-30T10:00:00Z"])),
-            Arc::new(Float64Array::from(vec![1000.0])),
-        ],
-    )
-    .unwrap();
-    let bad_file = "raw/limit_requests/dt=2026-10-30/part-upstream.parquet";
-    store
-        .write_parquet(bad_file, schema, &[batch])
-        .await
-        .unwrap();
+    let bad_file = write_text_user_ids(&store).await;
 
     let err = nightly::run(&store, run_date(), &pipelines, DeviceKind::Cpu)
         .await

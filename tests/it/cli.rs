@@ -2,14 +2,11 @@
 //! backfills run in order, and exit codes say what kind of failure happened.
 
 use std::process::Command;
-use std::sync::Arc;
 
-use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use redflower::publish;
 use redflower::store::Store;
 
-use crate::support::synth_world;
+use crate::support::{synth_world, write_text_user_ids};
 
 fn nightly(root: &str, args: &[&str]) -> (i32, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_redflower"))
@@ -51,28 +48,7 @@ async fn finished_dates_are_no_ops_backfills_run_in_order_and_bad_input_exits_3(
     assert_eq!(publish::versions(&store).await.unwrap().len(), 3);
 
     // an upstream starts sending user ids as text: the input is refused, exit code 3
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("user_id", DataType::Utf8, true),
-        Field::new("requested_at", DataType::Utf8, true),
-        Field::new("requested_limit", DataType::Float64, true),
-    ]));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        vec![
-            Arc::new(StringArray::from(vec!["17"])),
-            Arc::new(StringArray::from(vec!["2026-10-30T10:00:00Z"])),
-            Arc::new(Float64Array::from(vec![1000.0])),
-        ],
-    )
-    .unwrap();
-    store
-        .write_parquet(
-            "raw/limit_requests/dt=2026-10-30/part-upstream.parquet",
-            schema,
-            &[batch],
-        )
-        .await
-        .unwrap();
+    write_text_user_ids(&store).await;
     let (code, out) = nightly(root, &["--date", "2026-11-02"]);
     assert_eq!(code, 3, "{out}");
     assert!(

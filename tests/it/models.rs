@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use datafusion::arrow::array::AsArray;
-use datafusion::arrow::datatypes::{Float32Type, Float64Type, UInt32Type, UInt64Type};
+use datafusion::arrow::datatypes::{Float32Type, UInt32Type, UInt64Type};
 use redflower::model::{self, DeviceKind};
 use redflower::nightly::{self, Pipelines};
 use redflower::store::Store;

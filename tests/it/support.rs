@@ -104,3 +104,29 @@ pub fn named_rows(set: &FeatureSet, dictionary: &FeatureDictionary) -> Vec<(Stri
         })
         .collect()
 }
+
+/// Writes a limit_requests file whose user ids are text, as an upstream gone wrong would;
+/// returns its path under the root.
+pub async fn write_text_user_ids(store: &Store) -> &'static str {
+    use std::sync::Arc;
+
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Utf8, true),
+        Field::new("requested_at", DataType::Utf8, true),
+        Field::new("requested_limit", DataType::Float64, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["17"])),
+            Arc::new(StringArray::from(vec!["2026-10-30T10:00:00Z"])),
+            Arc::new(Float64Array::from(vec![1000.0])),
+        ],
+    )
+    .unwrap();
+    let path = "raw/limit_requests/dt=2026-10-30/part-upstream.parquet";
+    store.write_parquet(path, schema, &[batch]).await.unwrap();
+    path
+}
