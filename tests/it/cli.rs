@@ -1,5 +1,5 @@
 //! The `redflower nightly` command as a scheduler runs it: finished dates are no-ops,
-//! backfills run in order, and exit codes say what kind of failure happened.
+//! backfills run in order, exit codes say what kind of failure happened, logs can be JSON.
 
 use std::process::Command;
 
@@ -32,8 +32,28 @@ async fn finished_dates_are_no_ops_backfills_run_in_order_and_bad_input_exits_3(
     let store = Store::open(root).unwrap();
     synth_world(&store, 2_000, 17).await;
 
-    let (code, out) = nightly(root, &["--from", "2026-10-31", "--to", "2026-11-01"]);
+    let (code, out) = nightly(
+        root,
+        &[
+            "--from",
+            "2026-10-31",
+            "--to",
+            "2026-11-01",
+            "--log-format",
+            "json",
+        ],
+    );
     assert_eq!(code, 0, "{out}");
+    // log collectors get one JSON object per line (synth's bad rows raise warnings)
+    let logs: Vec<&str> = out.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(!logs.is_empty(), "{out}");
+    for line in logs {
+        let log: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert!(
+            log["level"].is_string() && log["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
     let versions = publish::versions(&store).await.unwrap();
     let dates: Vec<String> = versions.iter().map(|m| m.as_of.to_string()).collect();
     assert_eq!(dates, vec!["2026-10-31", "2026-11-01"]);
