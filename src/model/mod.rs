@@ -247,7 +247,8 @@ pub async fn load(store: &Store, version: &str, device: &Device) -> Result<Model
                 store.url()
             ),
         })?;
-    let mut network = WideDeep::new(card.architecture, device);
+    // the values are replaced by the saved ones
+    let mut network = WideDeep::new(card.architecture, 0, device);
     let mut snapshot = SafetensorsStore::from_bytes(Some(weights.to_vec()));
     network
         .load_from(&mut snapshot)

@@ -14,6 +14,8 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::{log_sigmoid, relu};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -55,22 +57,36 @@ pub struct WideDeep {
 
 impl WideDeep {
     /// Wide weights start at zero (the wide problem is convex, a zero start loses nothing);
-    /// the deep part starts from the device's seeded generator, so seed the device first.
-    pub fn new(architecture: Architecture, device: &Device) -> WideDeep {
+    /// the deep part starts from a generator seeded with `seed`, not the device's shared one,
+    /// so two trainings in one process (or in parallel tests) cannot disturb each other.
+    pub fn new(architecture: Architecture, seed: u64, device: &Device) -> WideDeep {
         let rows = architecture.n_features + 1;
-        let deep = (architecture.embedding_dim > 0).then(|| Deep {
-            embedding: EmbeddingConfig::new(rows, architecture.embedding_dim)
-                .with_initializer(Initializer::Normal {
-                    mean: 0.0,
-                    std: 0.01,
-                })
-                .init(device),
-            hidden: LinearConfig::new(architecture.embedding_dim, architecture.hidden.max(1))
-                .init(device),
-            // the deep logit starts at zero: training begins from the wide model
-            output: LinearConfig::new(architecture.hidden.max(1), 1)
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_DEE9);
+        let deep = (architecture.embedding_dim > 0).then(|| {
+            let (dim, hidden) = (architecture.embedding_dim, architecture.hidden.max(1));
+            let mut embedding = EmbeddingConfig::new(rows, dim)
                 .with_initializer(Initializer::Zeros)
-                .init(device),
+                .init(device);
+            embedding.weight =
+                Param::from_tensor(random(&mut rng, [rows, dim], 0.01, true, device));
+            let mut hidden_layer = LinearConfig::new(dim, hidden)
+                .with_initializer(Initializer::Zeros)
+                .init(device);
+            // uniform in +-1/sqrt(fan_in), as common Linear initialisations do
+            let bound = 1.0 / (dim as f64).sqrt();
+            hidden_layer.weight =
+                Param::from_tensor(random(&mut rng, [dim, hidden], bound, false, device));
+            hidden_layer.bias = Some(Param::from_tensor(
+                random(&mut rng, [1, hidden], bound, false, device).reshape([hidden]),
+            ));
+            Deep {
+                embedding,
+                hidden: hidden_layer,
+                // the deep logit starts at zero: training begins from the wide model
+                output: LinearConfig::new(hidden, 1)
+                    .with_initializer(Initializer::Zeros)
+                    .init(device),
+            }
         });
         WideDeep {
             wide: EmbeddingConfig::new(rows, 1)
@@ -157,6 +173,28 @@ impl WideDeep {
             None => wide,
         }
     }
+}
+
+/// A `[rows, cols]` tensor of N(0, scale²) (`normal`) or U(-scale, scale) values.
+fn random(
+    rng: &mut ChaCha8Rng,
+    [rows, cols]: [usize; 2],
+    scale: f64,
+    normal: bool,
+    device: &Device,
+) -> Tensor<2> {
+    let values: Vec<f32> = (0..rows * cols)
+        .map(|_| {
+            if normal {
+                // Box-Muller
+                let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+                ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos() * scale) as f32
+            } else {
+                ((rng.random::<f64>() * 2.0 - 1.0) * scale) as f32
+            }
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(values, [rows, cols]), device)
 }
 
 fn to_vec(tensor: Tensor<1>) -> Vec<f32> {

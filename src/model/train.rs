@@ -132,7 +132,6 @@ pub fn train(
     device: &Device,
 ) -> TrainedModel {
     let train_device = device.clone().autodiff();
-    train_device.seed(config.seed);
     let users = &set.rows.users;
     let rows_in = |part: Split| -> Vec<usize> {
         (0..users.len())
@@ -153,6 +152,7 @@ pub fn train(
             embedding_dim: config.embedding_dim,
             hidden: config.hidden,
         },
+        config.seed,
         &train_device,
     );
     let mut optimizer = AdamConfig::new().init();
