@@ -270,8 +270,7 @@ pub async fn run_with(
         }
     };
     // how the scoring model does on the newest labels, night after night
-    let (holdout_rows, holdout_labels) =
-        training::holdout(&training_set, config.training.holdout_share);
+    let (holdout_rows, holdout_labels) = training::holdout(&training_set, &config.training);
     let holdout_pd = model.pd(&holdout_rows, &device);
     let holdout = model::metrics::evaluate(&holdout_pd, &holdout_labels);
     let oracle_auc = oracle_auc(store, &holdout_rows.users, &holdout_labels).await?;

@@ -10,12 +10,12 @@ use serde::Serialize;
 use tracing::info;
 
 use crate::dataset::DatasetError;
-use crate::dataset::{self, Csr, TrainingSet, is_holdout};
+use crate::dataset::{self, Csr, TrainingSet};
 use crate::features::FeatureError;
 use crate::features::{self, FeatureDictionary, FeatureSet};
 use crate::model::ModelError;
 use crate::model::evaluation::{self, Evaluation, EvaluationInput};
-use crate::model::{self, Model, ModelCard, Provenance, report};
+use crate::model::{self, Model, ModelCard, Provenance, Split, TrainingConfig, report};
 use crate::pipelines::{self, Pipelines, PipelinesError};
 use crate::sources::{self, SourceError};
 use crate::store::Store;
@@ -84,9 +84,9 @@ pub async fn labelled_window(
 }
 
 /// The held-out rows of a training set (never trained on) and their labels.
-pub fn holdout(set: &TrainingSet, share: f64) -> (Csr, Vec<f32>) {
+pub fn holdout(set: &TrainingSet, config: &TrainingConfig) -> (Csr, Vec<f32>) {
     let rows: Vec<usize> = (0..set.rows.len())
-        .filter(|&i| is_holdout(set.rows.users[i], share))
+        .filter(|&i| Split::of(set.rows.users[i], config) == Split::Holdout)
         .collect();
     (
         set.rows.select(&rows),
@@ -243,7 +243,7 @@ pub async fn evaluate(
     let config = &pipelines.nightly;
     let model = model::load(store, version, device).await?;
     model.check_dictionary(&window.dictionary)?;
-    let (rows, labels) = holdout(&window.set, config.training.holdout_share);
+    let (rows, labels) = holdout(&window.set, &config.training);
     let pd = model.pd(&rows, device);
     let oracle_auc = oracle_auc(store, &rows.users, &labels).await?;
     let champion = champion_pd(store, &rows, Some(&window.dictionary), version, device).await?;
