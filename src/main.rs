@@ -221,6 +221,26 @@ enum ModelsAction {
     },
 }
 
+/// What `evaluate` and `models compare` both need: the root, the configuration, the device
+/// and the date's labelled window.
+async fn evaluation_setup(
+    root: &str,
+    date: NaiveDate,
+    pipelines: Option<PathBuf>,
+    device: DeviceKind,
+) -> Result<(
+    Store,
+    Pipelines,
+    burn::tensor::Device,
+    training::LabelledWindow,
+)> {
+    let store = Store::open(root)?;
+    let pipelines = load_pipelines(pipelines)?;
+    let device = device.device()?;
+    let window = training::labelled_window(&store, date, &pipelines).await?;
+    Ok((store, pipelines, device, window))
+}
+
 fn load_pipelines(dir: Option<PathBuf>) -> Result<Pipelines> {
     Ok(match dir {
         Some(dir) => Pipelines::load(&dir)?,
@@ -476,10 +496,8 @@ async fn execute(command: Command) -> Result<()> {
             pipelines,
             device,
         } => {
-            let store = Store::open(&root)?;
-            let pipelines = load_pipelines(pipelines)?;
-            let device = device.device()?;
-            let window = training::labelled_window(&store, date, &pipelines).await?;
+            let (store, pipelines, device, window) =
+                evaluation_setup(&root, date, pipelines, device).await?;
             let (card, evaluation, report) =
                 training::evaluate(&store, &window, &model, &pipelines, &device).await?;
             print_evaluation(&card, &evaluation, &report);
@@ -609,10 +627,8 @@ async fn models(action: ModelsAction) -> Result<()> {
             first,
             second,
         } => {
-            let store = Store::open(&root)?;
-            let pipelines = load_pipelines(pipelines)?;
-            let device = device.device()?;
-            let window = training::labelled_window(&store, date, &pipelines).await?;
+            let (store, pipelines, device, window) =
+                evaluation_setup(&root, date, pipelines, device).await?;
             let (_, a, _) =
                 training::evaluate(&store, &window, &first, &pipelines, &device).await?;
             let (_, b, _) =
