@@ -1,6 +1,6 @@
 //! The model registry end to end: champion scoring, explained scores, bring-your-own-table.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::{Float32Type, UInt32Type, UInt64Type};
@@ -10,6 +10,27 @@ use redflower::store::Store;
 use redflower::training::{self, Promote};
 
 use crate::support::{f64_column, published, run_date, str_column, synth_world, u64_column};
+
+/// Tonight's stored long feature table, as each user's (feature id, value) pairs in id order.
+async fn stored_features(store: &Store) -> BTreeMap<u64, Vec<(u32, f32)>> {
+    let mut by_user: BTreeMap<u64, Vec<(u32, f32)>> = BTreeMap::new();
+    for batch in store
+        .read_parquet(&format!("features/dt={}/part-00000.parquet", run_date()))
+        .await
+        .unwrap()
+    {
+        let users = batch.column(0).as_primitive::<UInt64Type>();
+        let ids = batch.column(1).as_primitive::<UInt32Type>();
+        let values = batch.column(2).as_primitive::<Float32Type>();
+        for row in 0..batch.num_rows() {
+            by_user
+                .entry(users.value(row))
+                .or_default()
+                .push((ids.value(row), values.value(row)));
+        }
+    }
+    by_user
+}
 
 #[tokio::test]
 async fn nightly_scores_with_the_champion_and_every_score_is_explained_by_its_features() {
@@ -76,23 +97,12 @@ async fn nightly_scores_with_the_champion_and_every_score_is_explained_by_its_fe
     let (weights, bias) = loaded.network.coefficients();
     let mut linear: HashMap<u64, f64> = HashMap::new();
     let mut contributions: HashMap<u64, Vec<(u32, f64)>> = HashMap::new();
-    for batch in store
-        .read_parquet(&format!("features/dt={}/part-00000.parquet", run_date()))
-        .await
-        .unwrap()
-    {
-        let users = batch.column(0).as_primitive::<UInt64Type>();
-        let ids = batch.column(1).as_primitive::<UInt32Type>();
-        let values = batch.column(2).as_primitive::<Float32Type>();
-        for row in 0..batch.num_rows() {
-            let id = ids.value(row);
+    for (user, row) in stored_features(&store).await {
+        for (id, value) in row {
             if (id as usize) < weights.len() {
-                let c = weights[id as usize] as f64 * values.value(row) as f64;
-                *linear.entry(users.value(row)).or_insert(bias as f64) += c;
-                contributions
-                    .entry(users.value(row))
-                    .or_default()
-                    .push((id, c));
+                let c = weights[id as usize] as f64 * value as f64;
+                *linear.entry(user).or_insert(bias as f64) += c;
+                contributions.entry(user).or_default().push((id, c));
             }
         }
     }
@@ -285,22 +295,7 @@ async fn a_suggested_certificate_raises_the_limit_by_the_amount_shown() {
         .unwrap();
 
     // tonight's rows, from the stored long feature table
-    let mut by_user: std::collections::BTreeMap<u64, Vec<(u32, f32)>> = Default::default();
-    for batch in store
-        .read_parquet(&format!("features/dt={}/part-00000.parquet", run_date()))
-        .await
-        .unwrap()
-    {
-        let users = batch.column(0).as_primitive::<UInt64Type>();
-        let ids = batch.column(1).as_primitive::<UInt32Type>();
-        let values = batch.column(2).as_primitive::<Float32Type>();
-        for row in 0..batch.num_rows() {
-            by_user
-                .entry(users.value(row))
-                .or_default()
-                .push((ids.value(row), values.value(row)));
-        }
-    }
+    let by_user = stored_features(&store).await;
     let row_of = |user: u64, extra: Option<u32>| {
         let mut entries = by_user.get(&user).cloned().unwrap_or_default();
         if let Some(id) = extra {
