@@ -3,6 +3,11 @@
 //!
 //! It owns URL parsing, Parquet reads and writes, and the registration of the root with a
 //! DataFusion session. It knows nothing about what the files mean; the stages decide paths.
+//! Every call, DataFusion's included, goes through `retry` (backoff on transient errors);
+//! `faults` injects failures under that layer for tests and drills.
+
+pub mod faults;
+pub mod retry;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -27,6 +32,9 @@ use parquet::arrow::async_writer::AsyncArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use url::Url;
+
+use faults::{FaultCounts, FaultPlan, FaultyStore};
+use retry::{RetryPolicy, RetryingStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -63,6 +71,9 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// A root in an object store plus the URL DataFusion uses to reach it.
 #[derive(Clone)]
 pub struct Store {
+    /// the store as opened, without retries
+    raw: Arc<dyn ObjectStore>,
+    /// `raw` behind the retry layer: what every call goes through
     inner: Arc<dyn ObjectStore>,
     /// scheme + authority that DataFusion maps to `inner` (`file:///`, `memory://demo/`)
     base: Url,
@@ -103,12 +114,12 @@ impl Store {
             let authority = if name.is_empty() { "default" } else { name };
             let base = Url::parse(&format!("memory://{authority}/"))
                 .map_err(|_| StoreError::UnsupportedUrl(root.to_string()))?;
-            return Ok(Store {
-                inner: store,
+            return Ok(Store::assemble(
+                store,
                 base,
-                prefix: String::new(),
-                display: format!("memory://{authority}"),
-            });
+                String::new(),
+                format!("memory://{authority}"),
+            ));
         }
         if let Some(rest) = root.strip_prefix("s3://") {
             return Self::open_s3(root, rest, options);
@@ -129,12 +140,12 @@ impl Store {
             source,
         })?;
         let abs = abs.to_string_lossy().to_string();
-        Ok(Store {
-            inner: Arc::new(LocalFileSystem::new()),
-            base: Url::parse("file:///").map_err(|_| StoreError::UnsupportedUrl(root.into()))?,
-            prefix: abs.trim_matches('/').to_string(),
-            display: format!("file://{abs}"),
-        })
+        Ok(Store::assemble(
+            Arc::new(LocalFileSystem::new()),
+            Url::parse("file:///").map_err(|_| StoreError::UnsupportedUrl(root.into()))?,
+            abs.trim_matches('/').to_string(),
+            format!("file://{abs}"),
+        ))
     }
 
     /// `s3://bucket/prefix`, configured from the usual variables: AWS_ACCESS_KEY_ID,
@@ -163,15 +174,41 @@ impl Store {
         }
         let s3 = builder.build().map_err(configure)?;
         let prefix = prefix.trim_matches('/').to_string();
-        Ok(Store {
-            inner: Arc::new(s3),
-            base: Url::parse(&format!("s3://{bucket}/"))
+        let display = format!("s3://{bucket}/{prefix}")
+            .trim_end_matches('/')
+            .to_string();
+        Ok(Store::assemble(
+            Arc::new(s3),
+            Url::parse(&format!("s3://{bucket}/"))
                 .map_err(|_| StoreError::UnsupportedUrl(root.to_string()))?,
-            display: format!("s3://{bucket}/{prefix}")
-                .trim_end_matches('/')
-                .to_string(),
             prefix,
-        })
+            display,
+        ))
+    }
+
+    fn assemble(raw: Arc<dyn ObjectStore>, base: Url, prefix: String, display: String) -> Store {
+        Store {
+            inner: Arc::new(RetryingStore::new(raw.clone(), RetryPolicy::default())),
+            raw,
+            base,
+            prefix,
+            display,
+        }
+    }
+
+    /// The same root with failures injected under the retry layer, for tests and drills;
+    /// the counts say how many calls were made and how many failed.
+    pub fn with_faults(&self, plan: FaultPlan) -> (Store, Arc<FaultCounts>) {
+        let counts = Arc::new(FaultCounts::default());
+        let faulty: Arc<dyn ObjectStore> =
+            Arc::new(FaultyStore::new(self.raw.clone(), plan, counts.clone()));
+        let store = Store::assemble(
+            faulty,
+            self.base.clone(),
+            self.prefix.clone(),
+            self.display.clone(),
+        );
+        (store, counts)
     }
 
     /// The root as a human reads it (`file:///home/me/data`).
