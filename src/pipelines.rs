@@ -1,5 +1,6 @@
 //! `pipelines/`: the three configuration files of a run (features, limit policy, nightly
-//! settings), parsed and checked once, and the DataFusion session the engine settings make.
+//! settings), parsed and checked once, and the DataFusion session the engine settings make:
+//! in this process, or on an Apache DataFusion Ballista cluster (`--engine ballista://...`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -114,8 +115,90 @@ fn parse_nightly(text: &str, file: &str) -> Result<NightlyConfig, PipelinesError
     })
 }
 
-/// A DataFusion session under the engine's memory limit, spilling to disk past it.
-pub fn session(engine: &EngineConfig) -> Result<SessionContext, PipelinesError> {
+/// Where the DataFusion queries of a run execute.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// in this process, under `[engine]`'s memory limit
+    #[default]
+    Local,
+    /// on the Ballista cluster whose scheduler listens at this host:port
+    Ballista { host: String, port: u16 },
+    /// on a Ballista scheduler and executor started inside this process (tests, trials)
+    BallistaStandalone,
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+
+    /// `local`, `ballista://HOST:PORT` or `ballista://standalone`.
+    fn from_str(text: &str) -> Result<Engine, String> {
+        if text == "local" {
+            return Ok(Engine::Local);
+        }
+        let Some(address) = text.strip_prefix("ballista://") else {
+            return Err(format!(
+                "unknown engine '{text}': use local, ballista://HOST:PORT or ballista://standalone"
+            ));
+        };
+        let address = address.trim_end_matches('/');
+        if address == "standalone" {
+            return Ok(Engine::BallistaStandalone);
+        }
+        let (host, port) = address.rsplit_once(':').unwrap_or((address, "50050"));
+        let port = port
+            .parse()
+            .map_err(|_| format!("engine '{text}': '{port}' is not a port"))?;
+        if host.is_empty() {
+            return Err(format!("engine '{text}': no scheduler host"));
+        }
+        Ok(Engine::Ballista {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// A session on `engine`, with `[engine]`'s settings. On Ballista, the executors read the
+/// store themselves: local roots must be on a filesystem they share, `s3://` roots need
+/// the same AWS_* variables in the executors' environment.
+pub async fn session_for(
+    config: &EngineConfig,
+    engine: &Engine,
+) -> Result<SessionContext, PipelinesError> {
+    use ballista::prelude::{SessionConfigExt, SessionContextExt};
+    use datafusion::execution::SessionStateBuilder;
+    let failed = |e: datafusion::error::DataFusionError| PipelinesError {
+        file: "--engine".into(),
+        error: e.to_string(),
+    };
+    let state = || -> Result<_, PipelinesError> {
+        let (session_config, runtime) = local_parts(config)?;
+        let session_config = session_config.upgrade_for_ballista();
+        Ok(SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(session_config)
+            .with_runtime_env(runtime)
+            .build())
+    };
+    match engine {
+        Engine::Local => session(config),
+        Engine::Ballista { host, port } => {
+            SessionContext::remote_with_state(&format!("df://{host}:{port}"), state()?)
+                .await
+                .map_err(failed)
+        }
+        Engine::BallistaStandalone => SessionContext::standalone_with_state(state()?)
+            .await
+            .map_err(failed),
+    }
+}
+
+type LocalParts = (
+    SessionConfig,
+    Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+);
+
+fn local_parts(engine: &EngineConfig) -> Result<LocalParts, PipelinesError> {
     let partitions = match engine.target_partitions {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
@@ -132,5 +215,12 @@ pub fn session(engine: &EngineConfig) -> Result<SessionContext, PipelinesError> 
         file: "nightly.toml [engine]".into(),
         error: e.to_string(),
     })?;
+    Ok((config, runtime))
+}
+
+/// A DataFusion session in this process, under the engine's memory limit, spilling to disk
+/// past it.
+pub fn session(engine: &EngineConfig) -> Result<SessionContext, PipelinesError> {
+    let (config, runtime) = local_parts(engine)?;
     Ok(SessionContext::new_with_config_rt(config, runtime))
 }

@@ -115,6 +115,19 @@ pub struct Manifest {
     /// set on a rollback: the version whose files this one points at again
     #[serde(default)]
     pub rollback_of: Option<u64>,
+    /// the nightly run that committed this version (lets a resumed run see that its
+    /// publish already happened)
+    #[serde(default)]
+    pub run_id: Option<String>,
+}
+
+/// What a published table is, besides its rows.
+#[derive(Debug, Clone, Copy)]
+pub struct Publication<'a> {
+    pub as_of: NaiveDate,
+    pub model_version: &'a str,
+    pub policy_version: &'a str,
+    pub run_id: Option<&'a str>,
 }
 
 /// One user's published row.
@@ -237,27 +250,23 @@ pub async fn publish_version(
     model_version: &str,
     policy_version: &str,
 ) -> Result<Manifest, PublishError> {
-    write_and_commit(
-        store,
-        version,
-        rows,
+    let publication = Publication {
         as_of,
         model_version,
         policy_version,
-        Vec::new(),
-    )
-    .await
+        run_id: None,
+    };
+    write_and_commit(store, version, rows, &publication, Vec::new()).await
 }
 
 async fn write_and_commit(
     store: &Store,
     version: u64,
     rows: &[LimitRow],
-    as_of: NaiveDate,
-    model_version: &str,
-    policy_version: &str,
+    publication: &Publication<'_>,
     forced_past: Vec<String>,
 ) -> Result<Manifest, PublishError> {
+    let as_of = publication.as_of;
     let now = Utc::now();
     // unique even for two writers of one version: the loser's files are never visible
     let run = format!(
@@ -282,8 +291,8 @@ async fn write_and_commit(
         as_of,
         published_at: now.to_rfc3339(),
         row_count: rows.len() as u64,
-        model_version: model_version.to_string(),
-        policy_version: policy_version.to_string(),
+        model_version: publication.model_version.to_string(),
+        policy_version: publication.policy_version.to_string(),
         mean_limit: mean_limit(rows),
         files: vec![DataFile {
             path,
@@ -299,6 +308,7 @@ async fn write_and_commit(
         ),
         forced_past,
         rollback_of: None,
+        run_id: publication.run_id.map(str::to_string),
     };
     commit(store, &manifest).await?;
     info!(version, rows = rows.len(), "limit table published");
@@ -361,9 +371,7 @@ pub fn gate_violations(
 pub async fn publish_gated(
     store: &Store,
     rows: &[LimitRow],
-    as_of: NaiveDate,
-    model_version: &str,
-    policy_version: &str,
+    publication: &Publication<'_>,
     config: &PublishConfig,
     force: bool,
 ) -> Result<Manifest, PublishError> {
@@ -385,18 +393,21 @@ pub async fn publish_gated(
     if !violations.is_empty() {
         tracing::warn!(version, ?violations, "publishing past the gates (--force)");
     }
-    let manifest = write_and_commit(
-        store,
-        version,
-        rows,
-        as_of,
-        model_version,
-        policy_version,
-        violations,
-    )
-    .await?;
+    let manifest = write_and_commit(store, version, rows, publication, violations).await?;
     retain(store, config.retain_versions).await?;
     Ok(manifest)
+}
+
+/// The version committed by the nightly run `run_id`, if it got that far.
+pub async fn published_by_run(
+    store: &Store,
+    run_id: &str,
+) -> Result<Option<Manifest>, PublishError> {
+    Ok(versions(store)
+        .await?
+        .into_iter()
+        .rev()
+        .find(|m| m.run_id.as_deref() == Some(run_id)))
 }
 
 /// Every committed manifest, oldest first.
@@ -435,6 +446,7 @@ pub async fn rollback(store: &Store, to: u64) -> Result<Manifest, PublishError> 
         published_at: Utc::now().to_rfc3339(),
         forced_past: Vec::new(),
         rollback_of: Some(to),
+        run_id: None,
         ..target.clone()
     };
     commit(store, &manifest).await?;

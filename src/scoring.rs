@@ -21,6 +21,8 @@ pub enum ScoringError {
     Store(#[from] StoreError),
     #[error("scores table: {0}")]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error("scores: {0}")]
+    Shards(String),
 }
 
 /// One night's scores, in the order of the rows scored.
@@ -72,10 +74,163 @@ pub fn score(
     }
 }
 
-/// Writes `scores/dt=<date>/part-00000.parquet`, replacing a rerun's.
+/// One slice of the users when scoring is spread over machines: `index` of `count`, both
+/// from `--shard index/count` (0-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Shard, String> {
+        let parsed = text
+            .split_once('/')
+            .and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
+        match parsed {
+            Some((index, count)) if count > 0 && index < count => Ok(Shard { index, count }),
+            _ => Err(format!(
+                "'{text}' is not a shard: write INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/4"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl Shard {
+    /// The contiguous rows `[start, end)` of `len` this shard scores: contiguous so a merge
+    /// in shard order is the unsharded order.
+    pub fn rows(&self, len: usize) -> std::ops::Range<usize> {
+        let per = len.div_ceil(self.count);
+        (self.index * per).min(len)..((self.index + 1) * per).min(len)
+    }
+
+    pub fn file(&self, date: NaiveDate) -> String {
+        format!(
+            "scores/dt={date}/shard-{:05}-of-{:05}.parquet",
+            self.index, self.count
+        )
+    }
+}
+
+/// Writes `scores/dt=<date>/part-00000.parquet`, replacing a rerun's (and any shards).
 pub async fn write(store: &Store, date: NaiveDate, scores: &Scores) -> Result<(), ScoringError> {
     let folder = format!("scores/dt={date}");
     store.delete_prefix(&folder).await?;
+    write_file(store, &format!("{folder}/part-00000.parquet"), scores).await
+}
+
+/// Writes one shard's scores next to the others'; `merge_shards` joins them.
+pub async fn write_shard(
+    store: &Store,
+    date: NaiveDate,
+    shard: Shard,
+    scores: &Scores,
+) -> Result<(), ScoringError> {
+    write_file(store, &shard.file(date), scores).await
+}
+
+/// Reads the scores of `date` written by `write`.
+pub async fn read(store: &Store, date: NaiveDate) -> Result<Scores, ScoringError> {
+    read_file(store, &format!("scores/dt={date}/part-00000.parquet")).await
+}
+
+/// Joins the `count` shards of `date`, in shard order (the unsharded order).
+pub async fn merge_shards(
+    store: &Store,
+    date: NaiveDate,
+    count: usize,
+) -> Result<Scores, ScoringError> {
+    let mut merged = Scores::default();
+    for index in 0..count {
+        let part = read_file(store, &Shard { index, count }.file(date)).await?;
+        if !merged.model_version.is_empty() && part.model_version != merged.model_version {
+            return Err(ScoringError::Shards(format!(
+                "shard {index}/{count} was scored by model {}, the others by {}",
+                part.model_version, merged.model_version
+            )));
+        }
+        merged.model_version = part.model_version;
+        merged.users.extend(part.users);
+        merged.pd.extend(part.pd);
+        merged.points.extend(part.points);
+        merged.wide_logit.extend(part.wide_logit);
+        merged.deep_logit.extend(part.deep_logit);
+        merged.reasons.extend(part.reasons);
+    }
+    Ok(merged)
+}
+
+impl Scores {
+    /// The rows `range` of these scores.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Scores {
+        Scores {
+            model_version: self.model_version.clone(),
+            users: self.users[range.clone()].to_vec(),
+            pd: self.pd[range.clone()].to_vec(),
+            points: self.points[range.clone()].to_vec(),
+            wide_logit: self.wide_logit[range.clone()].to_vec(),
+            deep_logit: self.deep_logit[range.clone()].to_vec(),
+            reasons: self.reasons[range].to_vec(),
+        }
+    }
+}
+
+async fn read_file(store: &Store, path: &str) -> Result<Scores, ScoringError> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
+    let mut scores = Scores::default();
+    let bad = |column: &str| {
+        ScoringError::Shards(format!("{path}: column {column} is missing or mistyped"))
+    };
+    for batch in store.read_parquet(path).await? {
+        let f64s = |name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_primitive_opt::<Float64Type>())
+                .ok_or_else(|| bad(name))
+        };
+        let strings = |name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_string_opt::<i32>())
+                .ok_or_else(|| bad(name))
+        };
+        let users = batch
+            .column_by_name("user_id")
+            .and_then(|c| c.as_primitive_opt::<UInt64Type>())
+            .ok_or_else(|| bad("user_id"))?;
+        scores.users.extend(users.values().iter());
+        scores.pd.extend(f64s("pd")?.values().iter());
+        scores.points.extend(f64s("points")?.values().iter());
+        scores
+            .wide_logit
+            .extend(f64s("wide_logit")?.values().iter());
+        scores
+            .deep_logit
+            .extend(f64s("deep_logit")?.values().iter());
+        scores.reasons.extend(strings("reasons")?.iter().map(|r| {
+            r.unwrap_or_default()
+                .split(';')
+                .filter(|code| !code.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        }));
+        if let Some(version) = strings("model_version")?.iter().flatten().next() {
+            scores.model_version = version.to_string();
+        }
+    }
+    Ok(scores)
+}
+
+async fn write_file(store: &Store, path: &str, scores: &Scores) -> Result<(), ScoringError> {
     let schema = schema::SCORES.arrow();
     let mut batches = Vec::new();
     let chunk = 1 << 18;
@@ -101,8 +256,6 @@ pub async fn write(store: &Store, date: NaiveDate, scores: &Scores) -> Result<()
             ],
         )?);
     }
-    store
-        .write_parquet(&format!("{folder}/part-00000.parquet"), schema, &batches)
-        .await?;
+    store.write_parquet(path, schema, &batches).await?;
     Ok(())
 }

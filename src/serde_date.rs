@@ -12,3 +12,29 @@ pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<NaiveDa
     let text = String::deserialize(deserializer)?;
     NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(serde::de::Error::custom)
 }
+
+/// The same for `Option<NaiveDate>`: a date or null.
+pub mod optional {
+    use chrono::NaiveDate;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        date: &Option<NaiveDate>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match date {
+            Some(date) => serializer.collect_str(date),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<NaiveDate>, D::Error> {
+        Option::<String>::deserialize(deserializer)?
+            .map(|text| {
+                NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(serde::de::Error::custom)
+            })
+            .transpose()
+    }
+}

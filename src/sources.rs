@@ -13,7 +13,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::schema::{self, SchemaError, TableSchema};
@@ -137,7 +137,7 @@ pub fn sources() -> Vec<Source> {
 }
 
 /// Counts for one source, for the run report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SourceReport {
     pub source: String,
     pub files: usize,
@@ -247,14 +247,25 @@ pub async fn snapshot_before(
         })
 }
 
-/// Validates every source with data before `run_date`, writes quarantines, and registers
-/// `certificate_types` and one clean table per source with `ctx`.
-pub async fn validate_and_register(
+/// A source registered with a session: its clean view is queryable by its name.
+#[derive(Debug, Clone)]
+pub struct RegisteredSource {
+    pub name: String,
+    /// Parquet files found under `raw/<name>/`
+    pub files: usize,
+    raw: String,
+    /// every candidate row with its quarantine reason (NULL when clean)
+    checked: String,
+}
+
+/// Registers `certificate_types` and one clean view per source with `ctx`, for data before
+/// `run_date`, without counting or quarantining anything: what a resumed run needs after the
+/// validation of the same date has passed.
+pub async fn register(
     ctx: &SessionContext,
     store: &Store,
     run_date: NaiveDate,
-    max_bad_share: f64,
-) -> Result<Vec<SourceReport>, SourceError> {
+) -> Result<Vec<RegisteredSource>, SourceError> {
     store.register(ctx);
     check_files(
         store,
@@ -272,7 +283,7 @@ pub async fn validate_and_register(
     )
     .await?;
 
-    let mut reports = Vec::new();
+    let mut registered = Vec::new();
     for source in sources() {
         let name = source.name().to_string();
         let folder = format!("raw/{name}");
@@ -331,7 +342,32 @@ pub async fn validate_and_register(
             clean_conditions.join(" AND ")
         );
         query(ctx, &name, &clean).await?;
+        registered.push(RegisteredSource {
+            name,
+            files,
+            raw,
+            checked,
+        });
+    }
+    Ok(registered)
+}
 
+/// Validates every source with data before `run_date`, writes quarantines, and registers
+/// `certificate_types` and one clean table per source with `ctx`.
+pub async fn validate_and_register(
+    ctx: &SessionContext,
+    store: &Store,
+    run_date: NaiveDate,
+    max_bad_share: f64,
+) -> Result<Vec<SourceReport>, SourceError> {
+    let mut reports = Vec::new();
+    for source in register(ctx, store, run_date).await? {
+        let RegisteredSource {
+            name,
+            files,
+            raw,
+            checked,
+        } = source;
         let bad = query(
             ctx,
             &name,

@@ -73,7 +73,7 @@ impl FeatureSet {
 }
 
 /// Counts for the run report.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FeatureReport {
     #[serde(with = "crate::serde_date")]
     pub as_of: NaiveDate,
@@ -610,8 +610,71 @@ pub async fn write(store: &Store, set: &FeatureSet) -> Result<(), FeatureError> 
     store
         .write_parquet(&format!("{folder}/part-00000.parquet"), schema, &batches)
         .await?;
+    // users without any feature are scored too: keep the population next to the rows
+    let users_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+        datafusion::arrow::datatypes::Field::new("user_id", DataType::UInt64, false),
+    ]));
+    let users = RecordBatch::try_new(
+        users_schema.clone(),
+        vec![Arc::new(UInt64Array::from(set.users.clone()))],
+    )
+    .map_err(|e| FeatureError::Result {
+        family: "population".into(),
+        problem: e.to_string(),
+    })?;
+    store
+        .write_parquet(&users_file(set.as_of), users_schema, &[users])
+        .await?;
     info!(as_of = %set.as_of, rows = set.nnz(), "features written");
     Ok(())
+}
+
+fn users_file(as_of: NaiveDate) -> String {
+    format!("features/dt={as_of}/users.parquet")
+}
+
+/// Reads back what `write` wrote for `as_of`: the set a resumed run continues with.
+pub async fn read(store: &Store, as_of: NaiveDate) -> Result<FeatureSet, FeatureError> {
+    let problem = |problem: String| FeatureError::Result {
+        family: format!("features/dt={as_of}"),
+        problem,
+    };
+    let mut set = FeatureSet {
+        as_of,
+        users: Vec::new(),
+        user_ids: Vec::new(),
+        feature_ids: Vec::new(),
+        values: Vec::new(),
+    };
+    for batch in store.read_parquet(&users_file(as_of)).await? {
+        let users = batch
+            .column(0)
+            .as_primitive_opt::<UInt64Type>()
+            .ok_or_else(|| problem("users.parquet: user_id is not UInt64".into()))?;
+        set.users.extend(users.values().iter());
+    }
+    for batch in store
+        .read_parquet(&format!("features/dt={as_of}/part-00000.parquet"))
+        .await?
+    {
+        let (Some(users), Some(ids), Some(values)) = (
+            batch.column(0).as_primitive_opt::<UInt64Type>(),
+            batch
+                .column(1)
+                .as_primitive_opt::<datafusion::arrow::datatypes::UInt32Type>(),
+            batch
+                .column(2)
+                .as_primitive_opt::<datafusion::arrow::datatypes::Float32Type>(),
+        ) else {
+            return Err(problem(
+                "part-00000.parquet does not have the features schema".into(),
+            ));
+        };
+        set.user_ids.extend(users.values().iter());
+        set.feature_ids.extend(ids.values().iter());
+        set.values.extend(values.values().iter());
+    }
+    Ok(set)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef, UInt32Type};
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{FeatureDictionary, FeatureError, FeatureSet};
 use crate::store::Store;
@@ -41,7 +41,7 @@ pub struct FeatureStats {
 }
 
 /// A feature that moved most against the previous night.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Drift {
     pub name: String,
     pub psi: f64,
@@ -213,7 +213,7 @@ pub fn compute(
 }
 
 /// A feature that separates defaulters best on the training set.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Strength {
     pub name: String,
     pub information_value: f64,

@@ -5,7 +5,7 @@ use redflower::limits::LimitPolicy;
 use redflower::publish::{self, LimitRow, PublishConfig, PublishError};
 use redflower::store::Store;
 
-fn rows(n: u64, pd: f64) -> Vec<LimitRow> {
+pub fn rows(n: u64, pd: f64) -> Vec<LimitRow> {
     let policy = LimitPolicy::builtin();
     (1..=n)
         .map(|user_id| LimitRow {
@@ -87,11 +87,17 @@ async fn gates_refuse_a_shrunken_or_shifted_table_until_forced() {
     let store = Store::open("memory://gates").unwrap();
     let date = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
     let config = PublishConfig::default();
-    publish::publish_gated(&store, &rows(1000, 0.01), date, "m", "p", &config, false)
-        .await
-        .unwrap();
+    publish::publish_gated(
+        &store,
+        &rows(1000, 0.01),
+        &publication(date),
+        &config,
+        false,
+    )
+    .await
+    .unwrap();
     // a tenth of the users missing
-    let err = publish::publish_gated(&store, &rows(900, 0.01), date, "m", "p", &config, false)
+    let err = publish::publish_gated(&store, &rows(900, 0.01), &publication(date), &config, false)
         .await
         .unwrap_err();
     let message = err.to_string();
@@ -105,15 +111,16 @@ async fn gates_refuse_a_shrunken_or_shifted_table_until_forced() {
         "{message}"
     );
     // everyone riskier: the mean limit falls far more than 15%
-    let err = publish::publish_gated(&store, &rows(1000, 0.2), date, "m", "p", &config, false)
+    let err = publish::publish_gated(&store, &rows(1000, 0.2), &publication(date), &config, false)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("mean limit"), "{err}");
     assert_eq!(publish::latest(&store).await.unwrap().unwrap().version, 1);
 
-    let forced = publish::publish_gated(&store, &rows(900, 0.01), date, "m", "p", &config, true)
-        .await
-        .unwrap();
+    let forced =
+        publish::publish_gated(&store, &rows(900, 0.01), &publication(date), &config, true)
+            .await
+            .unwrap();
     assert_eq!(forced.version, 2);
     assert_eq!(forced.forced_past.len(), 1, "{:?}", forced.forced_past);
     let read_back = publish::latest(&store).await.unwrap().unwrap();
@@ -205,4 +212,13 @@ async fn a_reader_during_publishing_sees_whole_tables_only() {
     let seen = reader.await.unwrap();
     assert!(!seen.is_empty());
     assert_eq!(publish::latest(&store).await.unwrap().unwrap().version, 6);
+}
+
+fn publication(as_of: NaiveDate) -> publish::Publication<'static> {
+    publish::Publication {
+        as_of,
+        model_version: "m",
+        policy_version: "p",
+        run_id: None,
+    }
 }

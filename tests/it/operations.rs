@@ -1,0 +1,351 @@
+//! Nightly operations: a run killed with SIGKILL resumes to the same table, sharded scoring
+//! merges into the same table, transient store faults are retried and an outage fails
+//! cleanly, a held lease refuses a second run, and Ballista computes the same features.
+//!
+//! Every root here is a copy of one small world, run with `target_partitions = 1` so that
+//! floating-point sums are added in one order and separate runs are bit-for-bit comparable.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use datafusion::arrow::array::RecordBatch;
+use redflower::features::{self, FeatureDictionary};
+use redflower::model::DeviceKind;
+use redflower::nightly::{self, Engine, NightlyError, Pipelines, RunOptions, RunOutcome, Stage};
+use redflower::publish;
+use redflower::scoring::Shard;
+use redflower::sources;
+use redflower::store::Store;
+use redflower::store::faults::FaultPlan;
+
+use crate::support::{run_date, synth_world};
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The shipped configuration with one partition per query, as files (for the binary) and
+/// parsed (for the library).
+fn pipelines(dir: &Path) -> Pipelines {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    std::fs::create_dir_all(dir).unwrap();
+    for file in ["features.toml", "limits.toml", "nightly.toml"] {
+        let text = std::fs::read_to_string(shipped.join(file)).unwrap();
+        let text = text.replace("target_partitions = 0", "target_partitions = 1");
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    let pipelines = Pipelines::load(dir).unwrap();
+    assert_eq!(pipelines.nightly.engine.target_partitions, 1);
+    pipelines
+}
+
+fn first_night() -> NaiveDate {
+    run_date() - chrono::Duration::days(1)
+}
+
+fn open(path: &Path) -> Store {
+    Store::open(path.to_str().unwrap()).unwrap()
+}
+
+async fn run(
+    store: &Store,
+    date: NaiveDate,
+    pipelines: &Pipelines,
+    options: &RunOptions,
+) -> RunOutcome {
+    nightly::run_with(store, date, pipelines, options)
+        .await
+        .unwrap_or_else(|e| panic!("run {date}: {e}"))
+}
+
+async fn table(store: &Store, version: u64) -> Vec<RecordBatch> {
+    let manifest = publish::versions(store)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.version == version)
+        .unwrap_or_else(|| panic!("no version {version}"));
+    publish::read_table(store, &manifest).await.unwrap()
+}
+
+fn assert_same_table(left: &[RecordBatch], right: &[RecordBatch], what: &str) {
+    let left = datafusion::arrow::compute::concat_batches(&left[0].schema(), left).unwrap();
+    let right = datafusion::arrow::compute::concat_batches(&right[0].schema(), right).unwrap();
+    assert_eq!(left.num_rows(), right.num_rows(), "{what}: row counts");
+    for (i, field) in left.schema().fields().iter().enumerate() {
+        assert_eq!(
+            left.column(i).as_ref(),
+            right.column(i).as_ref(),
+            "{what}: column {} differs",
+            field.name()
+        );
+    }
+}
+
+#[tokio::test]
+async fn killed_runs_resume_and_sharded_scoring_publish_the_same_table_as_one_clean_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = dir.path().join("world");
+    synth_world(&open(&world), 3_000, 23).await;
+    let pipelines = pipelines(&dir.path().join("pipelines"));
+    let options = RunOptions::new(DeviceKind::Cpu);
+
+    // the reference: two nights, uninterrupted
+    let reference = dir.path().join("reference");
+    copy_dir(&world, &reference);
+    let reference = open(&reference);
+    for date in [first_night(), run_date()] {
+        run(&reference, date, &pipelines, &options).await;
+    }
+
+    // killed mid-run on the second night, then resumed by the command a scheduler would run
+    let killed_dir = dir.path().join("killed");
+    copy_dir(&world, &killed_dir);
+    let killed = open(&killed_dir);
+    run(&killed, first_night(), &pipelines, &options).await;
+    let root = killed_dir.to_str().unwrap();
+    let pipelines_dir = dir.path().join("pipelines");
+    let date = run_date().to_string();
+    let args = [
+        "nightly",
+        "--root",
+        root,
+        "--date",
+        date.as_str(),
+        "--pipelines",
+        pipelines_dir.to_str().unwrap(),
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_redflower"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let checkpoint = killed_dir.join(format!("runs/{date}/checkpoints/features.json"));
+    let waited = Instant::now();
+    while !checkpoint.exists() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(300),
+            "the run never finished its features stage"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !killed_dir.join(format!("runs/{date}/report.json")).exists(),
+        "the run finished before the kill: nothing was interrupted"
+    );
+    // readers still see the first night's table, whole
+    let latest = publish::latest(&killed).await.unwrap().unwrap();
+    assert_eq!(latest.version, 1);
+    publish::read_table(&killed, &latest).await.unwrap();
+
+    let output = Command::new(env!("CARGO_BIN_EXE_redflower"))
+        .args(args)
+        .args(["--resume", "--json"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "resume failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let resumed: Vec<&str> = report["resumed_stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    assert!(
+        resumed.starts_with(&["validate", "features"]),
+        "resumed stages {resumed:?}"
+    );
+    assert_eq!(report["manifest"]["version"], 2);
+    assert_same_table(
+        &table(&killed, 2).await,
+        &table(&reference, 2).await,
+        "resumed after SIGKILL vs uninterrupted",
+    );
+
+    // the second night scored in two shards, then merged and published by --resume
+    let sharded_dir = dir.path().join("sharded");
+    copy_dir(&world, &sharded_dir);
+    let sharded = open(&sharded_dir);
+    run(&sharded, first_night(), &pipelines, &options).await;
+    let stop = RunOptions {
+        stop_after: Some(Stage::Train),
+        ..options.clone()
+    };
+    assert!(matches!(
+        run(&sharded, run_date(), &pipelines, &stop).await,
+        RunOutcome::Stopped {
+            after: Stage::Train,
+            ..
+        }
+    ));
+    let mut users = 0;
+    for index in [1, 0] {
+        let shard = Shard { index, count: 2 };
+        let report = nightly::score_shard(
+            &sharded,
+            run_date(),
+            &pipelines,
+            DeviceKind::Cpu,
+            shard,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        assert!(report.users > 0);
+        users += report.users;
+    }
+    assert_eq!(users, 3_000);
+    assert_eq!(publish::latest(&sharded).await.unwrap().unwrap().version, 1);
+    let resume = RunOptions {
+        resume: true,
+        ..options.clone()
+    };
+    let RunOutcome::Published(report) = run(&sharded, run_date(), &pipelines, &resume).await else {
+        panic!("the resumed run did not publish")
+    };
+    assert_eq!(report.manifest.version, 2);
+    assert!(report.resumed_stages.contains(&"train".to_string()));
+    assert_same_table(
+        &table(&sharded, 2).await,
+        &table(&reference, 2).await,
+        "two shards merged vs one scorer",
+    );
+}
+
+#[tokio::test]
+async fn transient_store_faults_are_retried_and_an_outage_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = dir.path().join("world");
+    synth_world(&open(&world), 2_000, 29).await;
+    let pipelines = pipelines(&dir.path().join("pipelines"));
+    let options = RunOptions::new(DeviceKind::Cpu);
+
+    let clean_dir = dir.path().join("clean");
+    copy_dir(&world, &clean_dir);
+    let clean = open(&clean_dir);
+    run(&clean, first_night(), &pipelines, &options).await;
+
+    // every 5th object-store call fails once, DataFusion's reads included
+    let flaky_dir = dir.path().join("flaky");
+    copy_dir(&world, &flaky_dir);
+    let (flaky, counts) = open(&flaky_dir).with_faults(FaultPlan::EveryNth(5));
+    run(&flaky, first_night(), &pipelines, &options).await;
+    let injected = counts.injected.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(injected > 20, "only {injected} faults injected");
+    let flaky_clean = open(&flaky_dir);
+    assert_same_table(
+        &table(&flaky_clean, 1).await,
+        &table(&clean, 1).await,
+        "run through faults vs clean run",
+    );
+
+    // the store goes away in the middle of the second night: the run fails, the first
+    // night's table stays the visible one and stays readable
+    let (down, _) = open(&flaky_dir).with_faults(FaultPlan::OutageAfter(150));
+    let error = nightly::run_with(&down, run_date(), &pipelines, &options)
+        .await
+        .expect_err("a run against a dead store cannot succeed");
+    assert_eq!(nightly::exit_code(&error), 1, "{error}");
+    assert!(error.to_string().contains("injected fault"), "{error}");
+    let latest = publish::latest(&flaky_clean).await.unwrap().unwrap();
+    assert_eq!(latest.version, 1);
+    publish::read_table(&flaky_clean, &latest).await.unwrap();
+    assert!(!nightly::finished(&flaky_clean, run_date()).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_held_lease_refuses_a_second_run_of_the_date() {
+    let store = Store::open("memory://lease-held").unwrap();
+    let lease = nightly::lease::acquire(
+        &store,
+        &format!("runs/{}/lease", run_date()),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let error = nightly::run_with(
+        &store,
+        run_date(),
+        &Pipelines::builtin(),
+        &RunOptions::new(DeviceKind::Cpu),
+    )
+    .await
+    .expect_err("the date is leased");
+    assert!(matches!(error, NightlyError::Lease(_)), "{error}");
+    assert_eq!(nightly::exit_code(&error), 7);
+    assert!(
+        error.to_string().contains("another run of this date"),
+        "{error}"
+    );
+    lease.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn ballista_computes_the_same_features_as_the_local_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    synth_world(&store, 1_500, 31).await;
+    let pipelines = Pipelines::builtin();
+    let engine = &pipelines.nightly.engine;
+
+    let mut sets = Vec::new();
+    for kind in [Engine::Local, Engine::BallistaStandalone] {
+        let ctx = nightly::session_for(engine, &kind).await.unwrap();
+        sources::validate_and_register(&ctx, &store, run_date(), 0.05)
+            .await
+            .unwrap();
+        let mut dictionary = FeatureDictionary::default();
+        let set = features::build(
+            &ctx,
+            &store,
+            &pipelines.features,
+            &mut dictionary,
+            run_date(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        let names: Vec<String> = (0..dictionary.len() as u32)
+            .map(|id| dictionary.name(id).to_string())
+            .collect();
+        sets.push((set, names));
+    }
+    let (local, local_names) = &sets[0];
+    let (ballista, ballista_names) = &sets[1];
+    assert!(local.nnz() > 10_000, "{} non-zeros", local.nnz());
+    assert_eq!(local_names, ballista_names, "feature dictionaries differ");
+    assert_eq!(local.users, ballista.users);
+    assert_eq!(local.user_ids, ballista.user_ids);
+    assert_eq!(local.feature_ids, ballista.feature_ids);
+    for (i, (a, b)) in local.values.iter().zip(&ballista.values).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+            "value {i} (user {}, feature {}): local {a}, ballista {b}",
+            local.user_ids[i],
+            local_names[local.feature_ids[i] as usize]
+        );
+    }
+}
