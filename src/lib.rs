@@ -3,7 +3,7 @@
 //! The data flows one way, one module per stage:
 //!
 //! ```text
-//! store      object storage roots (file://, memory://) and Parquet I/O
+//! store      object storage roots (file://, s3://, memory://), retries, Parquet I/O
 //! schema     the Arrow schema of every input and output (schemas/*.json)
 //! sql        running a statement on a DataFusion session
 //! synth      a deterministic synthetic world of raw fragments, with its true PD
@@ -18,7 +18,9 @@
 //! limits     the limit policy: PD -> grade -> limit, certificate boosts, user caps, scenarios
 //! suggestions what-if scoring: which certificate would raise a user's limit, and by how much
 //! publish    versioned limit tables committed by a create-only manifest
-//! nightly    the job that runs the stages in order and reports
+//! nightly    the job that runs the stages in order, with checkpoints, a lease and shards
+//! serve      the online read path: HTTP lookups by user id, following new versions
+//! sink       loading a published table into Redis with versioned keys and a switch
 //! ```
 //!
 //! A downstream module may use an upstream one's types, never the reverse.
@@ -33,6 +35,8 @@ pub mod publish;
 pub mod schema;
 pub mod scoring;
 mod serde_date;
+pub mod serve;
+pub mod sink;
 pub mod sources;
 pub mod sql;
 pub mod store;

@@ -79,9 +79,46 @@ enum Command {
         /// publish even if the gates of nightly.toml [publish] refuse (recorded in the manifest)
         #[arg(long)]
         force: bool,
+        /// continue the interrupted run of the date from its checkpoints (runs/<date>/checkpoints/)
+        #[arg(long, conflicts_with = "rerun")]
+        resume: bool,
+        /// stop after this stage's checkpoint (validate, features, train, score, limits,
+        /// suggest); `--resume` continues. `--stop-after train` prepares sharded scoring
+        #[arg(long)]
+        stop_after: Option<nightly::Stage>,
+        /// score only slice INDEX of COUNT (0-based) of a run stopped after train, then exit;
+        /// when every shard is done, `--resume` merges them and publishes one table
+        #[arg(long, conflicts_with_all = ["from", "to", "stop_after"])]
+        shard: Option<redflower::scoring::Shard>,
+        /// where the DataFusion queries run: local, ballista://HOST:PORT (a Ballista
+        /// scheduler), or ballista://standalone (a scheduler and executor in this process)
+        #[arg(long, default_value = "local")]
+        engine: nightly::Engine,
+        /// seconds the date's lease lasts without renewal (a run renews it every third)
+        #[arg(long, default_value_t = 600)]
+        lease_seconds: u64,
         /// print the run report as JSON instead of the summary
         #[arg(long)]
         json: bool,
+        /// also load the published table into Redis (redis://[:PASSWORD@]HOST[:PORT][/DB])
+        #[arg(long)]
+        sink: Option<String>,
+    },
+    /// Answer GET /v1/limits/{user_id} over HTTP from the newest published table, following
+    /// new versions as they are committed. Stop with Ctrl-C (or SIGTERM).
+    ///
+    /// Example: redflower serve --root ./data --addr 127.0.0.1:8080
+    Serve {
+        #[arg(long)]
+        root: String,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        /// require `Authorization: Bearer TOKEN` on /v1/
+        #[arg(long, env = "REDFLOWER_SERVE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// how often to look for a newer committed version, in milliseconds
+        #[arg(long, default_value_t = 1000)]
+        poll_ms: u64,
     },
     /// Build a 50,000-user world in ./data and run the nightly job on it.
     ///
@@ -183,6 +220,20 @@ enum PublishAction {
         #[arg(long)]
         root: String,
         #[arg(long)]
+        keep: usize,
+    },
+    /// Load the newest committed table into Redis under versioned keys, then switch
+    /// `<prefix>:current` to it; versions past the newest --keep are deleted.
+    ///
+    /// Example: redflower publish sink --root ./data --sink redis://127.0.0.1:6379
+    Sink {
+        #[arg(long)]
+        root: String,
+        #[arg(long)]
+        sink: String,
+        #[arg(long, default_value = "redflower:limits")]
+        prefix: String,
+        #[arg(long, default_value_t = 2)]
         keep: usize,
     },
 }
@@ -340,10 +391,44 @@ async fn execute(command: Command) -> Result<()> {
             pipelines,
             device,
             force,
+            resume,
+            stop_after,
+            shard,
+            engine,
+            lease_seconds,
             json,
+            sink,
         } => {
             let store = Store::open(&root)?;
             let pipelines = load_pipelines(pipelines)?;
+            let lease_ttl = std::time::Duration::from_secs(lease_seconds.max(3));
+            if let (Some(shard), Some(date)) = (shard, date) {
+                let report =
+                    nightly::score_shard(&store, date, &pipelines, device, shard, lease_ttl)
+                        .await
+                        .map_err(|error| RunFailed {
+                            date,
+                            root: store.url().to_string(),
+                            error,
+                        })?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    println!(
+                        "nightly {date}: shard {} scored {} users with {} ({:.1}s); run `redflower nightly --root {root} --date {date} --resume` once every shard is done",
+                        report.shard, report.users, report.model_version, report.seconds
+                    );
+                }
+                return Ok(());
+            }
+            let options = RunOptions {
+                force,
+                resume,
+                stop_after,
+                engine,
+                lease_ttl,
+                ..RunOptions::new(device)
+            };
             let dates: Vec<NaiveDate> = match (date, from, to) {
                 (Some(date), _, _) => vec![date],
                 (None, Some(from), Some(to)) if from <= to => {
@@ -352,21 +437,36 @@ async fn execute(command: Command) -> Result<()> {
                 _ => anyhow::bail!("--from must not be after --to"),
             };
             for date in dates {
-                if !rerun && nightly::finished(&store, date).await? {
+                if !rerun && !resume && nightly::finished(&store, date).await? {
                     println!(
                         "nightly {date}: already done on {} (runs/{date}/report.json); nothing to do (--rerun runs it again)",
                         store.url()
                     );
                     continue;
                 }
-                let report =
-                    nightly::run_with(&store, date, &pipelines, &RunOptions { device, force })
-                        .await
-                        .map_err(|error| RunFailed {
-                            date,
-                            root: store.url().to_string(),
-                            error,
-                        })?;
+                let outcome = nightly::run_with(&store, date, &pipelines, &options)
+                    .await
+                    .map_err(|error| RunFailed {
+                        date,
+                        root: store.url().to_string(),
+                        error,
+                    })?;
+                let report = match outcome {
+                    nightly::RunOutcome::Published(report) => report,
+                    nightly::RunOutcome::Stopped { after, run_id } => {
+                        println!(
+                            "nightly {date}: run {run_id} stopped after {after} as asked; `--resume` continues it"
+                        );
+                        continue;
+                    }
+                };
+                if let Some(sink) = &sink {
+                    let load = sink_table(&store, sink, "redflower:limits", 2).await?;
+                    println!(
+                        "  redis       version {} loaded as {} keys into {} ({:.1}s)",
+                        load.version, load.keys, load.address, load.seconds
+                    );
+                }
                 if json {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                 } else {
@@ -504,6 +604,12 @@ async fn execute(command: Command) -> Result<()> {
         }
         Command::Models { action } => models(action).await?,
         Command::Publish { action } => publish_command(action).await?,
+        Command::Serve {
+            root,
+            addr,
+            token,
+            poll_ms,
+        } => serve(&root, addr, token, poll_ms).await?,
         Command::Show { root, user } => {
             let store = Store::open(&root)?;
             let manifest = redflower::publish::latest(&store)
@@ -533,6 +639,75 @@ async fn execute(command: Command) -> Result<()> {
         }
     }
     Ok(())
+}
+
+async fn serve(
+    root: &str,
+    addr: std::net::SocketAddr,
+    token: Option<String>,
+    poll_ms: u64,
+) -> Result<()> {
+    let store = Store::open(root)?;
+    let server = redflower::serve::start(
+        store.clone(),
+        redflower::serve::ServeConfig {
+            addr,
+            token,
+            poll: std::time::Duration::from_millis(poll_ms.max(10)),
+        },
+    )
+    .await?;
+    println!(
+        "serving {} on http://{} (table version {}); GET /v1/limits/{{user_id}}, /healthz, /metrics",
+        store.url(),
+        server.addr(),
+        server
+            .version()
+            .map_or("none yet".to_string(), |v| v.to_string())
+    );
+    shutdown_signal().await;
+    let stats = server.stop().await?;
+    println!(
+        "serve stopped after {:.0}s: {} answered, {} unknown users, {} refused; {} table swaps ({} failed); last version {}",
+        stats.seconds,
+        stats.answered,
+        stats.not_found,
+        stats.refused,
+        stats.reloads,
+        stats.reload_failures,
+        stats.version.map_or("none".to_string(), |v| v.to_string())
+    );
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM (what a service manager sends).
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
+async fn sink_table(
+    store: &Store,
+    sink: &str,
+    prefix: &str,
+    keep: usize,
+) -> Result<redflower::sink::RedisLoad> {
+    let target = redflower::sink::RedisTarget::parse(sink, prefix)?;
+    let manifest = redflower::publish::latest(store)
+        .await?
+        .with_context(|| format!("nothing is published under {}", store.url()))?;
+    let snapshot = redflower::serve::Snapshot::load(store, manifest).await?;
+    Ok(redflower::sink::load(&target, &snapshot, keep).await?)
 }
 
 async fn publish_command(action: PublishAction) -> Result<()> {
@@ -573,6 +748,24 @@ async fn publish_command(action: PublishAction) -> Result<()> {
             println!(
                 "version {} committed: readers now see version {to}'s table ({} rows, as of {})",
                 manifest.version, manifest.row_count, manifest.as_of
+            );
+        }
+        PublishAction::Sink {
+            root,
+            sink,
+            prefix,
+            keep,
+        } => {
+            let store = Store::open(&root)?;
+            let load = sink_table(&store, &sink, &prefix, keep).await?;
+            println!(
+                "version {} loaded into Redis at {} as {} keys ({prefix}:v{}:<user id>) and switched {prefix}:current to it in {:.1}s; deleted versions {:?}",
+                load.version,
+                load.address,
+                load.keys,
+                load.version,
+                load.seconds,
+                load.versions_deleted
             );
         }
         PublishAction::Retain { root, keep } => {
@@ -792,4 +985,11 @@ fn print_summary(report: &NightlyReport) {
         .map(|s| format!("{} {:.1}s", s.stage, s.seconds))
         .collect();
     println!("  stages      {}", stages.join(", "));
+    if !report.resumed_stages.is_empty() {
+        println!(
+            "  resumed     run {}: took {} from its checkpoints",
+            report.run_id,
+            report.resumed_stages.join(", ")
+        );
+    }
 }

@@ -1,0 +1,166 @@
+//! A small client for `redflower serve`, for Rust services and for the load generator.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), redflower::serve::client::ClientError> {
+//! use redflower::serve::client::LimitsClient;
+//! let client = LimitsClient::new("http://127.0.0.1:8080", None)?;
+//! match client.limit(42).await? {
+//!     Some(answer) => println!("limit {} (table v{})", answer.credit_limit, answer.versions.table),
+//!     None => println!("no such user"),
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! One client keeps one HTTP/1.1 keep-alive connection and sends one request at a time on it
+//! (reconnecting once if the server closed it); use one client per concurrent task.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::Mutex;
+
+use super::snapshot::LimitAnswer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("'{0}' is not a server URL: use http://HOST:PORT")]
+    Url(String),
+    #[error("cannot reach {authority}: {source}")]
+    Connect {
+        authority: String,
+        source: std::io::Error,
+    },
+    #[error("HTTP error talking to {authority}: {source}")]
+    Http {
+        authority: String,
+        source: hyper::Error,
+    },
+    #[error("{authority}{path} answered {status}: {body}")]
+    Status {
+        authority: String,
+        path: String,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("{authority}{path} answered a body that is not the documented JSON: {source}")]
+    Body {
+        authority: String,
+        path: String,
+        source: serde_json::Error,
+    },
+}
+
+pub struct LimitsClient {
+    /// host:port
+    authority: String,
+    token: Option<String>,
+    connection: Mutex<Option<SendRequest<Empty<Bytes>>>>,
+}
+
+impl LimitsClient {
+    /// `base_url`: `http://HOST:PORT` of a `redflower serve`; `token`: its bearer token.
+    pub fn new(base_url: &str, token: Option<String>) -> Result<LimitsClient, ClientError> {
+        let authority = base_url
+            .strip_prefix("http://")
+            .map(|rest| rest.trim_end_matches('/'))
+            .filter(|rest| !rest.is_empty() && !rest.contains('/'))
+            .ok_or_else(|| ClientError::Url(base_url.to_string()))?;
+        Ok(LimitsClient {
+            authority: authority.to_string(),
+            token,
+            connection: Mutex::new(None),
+        })
+    }
+
+    /// The user's published limit, or `None` when the table has no such user.
+    pub async fn limit(&self, user_id: u64) -> Result<Option<LimitAnswer>, ClientError> {
+        let path = format!("/v1/limits/{user_id}");
+        let (status, body) = self.get(&path).await?;
+        match status {
+            StatusCode::OK => {
+                serde_json::from_slice(&body)
+                    .map(Some)
+                    .map_err(|source| ClientError::Body {
+                        authority: self.authority.clone(),
+                        path,
+                        source,
+                    })
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            status => Err(self.status_error(path, status, &body)),
+        }
+    }
+
+    /// `GET path`, returning the status and the whole body.
+    pub async fn get(&self, path: &str) -> Result<(StatusCode, Bytes), ClientError> {
+        let mut connection = self.connection.lock().await;
+        // a kept-alive connection the server has closed fails on first use: reconnect once
+        for attempt in 0..2 {
+            let sender = match connection.as_mut() {
+                Some(sender) if !sender.is_closed() => sender,
+                _ => connection.insert(self.connect().await?),
+            };
+            let mut request = Request::get(path).header(hyper::header::HOST, &self.authority);
+            if let Some(token) = &self.token {
+                request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            let request = request
+                .body(Empty::new())
+                .map_err(|e| ClientError::Url(format!("{}{path}: {e}", self.authority)))?;
+            let result = async {
+                let response = sender.send_request(request).await?;
+                let status = response.status();
+                let body = response.into_body().collect().await?.to_bytes();
+                Ok::<_, hyper::Error>((status, body))
+            }
+            .await;
+            match result {
+                Ok(answer) => return Ok(answer),
+                Err(source) if attempt == 0 => {
+                    tracing::debug!(%source, "connection lost; reconnecting");
+                    *connection = None;
+                }
+                Err(source) => {
+                    return Err(ClientError::Http {
+                        authority: self.authority.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Empty<Bytes>>, ClientError> {
+        let stream = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(|source| ClientError::Connect {
+                authority: self.authority.clone(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ClientError::Http {
+                authority: self.authority.clone(),
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection closed");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn status_error(&self, path: String, status: StatusCode, body: &[u8]) -> ClientError {
+        ClientError::Status {
+            authority: self.authority.clone(),
+            path,
+            status,
+            body: String::from_utf8_lossy(body).into_owned(),
+        }
+    }
+}

@@ -1,0 +1,452 @@
+//! serve: the online read path. An HTTP server (axum) that answers `GET /v1/limits/{user_id}`
+//! from the newest committed limit table, held in memory.
+//!
+//! A follower task polls the manifests; when a newer version is committed it loads and
+//! indexes that table off the request path, then swaps one pointer. A request holds the
+//! snapshot it started with, so it sees one whole table, and no request waits for or fails
+//! on a swap. A table that fails to load (checksum, missing file) is logged and counted and
+//! the current one keeps serving.
+//!
+//! Reads only `published/`; writes nothing. `/healthz` and `/metrics` (Prometheus text) are
+//! open; `/v1/` needs `Authorization: Bearer <token>` when a token is configured.
+
+pub mod client;
+pub mod snapshot;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use snapshot::{LimitAnswer, Snapshot, SnapshotError};
+
+use crate::publish::{self, PublishError};
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("server stopped with an error: {0}")]
+    Server(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub addr: SocketAddr,
+    /// required as `Authorization: Bearer <token>` on /v1/ when set
+    pub token: Option<String>,
+    /// how often the manifests are checked for a newer version
+    pub poll: Duration,
+}
+
+/// Latency buckets (seconds) of the request histogram.
+const BUCKETS: [f64; 9] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.1,
+];
+
+#[derive(Default)]
+struct Counters {
+    ok: AtomicU64,
+    not_found: AtomicU64,
+    bad_request: AtomicU64,
+    unauthorized: AtomicU64,
+    unavailable: AtomicU64,
+    reloads: AtomicU64,
+    reload_failures: AtomicU64,
+    /// cumulative counts per bucket, plus one for +Inf
+    latency: [AtomicU64; BUCKETS.len() + 1],
+    latency_sum_ns: AtomicU64,
+}
+
+struct AppState {
+    current: RwLock<Option<Arc<Snapshot>>>,
+    token: Option<String>,
+    counters: Counters,
+    started: Instant,
+}
+
+impl AppState {
+    fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn swap(&self, snapshot: Snapshot) {
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(snapshot));
+    }
+
+    fn observe(&self, started: Instant) {
+        let seconds = started.elapsed().as_secs_f64();
+        self.counters
+            .latency_sum_ns
+            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+        let bucket = BUCKETS
+            .iter()
+            .position(|&b| seconds <= b)
+            .unwrap_or(BUCKETS.len());
+        self.counters.latency[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a server did, for the summary when it stops.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServeStats {
+    pub answered: u64,
+    pub not_found: u64,
+    pub refused: u64,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    pub version: Option<u64>,
+    pub seconds: f64,
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), std::io::Error>>,
+    follower: JoinHandle<()>,
+}
+
+/// Loads the newest committed table (if there is one yet), binds `config.addr` and serves
+/// until `Server::stop`. Port 0 picks a free port: see `Server::addr`.
+pub async fn start(store: Store, config: ServeConfig) -> Result<Server, ServeError> {
+    let state = Arc::new(AppState {
+        current: RwLock::new(None),
+        token: config.token.clone(),
+        counters: Counters::default(),
+        started: Instant::now(),
+    });
+    if let Some(manifest) = publish::latest(&store).await? {
+        let snapshot = Snapshot::load(&store, manifest).await?;
+        info!(
+            version = snapshot.version(),
+            rows = snapshot.len(),
+            "serving"
+        );
+        state.swap(snapshot);
+    } else {
+        warn!(root = %store.url(), "no published table yet: /v1/ answers 503 until one is committed");
+    }
+    let follower = tokio::spawn(follow(store, state.clone(), config.poll));
+
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.addr,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.addr,
+        source,
+    })?;
+    let router = Router::new()
+        .route("/v1/limits/{user_id}", get(limit))
+        .route("/healthz", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(state.clone());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    info!(%addr, "listening");
+    Ok(Server {
+        addr,
+        state,
+        stop: Some(stop),
+        server,
+        follower,
+    })
+}
+
+impl Server {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The version being served, if any.
+    pub fn version(&self) -> Option<u64> {
+        self.state.snapshot().map(|s| s.version())
+    }
+
+    pub fn stats(&self) -> ServeStats {
+        let c = &self.state.counters;
+        ServeStats {
+            answered: c.ok.load(Ordering::Relaxed),
+            not_found: c.not_found.load(Ordering::Relaxed),
+            refused: c.bad_request.load(Ordering::Relaxed)
+                + c.unauthorized.load(Ordering::Relaxed)
+                + c.unavailable.load(Ordering::Relaxed),
+            reloads: c.reloads.load(Ordering::Relaxed),
+            reload_failures: c.reload_failures.load(Ordering::Relaxed),
+            version: self.version(),
+            seconds: self.state.started.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// Stops accepting, lets requests in flight finish, and returns what the server did.
+    pub async fn stop(mut self) -> Result<ServeStats, ServeError> {
+        self.follower.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let stats = self.stats();
+        (&mut self.server)
+            .await
+            .map_err(|e| ServeError::Server(e.to_string()))?
+            .map_err(|e| ServeError::Server(e.to_string()))?;
+        Ok(stats)
+    }
+}
+
+/// Polls the manifests and swaps in each newer committed version.
+async fn follow(store: Store, state: Arc<AppState>, poll: Duration) {
+    loop {
+        tokio::time::sleep(poll).await;
+        let serving = state.snapshot().map(|s| s.version());
+        let newest = match publish::latest(&store).await {
+            Ok(newest) => newest,
+            Err(error) => {
+                warn!(%error, "cannot read the manifests; still serving version {serving:?}");
+                state
+                    .counters
+                    .reload_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        let Some(manifest) = newest.filter(|m| Some(m.version) != serving) else {
+            continue;
+        };
+        let version = manifest.version;
+        match Snapshot::load(&store, manifest).await {
+            Ok(snapshot) => {
+                let rows = snapshot.len();
+                state.swap(snapshot);
+                state.counters.reloads.fetch_add(1, Ordering::Relaxed);
+                info!(version, rows, "now serving");
+            }
+            Err(error) => {
+                state
+                    .counters
+                    .reload_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(version, %error, "cannot load the new table; still serving version {serving:?}");
+            }
+        }
+    }
+}
+
+fn json_error(status: StatusCode, message: String, version: Option<u64>) -> Response {
+    #[derive(Serialize)]
+    struct ErrorBody {
+        error: String,
+        table_version: Option<u64>,
+    }
+    (
+        status,
+        axum::Json(ErrorBody {
+            error: message,
+            table_version: version,
+        }),
+    )
+        .into_response()
+}
+
+fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(token) = &state.token else {
+        return true;
+    };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn limit(
+    State(state): State<Arc<AppState>>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    let counters = &state.counters;
+    let response = if !authorized(&state, &headers) {
+        counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+        let mut response = json_error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token".into(),
+            None,
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response
+    } else if let Ok(id) = user_id.parse::<u64>() {
+        match state.snapshot() {
+            None => {
+                counters.unavailable.fetch_add(1, Ordering::Relaxed);
+                json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no limit table has been published yet".into(),
+                    None,
+                )
+            }
+            Some(snapshot) => match snapshot.answer(id) {
+                Some(answer) => {
+                    counters.ok.fetch_add(1, Ordering::Relaxed);
+                    axum::Json(answer).into_response()
+                }
+                None => {
+                    counters.not_found.fetch_add(1, Ordering::Relaxed);
+                    json_error(
+                        StatusCode::NOT_FOUND,
+                        format!(
+                            "user {id} is not in limit table version {}",
+                            snapshot.version()
+                        ),
+                        Some(snapshot.version()),
+                    )
+                }
+            },
+        }
+    } else {
+        counters.bad_request.fetch_add(1, Ordering::Relaxed);
+        json_error(
+            StatusCode::BAD_REQUEST,
+            format!("'{user_id}' is not a user id (an unsigned integer)"),
+            None,
+        )
+    };
+    state.observe(started);
+    response
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    #[derive(Serialize)]
+    struct Health {
+        status: &'static str,
+        table_version: Option<u64>,
+        rows: usize,
+    }
+    match state.snapshot() {
+        Some(snapshot) => axum::Json(Health {
+            status: "ok",
+            table_version: Some(snapshot.version()),
+            rows: snapshot.len(),
+        })
+        .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(Health {
+                status: "no table published yet",
+                table_version: None,
+                rows: 0,
+            }),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    use std::fmt::Write;
+    let c = &state.counters;
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP redflower_serve_requests_total Limit lookups by HTTP status.\n# TYPE redflower_serve_requests_total counter"
+    );
+    for (status, counter) in [
+        (200, &c.ok),
+        (400, &c.bad_request),
+        (401, &c.unauthorized),
+        (404, &c.not_found),
+        (503, &c.unavailable),
+    ] {
+        let _ = writeln!(
+            out,
+            "redflower_serve_requests_total{{status=\"{status}\"}} {}",
+            load(counter)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP redflower_serve_request_duration_seconds Time spent answering a lookup.\n# TYPE redflower_serve_request_duration_seconds histogram"
+    );
+    let mut cumulative = 0;
+    for (i, bound) in BUCKETS.iter().enumerate() {
+        cumulative += load(&c.latency[i]);
+        let _ = writeln!(
+            out,
+            "redflower_serve_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+        );
+    }
+    cumulative += load(&c.latency[BUCKETS.len()]);
+    let _ = writeln!(
+        out,
+        "redflower_serve_request_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}\nredflower_serve_request_duration_seconds_sum {}\nredflower_serve_request_duration_seconds_count {cumulative}",
+        load(&c.latency_sum_ns) as f64 / 1e9
+    );
+    let snapshot = state.snapshot();
+    let _ = writeln!(
+        out,
+        "# HELP redflower_serve_table_version The limit table version being served (0: none).\n# TYPE redflower_serve_table_version gauge\nredflower_serve_table_version {}",
+        snapshot.as_ref().map_or(0, |s| s.version())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP redflower_serve_table_rows Users in the table being served.\n# TYPE redflower_serve_table_rows gauge\nredflower_serve_table_rows {}",
+        snapshot.as_ref().map_or(0, |s| s.len())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP redflower_serve_reloads_total Newer tables swapped in.\n# TYPE redflower_serve_reloads_total counter\nredflower_serve_reloads_total {}",
+        load(&c.reloads)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP redflower_serve_reload_failures_total Newer tables that failed to load (the old one kept serving).\n# TYPE redflower_serve_reload_failures_total counter\nredflower_serve_reload_failures_total {}",
+        load(&c.reload_failures)
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        out,
+    )
+        .into_response()
+}

@@ -1,0 +1,403 @@
+//! The Redis sink, for shops whose services read Redis rather than `redflower serve`: loads a
+//! committed limit table into Redis under versioned keys, then switches one pointer key.
+//!
+//! Keys: `<prefix>:v<version>:<user id, zero-padded to 12 digits>` hold the same JSON answer
+//! `GET /v1/limits/{user_id}` returns (12 digits is the form redis-benchmark's
+//! `__rand_int__` writes, so the benchmark reads real keys). `<prefix>:current` holds the
+//! version readers should use; it is set only after every key of the version is written, so a
+//! reader that reads `current` first never sees a half-loaded table. Versions past the newest
+//! `keep` are deleted after the switch. Speaks RESP over one pipelined TCP connection; no
+//! client library.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tracing::info;
+
+use crate::serve::snapshot::Snapshot;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("'{0}' is not a Redis URL: use redis://[:PASSWORD@]HOST[:PORT][/DB]")]
+    Url(String),
+    #[error("Redis at {address}: {source}")]
+    Io {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("Redis at {address} refused {command}: {reply}")]
+    Refused {
+        address: String,
+        command: String,
+        reply: String,
+    },
+}
+
+/// Where and under which key prefix to load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisTarget {
+    pub address: String,
+    password: Option<String>,
+    database: Option<u32>,
+    pub prefix: String,
+}
+
+impl RedisTarget {
+    pub fn parse(url: &str, prefix: &str) -> Result<RedisTarget, SinkError> {
+        let bad = || SinkError::Url(url.to_string());
+        let rest = url.strip_prefix("redis://").ok_or_else(bad)?;
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((auth, rest)) => (Some(auth), rest),
+            None => (None, rest),
+        };
+        let (host_port, database) = match rest.split_once('/') {
+            Some((hp, db)) if !db.is_empty() => (hp, Some(db.parse().map_err(|_| bad())?)),
+            Some((hp, _)) => (hp, None),
+            None => (rest, None),
+        };
+        if host_port.is_empty() {
+            return Err(bad());
+        }
+        let address = if host_port.contains(':') {
+            host_port.to_string()
+        } else {
+            format!("{host_port}:6379")
+        };
+        let password = auth
+            .map(|a| a.rsplit_once(':').map_or(a, |(_, p)| p).to_string())
+            .filter(|p| !p.is_empty());
+        Ok(RedisTarget {
+            address,
+            password,
+            database,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    pub fn key(&self, version: u64, user_id: u64) -> String {
+        format!("{}:v{version}:{user_id:012}", self.prefix)
+    }
+
+    pub fn current_key(&self) -> String {
+        format!("{}:current", self.prefix)
+    }
+
+    fn versions_key(&self) -> String {
+        format!("{}:versions", self.prefix)
+    }
+}
+
+/// What a load did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RedisLoad {
+    pub address: String,
+    pub version: u64,
+    pub keys: usize,
+    pub versions_deleted: Vec<u64>,
+    pub seconds: f64,
+}
+
+/// Pipelined commands this many at a time: big enough to hide round trips, small enough
+/// that replies never pile up.
+const PIPELINE: usize = 2_000;
+
+/// A RESP connection.
+pub struct Redis {
+    address: String,
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Simple(String),
+    Integer(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<Reply>),
+}
+
+fn encode(command: &[&[u8]], out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("*{}\r\n", command.len()).as_bytes());
+    for part in command {
+        out.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
+        out.extend_from_slice(part);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+impl Redis {
+    pub async fn connect(target: &RedisTarget) -> Result<Redis, SinkError> {
+        let io = |source| SinkError::Io {
+            address: target.address.clone(),
+            source,
+        };
+        let stream = TcpStream::connect(&target.address).await.map_err(io)?;
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let mut redis = Redis {
+            address: target.address.clone(),
+            reader: BufReader::new(read),
+            writer: write,
+        };
+        if let Some(password) = &target.password {
+            redis.call(&[b"AUTH", password.as_bytes()]).await?;
+        }
+        if let Some(db) = target.database {
+            redis.call(&[b"SELECT", db.to_string().as_bytes()]).await?;
+        }
+        Ok(redis)
+    }
+
+    fn io(&self) -> impl Fn(std::io::Error) -> SinkError + '_ {
+        move |source| SinkError::Io {
+            address: self.address.clone(),
+            source,
+        }
+    }
+
+    /// Sends one command and reads its reply.
+    pub async fn call(&mut self, command: &[&[u8]]) -> Result<Reply, SinkError> {
+        let mut out = Vec::new();
+        encode(command, &mut out);
+        self.writer.write_all(&out).await.map_err(self.io())?;
+        let name = String::from_utf8_lossy(command[0]).into_owned();
+        self.read_reply(&name).await
+    }
+
+    /// Sends many commands at once, then reads and checks every reply.
+    pub async fn pipeline(&mut self, commands: &[Vec<Vec<u8>>]) -> Result<(), SinkError> {
+        let mut out = Vec::new();
+        for command in commands {
+            let parts: Vec<&[u8]> = command.iter().map(Vec::as_slice).collect();
+            encode(&parts, &mut out);
+        }
+        self.writer.write_all(&out).await.map_err(self.io())?;
+        for command in commands {
+            let name = String::from_utf8_lossy(&command[0]).into_owned();
+            self.read_reply(&name).await?;
+        }
+        Ok(())
+    }
+
+    async fn read_line(&mut self) -> Result<String, SinkError> {
+        let mut line = String::new();
+        let read = self
+            .reader
+            .read_line(&mut line)
+            .await
+            .map_err(|source| SinkError::Io {
+                address: self.address.clone(),
+                source,
+            })?;
+        if read == 0 {
+            return Err(SinkError::Io {
+                address: self.address.clone(),
+                source: std::io::ErrorKind::UnexpectedEof.into(),
+            });
+        }
+        Ok(line.trim_end_matches("\r\n").to_string())
+    }
+
+    fn read_reply<'a>(
+        &'a mut self,
+        command: &'a str,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Reply, SinkError>> + Send + 'a>> {
+        Box::pin(async move {
+            let line = self.read_line().await?;
+            let refused = |reply: &str| SinkError::Refused {
+                address: self.address.clone(),
+                command: command.to_string(),
+                reply: reply.to_string(),
+            };
+            let (kind, rest) = line.split_at(line.len().min(1));
+            match kind {
+                "+" => Ok(Reply::Simple(rest.to_string())),
+                "-" => Err(refused(rest)),
+                ":" => rest.parse().map(Reply::Integer).map_err(|_| refused(&line)),
+                "$" => {
+                    let length: i64 = rest.parse().map_err(|_| refused(&line))?;
+                    if length < 0 {
+                        return Ok(Reply::Bulk(None));
+                    }
+                    let mut data = vec![0; length as usize + 2];
+                    self.reader
+                        .read_exact(&mut data)
+                        .await
+                        .map_err(|source| SinkError::Io {
+                            address: self.address.clone(),
+                            source,
+                        })?;
+                    data.truncate(length as usize);
+                    Ok(Reply::Bulk(Some(data)))
+                }
+                "*" => {
+                    let count: i64 = rest.parse().map_err(|_| refused(&line))?;
+                    let mut items = Vec::new();
+                    for _ in 0..count.max(0) {
+                        items.push(self.read_reply(command).await?);
+                    }
+                    Ok(Reply::Array(items))
+                }
+                _ => Err(refused(&line)),
+            }
+        })
+    }
+}
+
+/// Loads `snapshot` as its version, switches `current` to it, and deletes versions past the
+/// newest `keep`.
+pub async fn load(
+    target: &RedisTarget,
+    snapshot: &Snapshot,
+    keep: usize,
+) -> Result<RedisLoad, SinkError> {
+    let started = Instant::now();
+    let version = snapshot.version();
+    let mut redis = Redis::connect(target).await?;
+    let mut commands = Vec::with_capacity(PIPELINE);
+    for row in 0..snapshot.len() {
+        let answer = snapshot.answer_at(row);
+        let json = serde_json::to_vec(&answer).map_err(|e| SinkError::Refused {
+            address: target.address.clone(),
+            command: "encode".into(),
+            reply: e.to_string(),
+        })?;
+        commands.push(vec![
+            b"SET".to_vec(),
+            target.key(version, answer.user_id).into_bytes(),
+            json,
+        ]);
+        if commands.len() == PIPELINE {
+            redis.pipeline(&commands).await?;
+            commands.clear();
+        }
+    }
+    redis.pipeline(&commands).await?;
+    let version_text = version.to_string();
+    redis
+        .call(&[
+            b"SADD",
+            target.versions_key().as_bytes(),
+            version_text.as_bytes(),
+        ])
+        .await?;
+    // the switch: readers follow `current`
+    redis
+        .call(&[
+            b"SET",
+            target.current_key().as_bytes(),
+            version_text.as_bytes(),
+        ])
+        .await?;
+    info!(version, keys = snapshot.len(), address = %target.address, "loaded into Redis and switched");
+
+    let mut versions: Vec<u64> = match redis
+        .call(&[b"SMEMBERS", target.versions_key().as_bytes()])
+        .await?
+    {
+        Reply::Array(items) => items
+            .into_iter()
+            .filter_map(|item| match item {
+                Reply::Bulk(Some(bytes)) => String::from_utf8(bytes).ok()?.parse().ok(),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    versions.sort_unstable();
+    let stale = versions.len().saturating_sub(keep.max(1));
+    let mut deleted = Vec::new();
+    for old in versions.into_iter().take(stale).filter(|v| *v != version) {
+        delete_version(&mut redis, target, old).await?;
+        redis
+            .call(&[
+                b"SREM",
+                target.versions_key().as_bytes(),
+                old.to_string().as_bytes(),
+            ])
+            .await?;
+        deleted.push(old);
+    }
+    Ok(RedisLoad {
+        address: target.address.clone(),
+        version,
+        keys: snapshot.len(),
+        versions_deleted: deleted,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+async fn delete_version(
+    redis: &mut Redis,
+    target: &RedisTarget,
+    version: u64,
+) -> Result<(), SinkError> {
+    let pattern = format!("{}:v{version}:*", target.prefix);
+    let mut cursor = "0".to_string();
+    loop {
+        let reply = redis
+            .call(&[
+                b"SCAN",
+                cursor.as_bytes(),
+                b"MATCH",
+                pattern.as_bytes(),
+                b"COUNT",
+                b"5000",
+            ])
+            .await?;
+        let Reply::Array(parts) = reply else { break };
+        let mut parts = parts.into_iter();
+        cursor = match parts.next() {
+            Some(Reply::Bulk(Some(c))) => String::from_utf8_lossy(&c).into_owned(),
+            _ => break,
+        };
+        if let Some(Reply::Array(keys)) = parts.next() {
+            let keys: Vec<Vec<u8>> = keys
+                .into_iter()
+                .filter_map(|k| match k {
+                    Reply::Bulk(Some(k)) => Some(k),
+                    _ => None,
+                })
+                .collect();
+            if !keys.is_empty() {
+                let mut command = vec![b"UNLINK".to_vec()];
+                command.extend(keys);
+                redis.pipeline(&[command]).await?;
+            }
+        }
+        if cursor == "0" {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_with_and_without_password_port_and_db() {
+        let t = RedisTarget::parse("redis://127.0.0.1:6390/2", "p").unwrap();
+        assert_eq!(
+            (t.address.as_str(), t.database, t.password.as_deref()),
+            ("127.0.0.1:6390", Some(2), None)
+        );
+        let t = RedisTarget::parse("redis://:s3cret@cache", "p").unwrap();
+        assert_eq!(
+            (t.address.as_str(), t.password.as_deref()),
+            ("cache:6379", Some("s3cret"))
+        );
+        assert!(RedisTarget::parse("http://x", "p").is_err());
+        assert_eq!(t.key(3, 42), "p:v3:000000000042");
+    }
+
+    #[test]
+    fn commands_encode_as_resp_arrays() {
+        let mut out = Vec::new();
+        encode(&[b"SET", b"k", b"v1"], &mut out);
+        assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nv1\r\n");
+    }
+}
