@@ -299,11 +299,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn limit(
     State(state): State<Arc<AppState>>,
     Path(user_id): Path<String>,
-    headers: HeaderMap,
+    request: axum::extract::Request,
 ) -> Response {
     let started = Instant::now();
     let counters = &state.counters;
-    let response = if !authorized(&state, &headers) {
+    // the request itself, not a HeaderMap extractor: that would copy every header per call
+    let response = if !authorized(&state, request.headers()) {
         counters.unauthorized.fetch_add(1, Ordering::Relaxed);
         let mut response = json_error(
             StatusCode::UNAUTHORIZED,
