@@ -402,15 +402,15 @@ async fn execute(command: Command) -> Result<()> {
             let store = Store::open(&root)?;
             let pipelines = load_pipelines(pipelines)?;
             let lease_ttl = std::time::Duration::from_secs(lease_seconds.max(3));
+            let failed = |date: NaiveDate| {
+                let root = store.url().to_string();
+                move |error| RunFailed { date, root, error }
+            };
             if let (Some(shard), Some(date)) = (shard, date) {
                 let report =
                     nightly::score_shard(&store, date, &pipelines, device, shard, lease_ttl)
                         .await
-                        .map_err(|error| RunFailed {
-                            date,
-                            root: store.url().to_string(),
-                            error,
-                        })?;
+                        .map_err(failed(date))?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                 } else {
@@ -446,11 +446,7 @@ async fn execute(command: Command) -> Result<()> {
                 }
                 let outcome = nightly::run_with(&store, date, &pipelines, &options)
                     .await
-                    .map_err(|error| RunFailed {
-                        date,
-                        root: store.url().to_string(),
-                        error,
-                    })?;
+                    .map_err(failed(date))?;
                 let report = match outcome {
                     nightly::RunOutcome::Published(report) => report,
                     nightly::RunOutcome::Stopped { after, run_id } => {
