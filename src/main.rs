@@ -755,7 +755,7 @@ async fn publish_command(action: PublishAction) -> Result<()> {
             let store = Store::open(&root)?;
             let load = sink_table(&store, &sink, &prefix, keep).await?;
             println!(
-                "version {} loaded into Redis at {} as {} keys ({prefix}:v{}:<user id>) and switched {prefix}:current to it in {:.1}s; deleted versions {:?}",
+                "version {} loaded into Redis at {} as {} keys ({prefix}:v{}:<user id, 12 digits>) and switched {prefix}:current to it in {:.1}s; deleted versions {:?}",
                 load.version,
                 load.address,
                 load.keys,

@@ -512,9 +512,18 @@ pub async fn build(
         Ok::<_, FeatureError>((label, batches, started.elapsed().as_secs_f64()))
     }))
     .buffered(QUERIES_AT_ONCE);
+    // drawn only on a terminal; the scheduler's logs get the debug lines instead
+    let progress = indicatif::ProgressBar::new(groups.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "features as of {msg} {bar:40} {pos}/{len} queries  {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    progress.set_message(as_of.to_string());
     for group in &groups {
         let (label, batches, query_seconds) =
             results.next().await.expect("one result per group")?;
+        progress.inc(1);
         let started = std::time::Instant::now();
         let result = intern_keys(&label, batches)?;
         let mut rows = 0;
@@ -529,6 +538,7 @@ pub async fn build(
             "feature group built"
         );
     }
+    progress.finish_and_clear();
     let LongRows {
         mut user_ids,
         mut feature_ids,

@@ -325,10 +325,17 @@ async fn limit(
                     None,
                 )
             }
-            Some(snapshot) => match snapshot.answer(id) {
-                Some(answer) => {
+            Some(snapshot) => match snapshot.answer_json(id) {
+                Some(json) => {
                     counters.ok.fetch_add(1, Ordering::Relaxed);
-                    axum::Json(answer).into_response()
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        )],
+                        json,
+                    )
+                        .into_response()
                 }
                 None => {
                     counters.not_found.fetch_add(1, Ordering::Relaxed);

@@ -76,6 +76,7 @@ pub enum SnapshotError {
 /// A committed version's table, columns typed once, rows findable by user id.
 pub struct Snapshot {
     pub manifest: Manifest,
+    versions: Versions,
     users: Vec<u64>,
     /// row of the i-th smallest user id, when the table is not sorted by user
     order: Option<Vec<u32>>,
@@ -144,6 +145,12 @@ impl Snapshot {
             Some(order)
         };
         Ok(Snapshot {
+            versions: Versions {
+                table: manifest.version,
+                as_of: manifest.as_of.to_string(),
+                model: manifest.model_version.clone(),
+                policy: manifest.policy_version.clone(),
+            },
             users,
             order,
             pd: f64s("pd")?,
@@ -193,6 +200,31 @@ impl Snapshot {
         self.row_of(user_id).map(|row| self.answer_at(row))
     }
 
+    /// The JSON of `answer(user_id)`, written straight from the columns (no owned answer in
+    /// between: this is the server's per-request path).
+    pub fn answer_json(&self, user_id: u64) -> Option<Vec<u8>> {
+        let row = self.row_of(user_id)?;
+        let optional = |a: &Float64Array| (!a.is_null(row)).then(|| a.value(row));
+        let answer = AnswerRef {
+            user_id: self.users[row],
+            credit_limit: self.credit_limit.value(row),
+            policy_limit: self.policy_limit.value(row),
+            base_limit: self.base_limit.value(row),
+            certificate_boost: self.certificate_boost.value(row),
+            user_cap: optional(&self.user_cap),
+            grade: self.grade.value(row),
+            apr: optional(&self.apr),
+            pd: self.pd.value(row),
+            scenario_limits: Scenarios(self.scenario_limits.value(row)),
+            suggestions: Suggestions(self.suggestions.value(row)),
+            reasons: Reasons(self.reasons.value(row)),
+            versions: &self.versions,
+        };
+        let mut out = Vec::with_capacity(512);
+        serde_json::to_writer(&mut out, &answer).ok()?;
+        Some(out)
+    }
+
     /// The answer for the table's `row`-th row.
     pub fn answer_at(&self, row: usize) -> LimitAnswer {
         let optional = |a: &Float64Array| (!a.is_null(row)).then(|| a.value(row));
@@ -213,13 +245,49 @@ impl Snapshot {
                 .filter_map(parse_suggestion)
                 .collect(),
             reasons: split(self.reasons.value(row)).map(str::to_string).collect(),
-            versions: Versions {
-                table: self.manifest.version,
-                as_of: self.manifest.as_of.to_string(),
-                model: self.manifest.model_version.clone(),
-                policy: self.manifest.policy_version.clone(),
-            },
+            versions: self.versions.clone(),
         }
+    }
+}
+
+/// `LimitAnswer` borrowing from the columns; same fields in the same order, so the same
+/// bytes.
+#[derive(Serialize)]
+struct AnswerRef<'a> {
+    user_id: u64,
+    credit_limit: f64,
+    policy_limit: f64,
+    base_limit: f64,
+    certificate_boost: f64,
+    user_cap: Option<f64>,
+    grade: &'a str,
+    apr: Option<f64>,
+    pd: f64,
+    scenario_limits: Scenarios<'a>,
+    suggestions: Suggestions<'a>,
+    reasons: Reasons<'a>,
+    versions: &'a Versions,
+}
+
+struct Scenarios<'a>(&'a str);
+struct Suggestions<'a>(&'a str);
+struct Reasons<'a>(&'a str);
+
+impl Serialize for Scenarios<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(split(self.0).filter_map(parse_scenario))
+    }
+}
+
+impl Serialize for Suggestions<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(split(self.0).filter_map(parse_suggestion))
+    }
+}
+
+impl Serialize for Reasons<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(split(self.0))
     }
 }
 

@@ -305,6 +305,14 @@ async fn answers_match_the_openapi_document() {
         .unwrap();
     let snapshot = Snapshot::load(&store, manifest).await.unwrap();
     let answer = serde_json::to_value(snapshot.answer(1).unwrap()).unwrap();
+    // the server's zero-copy path writes the same bytes as the documented answer
+    for user in [1, 2, 50] {
+        assert_eq!(
+            snapshot.answer_json(user).unwrap(),
+            serde_json::to_vec(&snapshot.answer(user).unwrap()).unwrap()
+        );
+    }
+    assert!(snapshot.answer_json(51).is_none());
     assert_eq!(answer["scenario_limits"][0]["valid_until"], "2026-12-01");
     assert_eq!(answer["suggestions"][0]["adds"], 800.0);
     check_against_openapi(&answer, "LimitAnswer", &spec);
