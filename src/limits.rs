@@ -902,9 +902,15 @@ mod tests {
             if let Some(cap) = facts.cap {
                 prop_assert!(d.credit_limit <= cap, "{d:?}");
             }
-            // boosts only for unflagged users with certificates
-            if !facts.fraud_flags.is_empty() || facts.certificates.is_empty() {
-                prop_assert_eq!(d.certificate_boost, 0.0);
+            // boosts only for unflagged users with a certificate read confidently enough
+            // (HeldCertificate is already verified and of a recognized type: load_inputs
+            // keeps only those) and a PD under the bound
+            let confident = facts
+                .certificates
+                .iter()
+                .any(|c| c.confidence >= policy.certificate_boost.min_confidence);
+            if !facts.fraud_flags.is_empty() || !confident || pd > policy.certificate_boost.max_pd {
+                prop_assert_eq!(d.certificate_boost, 0.0, "{:?}", d);
             }
             prop_assert!(d.certificate_boost <= policy.certificate_boost.max_total);
             // within the ceiling always; within floor and the nightly step unless the user's
