@@ -392,13 +392,17 @@ async fn run_stages(
     }
 
     let training_as_of = dataset::training_as_of(run_date, &config.label);
+    // what the features stage built in this process; a resumed run reads it back instead
+    let mut built: Option<Built> = None;
     let featured = match checkpoints.get::<Featured>("features").await? {
         Some(featured) => {
             resumed.push("features".to_string());
             featured
         }
         None => {
-            let featured = features_stage(store, &ctx, pipelines, training_as_of, run_date).await?;
+            let (featured, sets) =
+                features_stage(store, &ctx, pipelines, training_as_of, run_date).await?;
+            built = Some(sets);
             checkpoints.put("features", &featured).await?;
             clock.lap("features");
             featured
@@ -407,7 +411,10 @@ async fn run_stages(
     if options.stop_after == Some(Stage::Features) {
         return stopped(Stage::Features);
     }
-    let dictionary = FeatureDictionary::load(store).await?;
+    let dictionary = match &built {
+        Some(built) => built.dictionary.clone(),
+        None => FeatureDictionary::load(store).await?,
+    };
 
     let trained = match checkpoints.get::<Trained>("train").await? {
         Some(trained) => {
@@ -415,13 +422,21 @@ async fn run_stages(
             trained
         }
         None => {
-            let training_features = features::read(store, training_as_of).await?;
+            let read;
+            let (training_features, labels) = match &built {
+                Some(built) => (&built.training, Some(&built.labels)),
+                None => {
+                    read = features::read(store, training_as_of).await?;
+                    (&read, None)
+                }
+            };
             let trained = train_stage(
                 store,
                 &ctx,
                 pipelines,
                 &dictionary,
-                &training_features,
+                training_features,
+                labels,
                 training_as_of,
                 &device,
             )
@@ -437,7 +452,10 @@ async fn run_stages(
     let model = model::load(store, &trained.model_version, &device).await?;
     model.check_dictionary(&dictionary)?;
 
-    let scoring_features = features::read(store, run_date).await?;
+    let scoring_features = match built {
+        Some(built) => built.scoring,
+        None => features::read(store, run_date).await?,
+    };
     let scoring_rows = Csr::from_features(&scoring_features);
     let scores = match checkpoints.get::<Scored>("score").await? {
         Some(_) => {
@@ -624,6 +642,15 @@ async fn run_stages(
     Ok(RunOutcome::Published(Box::new(report)))
 }
 
+/// What the features stage leaves in memory for the stages after it in the same process
+/// (the same data a resumed run reads back from the store).
+struct Built {
+    training: features::FeatureSet,
+    scoring: features::FeatureSet,
+    labels: std::collections::HashMap<u64, bool>,
+    dictionary: FeatureDictionary,
+}
+
 /// Features as of the training date and the run date, written with their stats.
 async fn features_stage(
     store: &Store,
@@ -631,14 +658,13 @@ async fn features_stage(
     pipelines: &Pipelines,
     training_as_of: NaiveDate,
     run_date: NaiveDate,
-) -> Result<Featured, NightlyError> {
+) -> Result<(Featured, Built), NightlyError> {
     let config = &pipelines.nightly;
     let mut dictionary = FeatureDictionary::load(store).await?;
     let mut reports = Vec::new();
-    let mut sets = Vec::new();
-    for as_of in [training_as_of, run_date] {
+    let mut build = async |as_of: NaiveDate, dictionary: &mut FeatureDictionary| {
         let started = Instant::now();
-        let set = features::build(ctx, store, &pipelines.features, &mut dictionary, as_of).await?;
+        let set = features::build(ctx, store, &pipelines.features, dictionary, as_of).await?;
         features::write(store, &set).await?;
         reports.push(FeatureReport {
             as_of,
@@ -648,11 +674,11 @@ async fn features_stage(
             dictionary_size: dictionary.len(),
             seconds: started.elapsed().as_secs_f64(),
         });
-        sets.push(set);
-    }
+        Ok::<_, NightlyError>(set)
+    };
+    let training_features = build(training_as_of, &mut dictionary).await?;
+    let scoring_features = build(run_date, &mut dictionary).await?;
     dictionary.save(store).await?;
-    let [training_features, scoring_features] = <[_; 2]>::try_from(sets)
-        .map_err(|_| NightlyError::NotReady("two feature sets expected".into()))?;
     let labels = dataset::labels(ctx, training_as_of, &config.label).await?;
 
     // Stats: IV and AUC where labels exist (the training date), PSI against the newest
@@ -663,12 +689,19 @@ async fn features_stage(
     let (drift_baseline, before_tonight) = stats::previous(store, run_date).await?;
     let tonight_stats = stats::compute(&scoring_features, None, &before_tonight);
     stats::write(store, run_date, &tonight_stats, &dictionary).await?;
-    Ok(Featured {
+    let featured = Featured {
         reports,
         strongest: stats::strongest(&training_stats, &dictionary, 10),
         drift_baseline,
         most_drifted: stats::most_drifted(&tonight_stats, &dictionary, 10),
-    })
+    };
+    let built = Built {
+        training: training_features,
+        scoring: scoring_features,
+        labels,
+        dictionary,
+    };
+    Ok((featured, built))
 }
 
 /// The champion, or a model trained and promoted tonight when the root has none, with how it
@@ -679,12 +712,20 @@ async fn train_stage(
     pipelines: &Pipelines,
     dictionary: &FeatureDictionary,
     training_features: &features::FeatureSet,
+    labels: Option<&std::collections::HashMap<u64, bool>>,
     training_as_of: NaiveDate,
     device: &burn::tensor::Device,
 ) -> Result<Trained, NightlyError> {
     let config = &pipelines.nightly;
-    let labels = dataset::labels(ctx, training_as_of, &config.label).await?;
-    let training_set = dataset::training_set(training_features, &labels)?;
+    let queried;
+    let labels = match labels {
+        Some(labels) => labels,
+        None => {
+            queried = dataset::labels(ctx, training_as_of, &config.label).await?;
+            &queried
+        }
+    };
+    let training_set = dataset::training_set(training_features, labels)?;
     let (model, trained_tonight) = match model::champion(store).await? {
         Some(champion) => {
             let model = model::load(store, &champion.version, device).await?;
