@@ -200,29 +200,12 @@ impl Snapshot {
         self.row_of(user_id).map(|row| self.answer_at(row))
     }
 
-    /// The JSON of `answer(user_id)`, written straight from the columns (no owned answer in
-    /// between: this is the server's per-request path).
+    /// The JSON of `answer(user_id)`: what the server sends and the Redis sink stores.
+    /// (Writing it straight from the columns, without the owned answer, was measured and
+    /// did not make lookups faster: benches/README.md.)
     pub fn answer_json(&self, user_id: u64) -> Option<Vec<u8>> {
-        let row = self.row_of(user_id)?;
-        let optional = |a: &Float64Array| (!a.is_null(row)).then(|| a.value(row));
-        let answer = AnswerRef {
-            user_id: self.users[row],
-            credit_limit: self.credit_limit.value(row),
-            policy_limit: self.policy_limit.value(row),
-            base_limit: self.base_limit.value(row),
-            certificate_boost: self.certificate_boost.value(row),
-            user_cap: optional(&self.user_cap),
-            grade: self.grade.value(row),
-            apr: optional(&self.apr),
-            pd: self.pd.value(row),
-            scenario_limits: Scenarios(self.scenario_limits.value(row)),
-            suggestions: Suggestions(self.suggestions.value(row)),
-            reasons: Reasons(self.reasons.value(row)),
-            versions: &self.versions,
-        };
-        let mut out = Vec::with_capacity(512);
-        serde_json::to_writer(&mut out, &answer).ok()?;
-        Some(out)
+        // a struct of numbers and strings always serializes
+        serde_json::to_vec(&self.answer(user_id)?).ok()
     }
 
     /// The answer for the table's `row`-th row.
@@ -247,47 +230,6 @@ impl Snapshot {
             reasons: split(self.reasons.value(row)).map(str::to_string).collect(),
             versions: self.versions.clone(),
         }
-    }
-}
-
-/// `LimitAnswer` borrowing from the columns; same fields in the same order, so the same
-/// bytes.
-#[derive(Serialize)]
-struct AnswerRef<'a> {
-    user_id: u64,
-    credit_limit: f64,
-    policy_limit: f64,
-    base_limit: f64,
-    certificate_boost: f64,
-    user_cap: Option<f64>,
-    grade: &'a str,
-    apr: Option<f64>,
-    pd: f64,
-    scenario_limits: Scenarios<'a>,
-    suggestions: Suggestions<'a>,
-    reasons: Reasons<'a>,
-    versions: &'a Versions,
-}
-
-struct Scenarios<'a>(&'a str);
-struct Suggestions<'a>(&'a str);
-struct Reasons<'a>(&'a str);
-
-impl Serialize for Scenarios<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(split(self.0).filter_map(parse_scenario))
-    }
-}
-
-impl Serialize for Suggestions<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(split(self.0).filter_map(parse_suggestion))
-    }
-}
-
-impl Serialize for Reasons<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(split(self.0))
     }
 }
 
