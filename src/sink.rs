@@ -258,16 +258,10 @@ pub async fn load(
     let mut redis = Redis::connect(target).await?;
     let mut commands = Vec::with_capacity(PIPELINE);
     for row in 0..snapshot.len() {
-        let answer = snapshot.answer_at(row);
-        let json = serde_json::to_vec(&answer).map_err(|e| SinkError::Refused {
-            address: target.address.clone(),
-            command: "encode".into(),
-            reply: e.to_string(),
-        })?;
         commands.push(vec![
             b"SET".to_vec(),
-            target.key(version, answer.user_id).into_bytes(),
-            json,
+            target.key(version, snapshot.user_ids()[row]).into_bytes(),
+            snapshot.answer_json_at(row),
         ]);
         if commands.len() == PIPELINE {
             redis.pipeline(&commands).await?;
