@@ -6,14 +6,17 @@
 //! 1. drives serve with a closed-loop load generator: --connections keep-alive connections,
 //!    each sending its share of --requests GETs for uniformly random users, one at a time;
 //! 2. drives Redis with the same generator (RESP GET on the same keys);
-//! 3. runs redis-benchmark against Redis with the same connections and requests.
+//! 3. drives serve with wrk (C, epoll), the same connections on one thread, for --seconds;
+//! 4. runs redis-benchmark (C, epoll, one thread) against Redis with the same connections and
+//!    requests.
 //!
-//! It prints throughput and p50/p99/p99.9 latency for each. Server and generator share the
-//! machine's cores (2 here): that is what every row pays.
+//! Rows 3 and 4 pit each server against its own lean C client; rows 1 and 2 pit them against
+//! the same Rust client. It prints throughput and p50/p99/p99.9 latency for each. Servers and
+//! generators share the machine's cores (2 here): that is what every row pays.
 //!
 //!     cargo bench --bench serve -- --users 1000000 --requests 200000
 //!
-//! Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
+//! Needs redis-server, redis-benchmark and wrk (Debian: redis-server, redis-tools, wrk).
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -43,6 +46,9 @@ struct Args {
     /// worker threads of the load generator
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
+    /// how long wrk drives serve
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
     #[arg(long, default_value = "/tmp/redflower-bench-serve")]
     root: String,
     /// cargo bench passes --bench; accept and ignore it
@@ -114,6 +120,66 @@ where
         anyhow::Ok(all)
     })?;
     Ok(summarize(label, nanos, started.elapsed().as_secs_f64()))
+}
+
+/// wrk's Lua hooks: uniformly random users per thread, and a `done` that prints one
+/// machine-readable line (wrk's own summary rounds latencies to two digits).
+const WRK_SCRIPT: &str = r#"
+local users = tonumber(os.getenv("RF_USERS"))
+math.randomseed(12345)
+request = function()
+  return wrk.format("GET", "/v1/limits/" .. math.random(0, users - 1))
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RFWRK %d %d %d %d %f %f %f\n",
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+"#;
+
+/// Drives serve with wrk for `args.seconds`; fails when any request failed or was not a 200.
+fn run_wrk(args: &Args, base: &str) -> anyhow::Result<Latencies> {
+    let script = std::env::temp_dir().join("redflower-bench-serve.lua");
+    std::fs::write(&script, WRK_SCRIPT)?;
+    let output = Command::new("wrk")
+        .env("RF_USERS", args.users.to_string())
+        .args([
+            "-t1",
+            "-c",
+            &args.connections.to_string(),
+            "-d",
+            &format!("{}s", args.seconds),
+            "-s",
+        ])
+        .arg(&script)
+        .arg(format!("{base}/v1/limits/0"))
+        .output()
+        .context("running wrk (Debian package wrk)")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RFWRK "))
+        .with_context(|| format!("wrk printed no summary: {stdout}"))?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .map(|x| x.parse())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("wrk summary: {line}"))?;
+    let [requests, micros, errors, non_ok, p50, p99, p999] = f[..] else {
+        bail!("wrk summary: {line}");
+    };
+    if errors > 0.0 || non_ok > 0.0 {
+        bail!("wrk: {errors} socket errors and {non_ok} non-2xx answers");
+    }
+    Ok(Latencies {
+        label: "redflower serve (wrk, one thread)".into(),
+        requests: requests as u64,
+        seconds: micros / 1e6,
+        p50_ms: p50 / 1e3,
+        p99_ms: p99 / 1e3,
+        p999_ms: p999 / 1e3,
+    })
 }
 
 struct RedisServer(Child);
@@ -192,7 +258,12 @@ fn main() -> anyhow::Result<()> {
             }
         },
     )?;
-    server_runtime.block_on(server.stop())?;
+    let wrk_result = run_wrk(&args, &base)?;
+    let stats = server_runtime.block_on(server.stop())?;
+    println!(
+        "serve answered {} lookups, {} not found",
+        stats.answered, stats.not_found
+    );
 
     // Redis with the same table
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -313,7 +384,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!("| target (client) | requests/s | p50 ms | p99 ms | p99.9 ms |");
     println!("|---|---:|---:|---:|---:|");
-    for r in [&serve_result, &redis_result] {
+    for r in [&serve_result, &redis_result, &wrk_result] {
         println!(
             "| {} | {:.0} | {:.3} | {:.3} | {:.3} |",
             r.label,
@@ -327,6 +398,10 @@ fn main() -> anyhow::Result<()> {
         println!(
             "| redis-server 7 (redis-benchmark GET) | {:.0} | {:.3} | {:.3} | - |",
             fields[0], fields[3], fields[5]
+        );
+        println!(
+            "serve (wrk) / redis (redis-benchmark) throughput: {:.2}",
+            wrk_result.requests as f64 / wrk_result.seconds / fields[0]
         );
     } else {
         println!("redis-benchmark printed nothing usable: {csv}");
