@@ -75,6 +75,10 @@ async fn serve_keeps_answering_while_a_new_table_is_published_and_switches_to_it
     );
     let (status, _) = client.get("/v1/limits/abc").await.unwrap();
     assert_eq!(status.as_u16(), 400);
+    for path in ["/v1/limits/1/2", "/v1/limits/", "/v1/other"] {
+        let (status, _) = client.get(path).await.unwrap();
+        assert_eq!(status.as_u16(), 404, "{path}");
+    }
     let intruder = LimitsClient::new(&base, Some("guess".into())).unwrap();
     assert!(matches!(
         intruder.limit(1).await,
