@@ -2,7 +2,8 @@
 //! `quarantine/<source>/run=<date>/` with a reason, and registers the clean rows with a
 //! DataFusion session as tables named after their source.
 //!
-//! Reads `raw/` and `reference/`; writes only `quarantine/`. A file with the wrong schema stops
+//! Reads `raw/` and `reference/`; writes only `quarantine/` and, for sources deduplicated by a
+//! unique key, their clean rows under `staging/` for the run (see `stage`). A file with the wrong schema stops
 //! the run with an error naming the file and column; a bad row never stops it alone, and
 //! never disappears: it is counted and kept in quarantine. Too many bad rows stop the run.
 
@@ -201,6 +202,85 @@ async fn register_raw(
         })
 }
 
+/// Rows per staged file: bounds what staging holds in memory at once.
+const STAGED_ROWS_PER_FILE: usize = 1 << 20;
+
+/// The folder a source's clean rows are staged in for one run.
+pub fn staging_folder(source: &str, run_date: NaiveDate) -> String {
+    format!("staging/{source}/run={run_date}")
+}
+
+/// Writes a deduplicated source's rows once, each with its quarantine reason (NULL for a
+/// clean row), under `staging_folder`, and registers them as `table`. Numbering copies sorts
+/// the whole source; as part of a view it was sorted again by validation and by every feature
+/// query that read it (eight on the shipped config), and the staged files also replace many
+/// small daily files. Rewritten at every registration, so a resumed run never reads another
+/// run's rows; `drop_staging` removes it when the run is done.
+async fn stage(
+    ctx: &SessionContext,
+    store: &Store,
+    name: &str,
+    table: &str,
+    checked_sql: &str,
+    run_date: NaiveDate,
+) -> Result<(), SourceError> {
+    use futures::StreamExt;
+    let failed = |error| SourceError::Query {
+        source_name: name.to_string(),
+        error,
+    };
+    let folder = staging_folder(name, run_date);
+    store.delete_prefix(&folder).await?;
+    let frame = ctx.sql(checked_sql).await.map_err(failed)?;
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let mut stream = frame.execute_stream().await.map_err(failed)?;
+    let (mut buffered, mut rows, mut files, mut staged) = (Vec::new(), 0, 0, 0);
+    loop {
+        let next = stream.next().await.transpose().map_err(failed)?;
+        let done = next.is_none();
+        if let Some(batch) = next {
+            rows += batch.num_rows();
+            buffered.push(batch);
+        }
+        // an empty source still gets one (empty) file, so the table has its schema
+        if rows >= STAGED_ROWS_PER_FILE || (done && (rows > 0 || files == 0)) {
+            store
+                .write_parquet(
+                    &format!("{folder}/part-{files:05}.parquet"),
+                    schema.clone(),
+                    &buffered,
+                )
+                .await?;
+            staged += rows;
+            files += 1;
+            (buffered, rows) = (Vec::new(), 0);
+        }
+        if done {
+            break;
+        }
+    }
+    let _ = ctx.deregister_table(table);
+    ctx.register_parquet(
+        table,
+        store.table_url(&folder),
+        ParquetReadOptions::default().schema(&schema),
+    )
+    .await
+    .map_err(failed)?;
+    info!(source = name, rows = staged, files, "checked rows staged");
+    Ok(())
+}
+
+/// Removes what `register` staged for `run_date`.
+pub async fn drop_staging(store: &Store, run_date: NaiveDate) -> Result<(), SourceError> {
+    for source in sources().iter().filter(|s| s.unique_key.is_some()) {
+        store
+            .delete_prefix(&staging_folder(source.name(), run_date))
+            .await?;
+    }
+    Ok(())
+}
+
 async fn query(
     ctx: &SessionContext,
     source: &str,
@@ -323,7 +403,6 @@ pub async fn register(
         let copy_no = match source.unique_key {
             Some(key) => {
                 arms.push_str(" WHEN copy_no > 1 THEN 'duplicate of an earlier row'");
-                clean_conditions.push("copy_no = 1".to_string());
                 format!(
                     ", ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY dt, {columns}) AS copy_no"
                 )
@@ -334,14 +413,27 @@ pub async fn register(
             "(SELECT {columns}, dt{copy_no} FROM {raw} WHERE dt < '{run_date}') {lookup}",
             lookup = source.lookup
         );
-        let checked = format!(
+        let mut checked = format!(
             "SELECT {columns}, dt, CASE{arms} ELSE NULL END AS quarantine_reason FROM {candidates}"
         );
-        let clean = format!(
-            "CREATE OR REPLACE VIEW {name} AS SELECT {columns}, dt FROM {candidates} WHERE {}",
-            clean_conditions.join(" AND ")
-        );
-        query(ctx, &name, &clean).await?;
+        let clean = if source.unique_key.is_some() {
+            // numbered once, into staged files that both validation and the clean view read
+            let staged = format!("{name}_checked");
+            stage(ctx, store, &name, &staged, &checked, run_date).await?;
+            checked = format!("SELECT * FROM {staged}");
+            format!("SELECT {columns}, dt FROM {staged} WHERE quarantine_reason IS NULL")
+        } else {
+            format!(
+                "SELECT {columns}, dt FROM {candidates} WHERE {}",
+                clean_conditions.join(" AND ")
+            )
+        };
+        query(
+            ctx,
+            &name,
+            &format!("CREATE OR REPLACE VIEW {name} AS {clean}"),
+        )
+        .await?;
         registered.push(RegisteredSource {
             name,
             files,

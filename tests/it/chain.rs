@@ -54,6 +54,10 @@ async fn nightly_publishes_one_row_per_user_within_caps_and_reruns_identically()
         first.sources.iter().any(|s| s.quarantined > 0),
         "synth writes a few bad rows"
     );
+    assert!(
+        store.list("staging").await.unwrap().is_empty(),
+        "a finished run leaves no staged rows behind"
+    );
 
     let second = nightly::run(&store, run_date(), &pipelines, DeviceKind::Cpu)
         .await
