@@ -62,14 +62,7 @@ fn main() -> anyhow::Result<()> {
     let (store, raw_rows, seconds, feature_rows, distinct, queries, validation_seconds) =
         runtime.block_on(async {
             let store = Store::open(&args.root)?;
-            if synth::read_world(&store).await?.as_ref() != Some(&world) {
-                eprintln!(
-                    "building a {}-user world in {} ...",
-                    args.users,
-                    store.url()
-                );
-                synth::generate(&store, &world).await?;
-            }
+            synth::ensure_world(&store, &world).await?;
             let pipelines = Pipelines::builtin();
             let ctx = nightly::session(&pipelines.nightly.engine)?;
             // not in the feature job's time, as DuckDB's queries skip validation; printed beside it

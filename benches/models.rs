@@ -80,14 +80,7 @@ fn main() -> anyhow::Result<()> {
     let device = args.device.device()?;
     let store = Store::open(&args.root)?;
     let window = runtime.block_on(async {
-        if synth::read_world(&store).await?.as_ref() != Some(&world) {
-            eprintln!(
-                "building a {}-user world in {} ...",
-                args.users,
-                store.url()
-            );
-            synth::generate(&store, &world).await?;
-        }
+        synth::ensure_world(&store, &world).await?;
         anyhow::Ok(training::labelled_window(&store, end, &pipelines).await?)
     })?;
     let set = &window.set;

@@ -709,6 +709,20 @@ pub async fn read_world(store: &Store) -> Result<Option<WorldConfig>, SynthError
     }
 }
 
+/// Generates `world` into `store` unless the store already holds exactly that world (what
+/// the benches do before timing anything); says on stderr when it builds one.
+pub async fn ensure_world(store: &Store, world: &WorldConfig) -> Result<(), SynthError> {
+    if read_world(store).await?.as_ref() != Some(world) {
+        eprintln!(
+            "building a {}-user world in {} ...",
+            world.users,
+            store.url()
+        );
+        generate(store, world).await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
