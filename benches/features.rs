@@ -75,6 +75,7 @@ fn main() -> anyhow::Result<()> {
             let started = Instant::now();
             let set = features::build(&ctx, &store, config, &mut dictionary, end).await?;
             let seconds = started.elapsed().as_secs_f64();
+            sources::drop_staging(&store, &ctx).await?;
             let snapshot = sources::snapshot_before(&store, "profiles", end).await?;
             let queries =
                 [true, false].map(|fused| features::family_queries(config, end, snapshot, fused));

@@ -3,7 +3,7 @@
 //! DataFusion session as tables named after their source.
 //!
 //! Reads `raw/` and `reference/`; writes only `quarantine/` and, for sources deduplicated by a
-//! unique key, their clean rows under `staging/` for the run (see `stage`). A file with the wrong schema stops
+//! unique key, their checked rows under `staging/` for the session (see `stage`). A file with the wrong schema stops
 //! the run with an error naming the file and column; a bad row never stops it alone, and
 //! never disappears: it is counted and kept in quarantine. Too many bad rows stop the run.
 
@@ -205,9 +205,11 @@ async fn register_raw(
 /// Rows per staged file: bounds what staging holds in memory at once.
 const STAGED_ROWS_PER_FILE: usize = 1 << 20;
 
-/// The folder a source's clean rows are staged in for one run.
-pub fn staging_folder(source: &str, run_date: NaiveDate) -> String {
-    format!("staging/{source}/run={run_date}")
+/// The folder a source's checked rows are staged in: one per DataFusion session, so a nightly
+/// run and an ML engineer's `redflower train` on the same root and date never share (or
+/// delete) each other's files.
+pub fn staging_folder(ctx: &SessionContext, source: &str) -> String {
+    format!("staging/session={}/{source}", ctx.session_id())
 }
 
 /// Writes a deduplicated source's rows once, each with its quarantine reason (NULL for a
@@ -215,21 +217,21 @@ pub fn staging_folder(source: &str, run_date: NaiveDate) -> String {
 /// the whole source; as part of a view it was sorted again by validation and by every feature
 /// query that read it (eight on the shipped config), and the staged files also replace many
 /// small daily files. Rewritten at every registration, so a resumed run never reads another
-/// run's rows; `drop_staging` removes it when the run is done.
+/// run's rows; `drop_staging` removes it when the session is done with its sources (a run
+/// that crashes leaves its folder, which is safe to delete once no run is going).
 async fn stage(
     ctx: &SessionContext,
     store: &Store,
     name: &str,
     table: &str,
     checked_sql: &str,
-    run_date: NaiveDate,
 ) -> Result<(), SourceError> {
     use futures::StreamExt;
     let failed = |error| SourceError::Query {
         source_name: name.to_string(),
         error,
     };
-    let folder = staging_folder(name, run_date);
+    let folder = staging_folder(ctx, name);
     store.delete_prefix(&folder).await?;
     let frame = ctx.sql(checked_sql).await.map_err(failed)?;
     let schema = Arc::new(frame.schema().as_arrow().clone());
@@ -271,13 +273,11 @@ async fn stage(
     Ok(())
 }
 
-/// Removes what `register` staged for `run_date`.
-pub async fn drop_staging(store: &Store, run_date: NaiveDate) -> Result<(), SourceError> {
-    for source in sources().iter().filter(|s| s.unique_key.is_some()) {
-        store
-            .delete_prefix(&staging_folder(source.name(), run_date))
-            .await?;
-    }
+/// Removes what `register` staged for this session; its sources cannot be read after it.
+pub async fn drop_staging(store: &Store, ctx: &SessionContext) -> Result<(), SourceError> {
+    store
+        .delete_prefix(&format!("staging/session={}", ctx.session_id()))
+        .await?;
     Ok(())
 }
 
@@ -419,7 +419,7 @@ pub async fn register(
         let clean = if source.unique_key.is_some() {
             // numbered once, into staged files that both validation and the clean view read
             let staged = format!("{name}_checked");
-            stage(ctx, store, &name, &staged, &checked, run_date).await?;
+            stage(ctx, store, &name, &staged, &checked).await?;
             checked = format!("SELECT * FROM {staged}");
             format!("SELECT {columns}, dt FROM {staged} WHERE quarantine_reason IS NULL")
         } else {

@@ -5,7 +5,6 @@
 
 use burn::tensor::Device;
 use chrono::NaiveDate;
-use datafusion::prelude::SessionContext;
 use serde::Serialize;
 use tracing::info;
 
@@ -44,7 +43,6 @@ pub enum TrainingError {
 
 /// Features as of the training date of `run_date`, and labels known by `run_date`.
 pub struct LabelledWindow {
-    pub ctx: SessionContext,
     /// where the rows come from and the data window, for the model card
     pub data: String,
     pub run_date: NaiveDate,
@@ -68,9 +66,9 @@ pub async fn labelled_window(
     features::write(store, &features).await?;
     dictionary.save(store).await?;
     let labels = dataset::labels(&ctx, as_of, &config.label).await?;
+    sources::drop_staging(store, &ctx).await?;
     let set = dataset::training_set(&features, &labels)?;
     Ok(LabelledWindow {
-        ctx,
         data: format!(
             "the redflower world at {}: {}",
             store.url(),

@@ -639,7 +639,7 @@ async fn run_stages(
     store
         .put(&format!("runs/{run_date}/report.json"), json.into())
         .await?;
-    sources::drop_staging(store, run_date).await?;
+    sources::drop_staging(store, &ctx).await?;
     Ok(RunOutcome::Published(Box::new(report)))
 }
 

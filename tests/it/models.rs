@@ -66,6 +66,10 @@ async fn nightly_scores_with_the_champion_and_every_score_is_explained_by_its_fe
     let window = training::labelled_window(&store, run_date(), &pipelines)
         .await
         .unwrap();
+    assert!(
+        store.list("staging").await.unwrap().is_empty(),
+        "the training window's staged sources are removed once its labels are read"
+    );
     let (retrained, _) = training::train_and_register(
         &store,
         &window.set,
