@@ -325,7 +325,17 @@ pub async fn run_with(
     options: &RunOptions,
 ) -> Result<RunOutcome, NightlyError> {
     let lease = lease::acquire(store, &format!("runs/{run_date}/lease"), options.lease_ttl).await?;
-    let outcome = run_stages(store, run_date, pipelines, options).await;
+    let outcome = match session_for(&pipelines.nightly.engine, &options.engine).await {
+        Ok(ctx) => {
+            let outcome = run_stages(&ctx, store, run_date, pipelines, options).await;
+            // whether the run published, stopped or failed: a resumed run stages its own
+            if let Err(error) = sources::drop_staging(store, &ctx).await {
+                tracing::warn!(%error, "could not remove this run's staged sources");
+            }
+            outcome
+        }
+        Err(error) => Err(error.into()),
+    };
     if let Err(error) = lease.release().await {
         // the lease expires on its own; the run's own outcome matters more
         tracing::warn!(%error, "could not release the lease");
@@ -334,6 +344,7 @@ pub async fn run_with(
 }
 
 async fn run_stages(
+    ctx: &datafusion::prelude::SessionContext,
     store: &Store,
     run_date: NaiveDate,
     pipelines: &Pipelines,
@@ -341,7 +352,6 @@ async fn run_stages(
 ) -> Result<RunOutcome, NightlyError> {
     let mut clock = Stopwatch::new();
     let device = options.device.device()?;
-    let ctx = session_for(&pipelines.nightly.engine, &options.engine).await?;
     let config = &pipelines.nightly;
     let checkpoints = match options.resume {
         true => match checkpoint::Checkpoints::resume(store, run_date, pipelines).await? {
@@ -639,7 +649,6 @@ async fn run_stages(
     store
         .put(&format!("runs/{run_date}/report.json"), json.into())
         .await?;
-    sources::drop_staging(store, &ctx).await?;
     Ok(RunOutcome::Published(Box::new(report)))
 }
 

@@ -202,6 +202,10 @@ async fn killed_runs_resume_and_sharded_scoring_publish_the_same_table_as_one_cl
             ..
         }
     ));
+    assert!(
+        sharded.list("staging").await.unwrap().is_empty(),
+        "a stopped run removes its staged sources too"
+    );
     let mut users = 0;
     for index in [1, 0] {
         let shard = Shard { index, count: 2 };
