@@ -3,9 +3,10 @@
 //! DataFusion session as tables named after their source.
 //!
 //! Reads `raw/` and `reference/`; writes only `quarantine/` and, for sources deduplicated by a
-//! unique key, their checked rows under `staging/` for the session (see `stage`). A file with the wrong schema stops
-//! the run with an error naming the file and column; a bad row never stops it alone, and
-//! never disappears: it is counted and kept in quarantine. Too many bad rows stop the run.
+//! unique key, their checked rows under `staging/` for the session (see `stage`). A file with
+//! the wrong schema stops the run with an error naming the file and column; a bad row never
+//! stops it alone, and never disappears: it is counted and kept in quarantine. Too many bad
+//! rows stop the run.
 
 use std::sync::Arc;
 
@@ -205,15 +206,15 @@ async fn register_raw(
 /// Rows per staged file: bounds what staging holds in memory at once.
 const STAGED_ROWS_PER_FILE: usize = 1 << 20;
 
-/// The folder a source's checked rows are staged in: one per DataFusion session, so a nightly
-/// run and an ML engineer's `redflower train` on the same root and date never share (or
-/// delete) each other's files.
-pub fn staging_folder(ctx: &SessionContext, source: &str) -> String {
-    format!("staging/session={}/{source}", ctx.session_id())
+/// Where a session stages its sources: one folder per DataFusion session, so a nightly run
+/// and an ML engineer's `redflower train` on the same root and date never share (or delete)
+/// each other's files.
+fn session_staging(ctx: &SessionContext) -> String {
+    format!("staging/session={}", ctx.session_id())
 }
 
 /// Writes a deduplicated source's rows once, each with its quarantine reason (NULL for a
-/// clean row), under `staging_folder`, and registers them as `table`. Numbering copies sorts
+/// clean row), under `session_staging`, and registers them as `table`. Numbering copies sorts
 /// the whole source; as part of a view it was sorted again by validation and by every feature
 /// query that read it (eight on the shipped config), and the staged files also replace many
 /// small daily files. Rewritten at every registration, so a resumed run never reads another
@@ -231,7 +232,7 @@ async fn stage(
         source_name: name.to_string(),
         error,
     };
-    let folder = staging_folder(ctx, name);
+    let folder = format!("{}/{name}", session_staging(ctx));
     store.delete_prefix(&folder).await?;
     let frame = ctx.sql(checked_sql).await.map_err(failed)?;
     let schema = Arc::new(frame.schema().as_arrow().clone());
@@ -275,9 +276,7 @@ async fn stage(
 
 /// Removes what `register` staged for this session; its sources cannot be read after it.
 pub async fn drop_staging(store: &Store, ctx: &SessionContext) -> Result<(), SourceError> {
-    store
-        .delete_prefix(&format!("staging/session={}", ctx.session_id()))
-        .await?;
+    store.delete_prefix(&session_staging(ctx)).await?;
     Ok(())
 }
 

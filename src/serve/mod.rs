@@ -12,17 +12,16 @@
 //!
 //! Connections are served by hyper directly. `GET /v1/limits/{id}`, the call every payment
 //! makes, is answered before axum's router; everything else goes through the router. Routing
-//! and extracting cost a fifth of a lookup's time under load (benches/README.md).
+//! and extracting cost about a tenth of a lookup's time under load (benches/README.md).
 
 pub mod client;
 pub mod snapshot;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-
-use std::convert::Infallible;
 
 use axum::Router;
 use axum::body::Body;

@@ -198,33 +198,13 @@ impl Snapshot {
         let index = RowIndex::build(&users)
             .map_err(|user| problem(format!("user id {user} appears twice")))?;
 
-        let [
-            pd,
-            base_limit,
-            certificate_boost,
-            user_cap,
-            policy_limit,
-            credit_limit,
-            apr,
-        ] = [
-            "pd",
-            "base_limit",
-            "certificate_boost",
-            "user_cap",
-            "policy_limit",
-            "credit_limit",
-            "apr",
-        ]
-        .map(f64s);
-        let (pd, base_limit, certificate_boost, user_cap, policy_limit, credit_limit, apr) = (
-            pd?,
-            base_limit?,
-            certificate_boost?,
-            user_cap?,
-            policy_limit?,
-            credit_limit?,
-            apr?,
-        );
+        let pd = f64s("pd")?;
+        let base_limit = f64s("base_limit")?;
+        let certificate_boost = f64s("certificate_boost")?;
+        let user_cap = f64s("user_cap")?;
+        let policy_limit = f64s("policy_limit")?;
+        let credit_limit = f64s("credit_limit")?;
+        let apr = f64s("apr")?;
         let texts = [
             strings("grade")?,
             strings("scenario_limits")?,
@@ -320,22 +300,24 @@ impl Snapshot {
             grade: view.grade.to_string(),
             apr: view.apr,
             pd: view.pd,
-            scenario_limits: split(view.scenario_limits.0)
-                .filter_map(parse_scenario)
+            scenario_limits: view
+                .scenario_limits
+                .items()
                 .map(|s| ScenarioLimit {
                     category: s.category.to_string(),
                     amount: s.amount,
                     valid_until: s.valid_until.to_string(),
                 })
                 .collect(),
-            suggestions: split(view.suggestions.0)
-                .filter_map(parse_suggestion)
+            suggestions: view
+                .suggestions
+                .items()
                 .map(|s| Suggestion {
                     family: s.family.to_string(),
                     adds: s.adds,
                 })
                 .collect(),
-            reasons: split(view.reasons.0).map(str::to_string).collect(),
+            reasons: view.reasons.items().map(str::to_string).collect(),
             versions: self.versions.clone(),
         }
     }
@@ -388,9 +370,15 @@ struct AnswerView<'a> {
 /// A `;`-separated published list, serialized as a JSON array of its parsed items.
 struct Listed<'a, T>(&'a str, fn(&'a str) -> Option<T>);
 
-impl<T: Serialize> Serialize for Listed<'_, T> {
+impl<'a, T: 'a> Listed<'a, T> {
+    fn items(&self) -> impl Iterator<Item = T> + 'a {
+        split(self.0).filter_map(self.1)
+    }
+}
+
+impl<'a, T: Serialize + 'a> Serialize for Listed<'a, T> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(split(self.0).filter_map(self.1))
+        serializer.collect_seq(self.items())
     }
 }
 
