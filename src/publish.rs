@@ -52,6 +52,14 @@ pub enum PublishError {
         previous: u64,
         violations: Vec<String>,
     },
+    #[error(
+        "refusing to publish: {field} of user {user_id} is {value}, not a finite number; the published table is unchanged"
+    )]
+    NotFinite {
+        user_id: u64,
+        field: &'static str,
+        value: f64,
+    },
     #[error("no published version {version} under {root} (latest is {latest})")]
     UnknownVersion {
         version: u64,
@@ -173,6 +181,39 @@ async fn read_manifest(store: &Store, path: &str) -> Result<Manifest, PublishErr
     })
 }
 
+/// A NaN or infinite number has no JSON form and no meaning as a limit: such a row means a
+/// broken stage upstream, so nothing is published.
+fn refuse_non_finite(rows: &[LimitRow]) -> Result<(), PublishError> {
+    for row in rows {
+        let d = &row.decision;
+        let fields = [
+            ("pd", Some(row.pd)),
+            ("base_limit", Some(d.base_limit)),
+            ("certificate_boost", Some(d.certificate_boost)),
+            ("user_cap", d.user_cap),
+            ("policy_limit", Some(d.policy_limit)),
+            ("credit_limit", Some(d.credit_limit)),
+            ("apr", d.apr),
+        ]
+        .into_iter()
+        .chain(
+            d.scenarios
+                .iter()
+                .map(|s| ("scenario_limits", Some(s.amount))),
+        );
+        for (field, value) in fields {
+            if let Some(value) = value.filter(|v| !v.is_finite()) {
+                return Err(PublishError::NotFinite {
+                    user_id: row.user_id,
+                    field,
+                    value,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 fn to_batch(rows: &[LimitRow], as_of: NaiveDate) -> Result<RecordBatch, PublishError> {
     let reasons: Vec<String> = rows.iter().map(|r| r.decision.reasons.join(";")).collect();
     let scenarios: Vec<String> = rows
@@ -276,6 +317,7 @@ async fn write_and_commit(
         std::process::id()
     );
     let path = format!("published/limits/data/{run}/part-00000.parquet");
+    refuse_non_finite(rows)?;
     let batch = to_batch(rows, as_of)?;
     let size = store.write_parquet(&path, batch.schema(), &[batch]).await?;
     // read back what the store holds: the manifest vouches only for durable bytes

@@ -261,7 +261,7 @@ pub async fn load(
         commands.push(vec![
             b"SET".to_vec(),
             target.key(version, snapshot.user_ids()[row]).into_bytes(),
-            snapshot.answer_json_at(row),
+            snapshot.answer_json_at(row).to_vec(),
         ]);
         if commands.len() == PIPELINE {
             redis.pipeline(&commands).await?;

@@ -5,9 +5,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use datafusion::arrow::array::{Array, AsArray, Float64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::publish::{self, Manifest, PublishError};
@@ -74,19 +76,20 @@ pub enum SnapshotError {
     Table { version: u64, problem: String },
 }
 
-/// A committed version's table, laid out for lookups by user id: an index from id to row,
-/// one record per row with its numbers inline, and the row's text (grade, scenario limits,
-/// suggestions, reasons) in one run of an arena. A lookup touches three places in memory
-/// instead of a cell in each of twelve Arrow columns after a binary search; at a million
-/// users those cache misses were a third of a request's time (benches/README.md).
+/// A committed version's table, laid out for lookups by user id: an index from id to row and
+/// every row's answer already written as JSON, one after another in one buffer. A lookup is
+/// an index probe and a slice of that buffer, shared with the response without a copy: no
+/// number is formatted and no list parsed per request. The answers take about as much
+/// memory as Redis holding the same documents (~600 bytes a user; benches/README.md).
 pub struct Snapshot {
     pub manifest: Manifest,
-    versions: Versions,
     /// in table order
     users: Vec<u64>,
     index: RowIndex,
-    records: Vec<Record>,
-    text: String,
+    /// every row's answer, in table order
+    answers: Bytes,
+    /// where row `r`'s answer ends in `answers`; it starts where row `r - 1`'s ends
+    answer_ends: Vec<usize>,
 }
 
 /// Where a user's row is.
@@ -99,6 +102,9 @@ enum RowIndex {
 }
 
 const NO_ROW: u32 = u32::MAX;
+
+/// Rows rendered per parallel task at load.
+const RENDER_CHUNK: usize = 16 * 1024;
 
 impl RowIndex {
     /// Fails on the first id that appears twice.
@@ -137,18 +143,41 @@ impl RowIndex {
     }
 }
 
-/// A row's numbers, and where its text is in the arena.
-struct Record {
-    credit_limit: f64,
-    policy_limit: f64,
-    base_limit: f64,
-    certificate_boost: f64,
-    pd: f64,
-    user_cap: Option<f64>,
-    apr: Option<f64>,
-    text_start: usize,
-    /// lengths of grade, scenario limits, suggestions and reasons, in that order
-    text_lengths: [u32; 4],
+/// The limits table's columns, typed, for rendering answers.
+struct Columns {
+    users: Vec<u64>,
+    credit_limit: Float64Array,
+    policy_limit: Float64Array,
+    base_limit: Float64Array,
+    certificate_boost: Float64Array,
+    pd: Float64Array,
+    user_cap: Float64Array,
+    apr: Float64Array,
+    grade: StringArray,
+    scenario_limits: StringArray,
+    suggestions: StringArray,
+    reasons: StringArray,
+}
+
+impl Columns {
+    fn view<'a>(&'a self, row: usize, versions: &'a Versions) -> AnswerView<'a> {
+        let optional = |a: &Float64Array| (!a.is_null(row)).then(|| a.value(row));
+        AnswerView {
+            user_id: self.users[row],
+            credit_limit: self.credit_limit.value(row),
+            policy_limit: self.policy_limit.value(row),
+            base_limit: self.base_limit.value(row),
+            certificate_boost: self.certificate_boost.value(row),
+            user_cap: optional(&self.user_cap),
+            grade: self.grade.value(row),
+            apr: optional(&self.apr),
+            pd: self.pd.value(row),
+            scenario_limits: Listed(self.scenario_limits.value(row), parse_scenario),
+            suggestions: Listed(self.suggestions.value(row), parse_suggestion),
+            reasons: Listed(self.reasons.value(row), Some),
+            versions,
+        }
+    }
 }
 
 impl Snapshot {
@@ -197,54 +226,76 @@ impl Snapshot {
         }
         let index = RowIndex::build(&users)
             .map_err(|user| problem(format!("user id {user} appears twice")))?;
+        let rows = users.len();
+        let columns = Columns {
+            credit_limit: f64s("credit_limit")?,
+            policy_limit: f64s("policy_limit")?,
+            base_limit: f64s("base_limit")?,
+            certificate_boost: f64s("certificate_boost")?,
+            pd: f64s("pd")?,
+            user_cap: f64s("user_cap")?,
+            apr: f64s("apr")?,
+            grade: strings("grade")?,
+            scenario_limits: strings("scenario_limits")?,
+            suggestions: strings("suggestions")?,
+            reasons: strings("reasons")?,
+            users,
+        };
+        // JSON has no NaN or infinity: such a number would be written as null and the answer
+        // would not read back as a `LimitAnswer`.
+        for (name, values) in [
+            ("credit_limit", &columns.credit_limit),
+            ("policy_limit", &columns.policy_limit),
+            ("base_limit", &columns.base_limit),
+            ("certificate_boost", &columns.certificate_boost),
+            ("pd", &columns.pd),
+            ("user_cap", &columns.user_cap),
+            ("apr", &columns.apr),
+        ] {
+            if let Some(row) =
+                (0..rows).find(|&row| !values.is_null(row) && !values.value(row).is_finite())
+            {
+                return Err(problem(format!(
+                    "{name} of user {} is {}, not a finite number",
+                    columns.users[row],
+                    values.value(row)
+                )));
+            }
+        }
+        let versions = Versions {
+            table: manifest.version,
+            as_of: manifest.as_of.to_string(),
+            model: manifest.model_version.clone(),
+            policy: manifest.policy_version.clone(),
+        };
 
-        let pd = f64s("pd")?;
-        let base_limit = f64s("base_limit")?;
-        let certificate_boost = f64s("certificate_boost")?;
-        let user_cap = f64s("user_cap")?;
-        let policy_limit = f64s("policy_limit")?;
-        let credit_limit = f64s("credit_limit")?;
-        let apr = f64s("apr")?;
-        let texts = [
-            strings("grade")?,
-            strings("scenario_limits")?,
-            strings("suggestions")?,
-            strings("reasons")?,
-        ];
-        let optional = |a: &Float64Array, row: usize| (!a.is_null(row)).then(|| a.value(row));
-        let mut text = String::with_capacity(texts.iter().map(|t| t.values().len()).sum());
-        let records = (0..users.len())
-            .map(|row| {
-                let text_start = text.len();
-                let text_lengths = texts.each_ref().map(|column| {
-                    let value = column.value(row);
-                    text.push_str(value);
-                    value.len() as u32
-                });
-                Record {
-                    credit_limit: credit_limit.value(row),
-                    policy_limit: policy_limit.value(row),
-                    base_limit: base_limit.value(row),
-                    certificate_boost: certificate_boost.value(row),
-                    pd: pd.value(row),
-                    user_cap: optional(&user_cap, row),
-                    apr: optional(&apr, row),
-                    text_start,
-                    text_lengths,
+        // Render in parallel chunks, then lay the chunks end to end.
+        let chunks: Vec<(Vec<u8>, Vec<usize>)> = (0..rows.div_ceil(RENDER_CHUNK))
+            .into_par_iter()
+            .map(|chunk| {
+                let rows = chunk * RENDER_CHUNK..rows.min((chunk + 1) * RENDER_CHUNK);
+                let mut json = Vec::with_capacity(rows.len() * 640);
+                let mut ends = Vec::with_capacity(rows.len());
+                for row in rows {
+                    // a struct of numbers and strings always serializes into a Vec
+                    let _ = serde_json::to_writer(&mut json, &columns.view(row, &versions));
+                    ends.push(json.len());
                 }
+                (json, ends)
             })
             .collect();
+        let mut answers = Vec::with_capacity(chunks.iter().map(|(json, _)| json.len()).sum());
+        let mut answer_ends = Vec::with_capacity(rows);
+        for (json, ends) in chunks {
+            let offset = answers.len();
+            answers.extend_from_slice(&json);
+            answer_ends.extend(ends.into_iter().map(|end| offset + end));
+        }
         Ok(Snapshot {
-            versions: Versions {
-                table: manifest.version,
-                as_of: manifest.as_of.to_string(),
-                model: manifest.model_version.clone(),
-                policy: manifest.policy_version.clone(),
-            },
-            users,
+            users: columns.users,
             index,
-            records,
-            text,
+            answers: Bytes::from(answers),
+            answer_ends,
             manifest,
         })
     }
@@ -266,85 +317,36 @@ impl Snapshot {
         &self.users
     }
 
+    /// Bytes held by the rendered answers.
+    pub fn answer_bytes(&self) -> usize {
+        self.answers.len()
+    }
+
     /// The answer for `user_id`, or `None` when the table has no such user.
     pub fn answer(&self, user_id: u64) -> Option<LimitAnswer> {
         self.index.row_of(user_id).map(|row| self.answer_at(row))
     }
 
-    /// The JSON of `answer(user_id)`: what the server sends.
-    pub fn answer_json(&self, user_id: u64) -> Option<Vec<u8>> {
+    /// The JSON of `answer(user_id)`: what the server sends, sharing the snapshot's buffer.
+    pub fn answer_json(&self, user_id: u64) -> Option<Bytes> {
         self.index
             .row_of(user_id)
             .map(|row| self.answer_json_at(row))
     }
 
-    /// The JSON of the table's `row`-th row, written from the record without building an
-    /// owned answer (what the server sends and the Redis sink stores: both read paths agree).
-    pub fn answer_json_at(&self, row: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(640);
-        // a struct of numbers and strings always serializes into a Vec
-        let _ = serde_json::to_writer(&mut out, &self.view(row));
-        out
+    /// The JSON of the table's `row`-th row (what the server sends and the Redis sink
+    /// stores: both read paths agree).
+    pub fn answer_json_at(&self, row: usize) -> Bytes {
+        let start = row
+            .checked_sub(1)
+            .map_or(0, |before| self.answer_ends[before]);
+        self.answers.slice(start..self.answer_ends[row])
     }
 
     /// The answer for the table's `row`-th row.
     pub fn answer_at(&self, row: usize) -> LimitAnswer {
-        let view = self.view(row);
-        LimitAnswer {
-            user_id: view.user_id,
-            credit_limit: view.credit_limit,
-            policy_limit: view.policy_limit,
-            base_limit: view.base_limit,
-            certificate_boost: view.certificate_boost,
-            user_cap: view.user_cap,
-            grade: view.grade.to_string(),
-            apr: view.apr,
-            pd: view.pd,
-            scenario_limits: view
-                .scenario_limits
-                .items()
-                .map(|s| ScenarioLimit {
-                    category: s.category.to_string(),
-                    amount: s.amount,
-                    valid_until: s.valid_until.to_string(),
-                })
-                .collect(),
-            suggestions: view
-                .suggestions
-                .items()
-                .map(|s| Suggestion {
-                    family: s.family.to_string(),
-                    adds: s.adds,
-                })
-                .collect(),
-            reasons: view.reasons.items().map(str::to_string).collect(),
-            versions: self.versions.clone(),
-        }
-    }
-
-    fn view(&self, row: usize) -> AnswerView<'_> {
-        let record = &self.records[row];
-        let mut start = record.text_start;
-        let [grade, scenario_limits, suggestions, reasons] = record.text_lengths.map(|length| {
-            let part = &self.text[start..start + length as usize];
-            start += length as usize;
-            part
-        });
-        AnswerView {
-            user_id: self.users[row],
-            credit_limit: record.credit_limit,
-            policy_limit: record.policy_limit,
-            base_limit: record.base_limit,
-            certificate_boost: record.certificate_boost,
-            user_cap: record.user_cap,
-            grade,
-            apr: record.apr,
-            pd: record.pd,
-            scenario_limits: Listed(scenario_limits, parse_scenario),
-            suggestions: Listed(suggestions, parse_suggestion),
-            reasons: Listed(reasons, Some),
-            versions: &self.versions,
-        }
+        serde_json::from_slice(&self.answer_json_at(row))
+            .expect("the snapshot rendered this JSON from a LimitAnswer's fields")
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
+use datafusion::arrow::array::{Float64Array, RecordBatch};
 use redflower::publish;
 use redflower::serve::client::{ClientError, LimitsClient};
 use redflower::serve::{self, ServeConfig, Snapshot};
@@ -321,4 +322,33 @@ async fn answers_match_the_openapi_document() {
     assert_eq!(answer["suggestions"][0]["adds"], 800.0);
     check_against_openapi(&answer, "LimitAnswer", &spec);
     assert!(spec["paths"]["/v1/limits/{user_id}"]["get"]["responses"]["404"].is_object());
+
+    // JSON cannot carry a NaN: publishing refuses one, naming user and field, and a table
+    // written by another tool with one is refused at load
+    let store = Store::open("memory://nan-table").unwrap();
+    let mut table = rows(3, 0.01);
+    table[1].pd = f64::NAN;
+    let error = publish::publish(&store, &table, date(), "m", "p")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("pd of user 2 is NaN"), "{error}");
+    assert!(publish::latest(&store).await.unwrap().is_none());
+
+    let manifest = publish::publish(&store, &rows(3, 0.01), date(), "m", "p")
+        .await
+        .unwrap();
+    let mut batch = publish::read_table(&store, &manifest)
+        .await
+        .unwrap()
+        .remove(0);
+    let pd = batch.schema().index_of("pd").unwrap();
+    let mut columns = batch.columns().to_vec();
+    columns[pd] = Arc::new(Float64Array::from(vec![0.01, f64::INFINITY, 0.01]));
+    batch = RecordBatch::try_new(batch.schema(), columns).unwrap();
+    let error = Snapshot::from_batches(manifest, &[batch])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("pd of user 2 is inf"), "{error}");
 }
