@@ -12,10 +12,14 @@
 //!
 //! Connections are served by hyper directly. `GET /v1/limits/{id}`, the call every payment
 //! makes, is answered before axum's router; everything else goes through the router. Routing
-//! and extracting cost about a tenth of a lookup's time under load (benches/README.md).
+//! and extracting cost about a tenth of a lookup's time under load (benches/README.md). On
+//! Unix each connection's socket is a `socket::ClientSocket`, which saves the read that finds
+//! nothing after every answer.
 
 pub mod client;
 pub mod snapshot;
+#[cfg(unix)]
+mod socket;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -331,6 +335,14 @@ async fn accept(
                 let answer = route(&state, &router, request);
                 async move { Ok::<_, Infallible>(answer.await) }
             });
+            #[cfg(unix)]
+            let stream = match socket::ClientSocket::new(stream) {
+                Ok(socket) => socket,
+                Err(error) => {
+                    warn!(%error, "cannot take over an accepted connection");
+                    return;
+                }
+            };
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
