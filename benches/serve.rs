@@ -361,11 +361,15 @@ fn main() -> anyhow::Result<()> {
     // a hit check: redis-benchmark does not say whether its keys existed
     let hits = generator.block_on(async {
         let mut redis = Redis::connect(&target).await?;
-        let reply = redis.call(&[b"INFO", b"stats"]).await?;
+        let reply = redis.call(&[b"INFO"]).await?;
         anyhow::Ok(match reply {
             Reply::Bulk(Some(text)) => String::from_utf8_lossy(&text)
                 .lines()
-                .filter(|l| l.starts_with("keyspace_hits") || l.starts_with("keyspace_misses"))
+                .filter(|l| {
+                    ["keyspace_hits", "keyspace_misses", "used_memory_rss_human"]
+                        .iter()
+                        .any(|field| l.starts_with(field))
+                })
                 .collect::<Vec<_>>()
                 .join(" "),
             _ => String::new(),
