@@ -344,6 +344,8 @@ async fn accept(
                 }
             };
             let connection = hyper::server::conn::http1::Builder::new()
+                // a client may end its side after the request and still wait for the answer
+                .half_close(true)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             let result = tokio::select! {

@@ -352,3 +352,109 @@ async fn answers_match_the_openapi_document() {
         .to_string();
     assert!(error.contains("pd of user 2 is inf"), "{error}");
 }
+
+/// Reads from `stream` until `answers` complete HTTP responses (each with a Content-Length
+/// body) have arrived, or the server closes.
+async fn read_answers(stream: &mut tokio::net::TcpStream, answers: usize) -> Vec<String> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut done = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while done.len() < answers {
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        if read == 0 {
+            break;
+        }
+        received.extend_from_slice(&chunk[..read]);
+        // split off every complete response
+        while let Some(head_end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&received[..head_end]).to_string();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if received.len() < head_end + 4 + length {
+                break;
+            }
+            let body = String::from_utf8_lossy(&received[head_end + 4..head_end + 4 + length]);
+            done.push(format!("{}\n{body}", head.lines().next().unwrap_or("")));
+            received.drain(..head_end + 4 + length);
+        }
+    }
+    done
+}
+
+// The server takes a short read as a drained socket (src/serve/socket.rs): bytes that come
+// later, several requests in one packet and a client that half-closes must all still be
+// answered.
+#[tokio::test]
+async fn serve_answers_split_pipelined_and_half_closed_requests() {
+    use tokio::io::AsyncWriteExt;
+    let store = Store::open("memory://serve-socket").unwrap();
+    publish::publish(&store, &rows(10, 0.01), date(), "m", "p")
+        .await
+        .unwrap();
+    let server = serve::start(
+        store,
+        ServeConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            token: None,
+            poll: Duration::from_secs(60),
+        },
+    )
+    .await
+    .unwrap();
+    let connect = || tokio::net::TcpStream::connect(server.addr());
+
+    // one request in three writes, pauses between them
+    let mut stream = connect().await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    for part in ["GET /v1/lim", "its/3 HTTP/1.1\r\nHo", "st: x\r\n\r\n"] {
+        stream.write_all(part.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let answers = read_answers(&mut stream, 1).await;
+    assert!(answers[0].starts_with("HTTP/1.1 200"), "{answers:?}");
+    assert!(answers[0].contains("\"user_id\":3"), "{answers:?}");
+    // the same connection keeps working after the pause
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream
+        .write_all(b"GET /v1/limits/4 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answers = read_answers(&mut stream, 1).await;
+    assert!(answers[0].contains("\"user_id\":4"), "{answers:?}");
+
+    // three requests in one write, answered in order
+    let mut stream = connect().await.unwrap();
+    let pipelined: String = [5, 11, 6]
+        .iter()
+        .map(|user| format!("GET /v1/limits/{user} HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .collect();
+    stream.write_all(pipelined.as_bytes()).await.unwrap();
+    let answers = read_answers(&mut stream, 3).await;
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert!(answers[0].contains("\"user_id\":5"), "{answers:?}");
+    assert!(answers[1].starts_with("HTTP/1.1 404"), "{answers:?}");
+    assert!(answers[2].contains("\"user_id\":6"), "{answers:?}");
+
+    // a request, then the client's end of stream: answered, then closed
+    let mut stream = connect().await.unwrap();
+    stream
+        .write_all(b"GET /v1/limits/7 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let answers = read_answers(&mut stream, 2).await;
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert!(answers[0].contains("\"user_id\":7"), "{answers:?}");
+
+    server.stop().await.unwrap();
+}
