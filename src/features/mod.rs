@@ -17,7 +17,7 @@ use datafusion::arrow::array::{
     Array, AsArray, Float32Array, RecordBatch, UInt32Array, UInt64Array,
 };
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Float64Type, UInt64Type};
+use datafusion::arrow::datatypes::{DataType, Float64Type, UInt32Type, UInt64Type};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
@@ -392,33 +392,48 @@ struct GroupResult {
 }
 
 fn intern_keys(label: &str, batches: Vec<RecordBatch>) -> Result<GroupResult, FeatureError> {
+    let problem = |e: datafusion::arrow::error::ArrowError| FeatureError::Result {
+        family: label.to_string(),
+        problem: e.to_string(),
+    };
     let mut keys: Vec<Option<String>> = vec![None];
     let mut index: HashMap<String, u32> = HashMap::new();
     let mut row_keys = Vec::with_capacity(batches.len());
     for batch in &batches {
-        let column = cast(batch.column(1), &DataType::Utf8).map_err(|e| FeatureError::Result {
-            family: label.to_string(),
-            problem: e.to_string(),
-        })?;
-        let column = column.as_string::<i32>();
-        let mut rows = Vec::with_capacity(batch.num_rows());
-        for row in 0..batch.num_rows() {
-            if column.is_null(row) {
-                rows.push(0);
-                continue;
+        // Arrow packs each batch's keys into a dictionary (hashing native values, not text);
+        // only its few distinct values are turned into text and looked up here.
+        let column = batch.column(1);
+        let value_type = match column.data_type() {
+            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null => {
+                DataType::Utf8
             }
-            let key = column.value(row);
-            let id = match index.get(key) {
-                Some(id) => *id,
-                None => {
-                    let id = keys.len() as u32;
-                    keys.push(Some(key.to_string()));
-                    index.insert(key.to_string(), id);
-                    id
+            other => other.clone(),
+        };
+        let packed = cast(
+            column,
+            &DataType::Dictionary(Box::new(DataType::UInt32), Box::new(value_type)),
+        )
+        .map_err(problem)?;
+        let packed = packed.as_dictionary::<UInt32Type>();
+        let values = cast(packed.values(), &DataType::Utf8).map_err(problem)?;
+        let values = values.as_string::<i32>();
+        let global: Vec<u32> = (0..values.len())
+            .map(|i| {
+                if values.is_null(i) {
+                    return 0;
                 }
-            };
-            rows.push(id);
-        }
+                let key = values.value(i);
+                *index.entry(key.to_string()).or_insert_with(|| {
+                    keys.push(Some(key.to_string()));
+                    keys.len() as u32 - 1
+                })
+            })
+            .collect();
+        let rows = packed
+            .keys()
+            .iter()
+            .map(|key| key.map_or(0, |k| global[k as usize]))
+            .collect();
         row_keys.push(rows);
     }
     Ok(GroupResult {
@@ -574,7 +589,6 @@ pub async fn build(
     // Sort by (user, feature) so CSR rows come straight off the table.
     let mut order: Vec<u32> = (0..user_ids.len() as u32).collect();
     order.par_sort_unstable_by_key(|&i| (user_ids[i as usize], feature_ids[i as usize]));
-    let alive: std::collections::HashSet<u64> = users.iter().copied().collect();
     let mut set = FeatureSet {
         as_of,
         users,
@@ -582,10 +596,14 @@ pub async fn build(
         feature_ids: Vec::with_capacity(order.len()),
         values: Vec::with_capacity(order.len()),
     };
+    // rows of users that do not exist yet at as_of (no profile) are not features of anyone;
+    // both lists are sorted by user, so one walk finds who is alive
+    let mut next_alive = set.users.iter().copied().peekable();
     for i in order {
         let i = i as usize;
-        // rows of users that do not exist yet at as_of (no profile) are not features of anyone
-        if alive.contains(&user_ids[i]) {
+        let user = user_ids[i];
+        while next_alive.next_if(|&alive| alive < user).is_some() {}
+        if next_alive.peek() == Some(&user) {
             set.user_ids.push(user_ids[i]);
             set.feature_ids.push(feature_ids[i]);
             set.values.push(values[i]);
