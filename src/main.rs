@@ -835,6 +835,9 @@ async fn models(action: ModelsAction) -> Result<()> {
             if let Some(oracle) = a.oracle_auc {
                 println!("oracle AUC on the same users: {oracle:.4}");
             }
+            if let Some(visible) = a.visible_oracle_auc {
+                println!("oracle AUC without hidden risk (visible PD), same users: {visible:.4}");
+            }
         }
         ModelsAction::Promote { root, version } => {
             let store = Store::open(&root)?;
@@ -857,9 +860,15 @@ fn print_evaluation(card: &ModelCard, e: &Evaluation, report: &str) {
         "  evaluated   on {} ({} rows, {} defaults)",
         e.rows_evaluated, m.rows, m.positives
     );
-    let oracle = e.oracle_auc.map_or(String::new(), |o| {
+    let mut oracle = e.oracle_auc.map_or(String::new(), |o| {
         format!(", oracle AUC {o:.4} (ratio {:.3})", m.auc / o)
     });
+    if let Some(v) = e.visible_oracle_auc {
+        oracle.push_str(&format!(
+            ", without hidden risk {v:.4} (ratio {:.3})",
+            m.auc / v
+        ));
+    }
     println!(
         "  ranking     AUC {:.4}, Gini {:.4}, KS {:.4}{oracle}",
         m.auc, m.gini, m.ks
@@ -939,9 +948,13 @@ fn print_summary(report: &NightlyReport) {
     );
     let oracle = report
         .oracle_auc
-        .map_or("n/a (no truth in this root)".to_string(), |a| {
-            format!("{a:.4}")
-        });
+        .map_or(
+            "n/a (no truth in this root)".to_string(),
+            |a| match report.visible_oracle_auc {
+                Some(v) => format!("{a:.4} ({v:.4} without hidden risk)"),
+                None => format!("{a:.4}"),
+            },
+        );
     println!(
         "  model       {} ({}): holdout AUC {:.4}, oracle AUC {} on {} held-out users; ECE {:.4}, log loss {:.4}",
         report.model_version,

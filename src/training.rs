@@ -179,7 +179,8 @@ pub async fn train_and_register(
             trained_as_of: set.as_of,
             training: &config.training,
             scorecard: config.evaluation.scorecard,
-            oracle_auc,
+            oracle_auc: oracle_auc.map(|o| o.true_pd),
+            visible_oracle_auc: oracle_auc.and_then(|o| o.visible_pd),
         },
     )
     .await?;
@@ -201,7 +202,8 @@ pub async fn train_and_register(
         rows: &trained.holdout_rows,
         dictionary: segments_from_dictionary.then_some(dictionary),
         config: &config.evaluation,
-        oracle_auc,
+        oracle_auc: oracle_auc.map(|o| o.true_pd),
+        visible_oracle_auc: oracle_auc.and_then(|o| o.visible_pd),
         champion: champion.as_ref().map(|(v, pd)| (v.as_str(), pd.as_slice())),
     });
     let report = write_evaluation(
@@ -257,7 +259,8 @@ pub async fn evaluate(
         rows: &rows,
         dictionary: Some(&window.dictionary),
         config: &config.evaluation,
-        oracle_auc,
+        oracle_auc: oracle_auc.map(|o| o.true_pd),
+        visible_oracle_auc: oracle_auc.and_then(|o| o.visible_pd),
         champion: champion.as_ref().map(|(v, pd)| (v.as_str(), pd.as_slice())),
     });
     let report = write_evaluation(
@@ -270,27 +273,59 @@ pub async fn evaluate(
     Ok((model.card, evaluation, report))
 }
 
-/// AUC of the synthetic world's true PD on the given users, if the root has `truth/`.
+/// AUC of a synthetic world's true PD on some users, and of its PD without the hidden
+/// parts (`visible_pd` in schemas/truth.json), when the world has it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OracleAuc {
+    pub true_pd: f64,
+    pub visible_pd: Option<f64>,
+}
+
+/// The oracle AUCs on the given users, if the root has `truth/`.
 pub async fn oracle_auc(
     store: &Store,
     users: &[u64],
     labels: &[f32],
-) -> Result<Option<f64>, TrainingError> {
+) -> Result<Option<OracleAuc>, TrainingError> {
     let batches = store.read_parquet_dir("truth/true_pd").await?;
     if batches.is_empty() {
         return Ok(None);
     }
     let mut truth = HashMap::new();
     for batch in &batches {
-        crate::schema::TRUTH
-            .check("truth/true_pd", &batch.schema())
-            .map_err(|e| TrainingError::Truth(e.to_string()))?;
+        match crate::schema::TRUTH.check("truth/true_pd", &batch.schema()) {
+            // worlds written before visible_pd only lack the second reference
+            Err(crate::schema::SchemaError::MissingColumn { column, .. })
+                if column == "visible_pd" => {}
+            Err(e) => return Err(TrainingError::Truth(e.to_string())),
+            Ok(()) => {}
+        }
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .map(|c| c.as_primitive::<Float64Type>().clone())
+        };
         let ids = batch.column(0).as_primitive::<UInt64Type>();
-        let pd = batch.column(1).as_primitive::<Float64Type>();
+        let (true_pd, visible_pd) = (column("true_pd"), column("visible_pd"));
+        let Some(true_pd) = true_pd else {
+            return Err(TrainingError::Truth(
+                "truth/true_pd: no true_pd column".into(),
+            ));
+        };
         for row in 0..batch.num_rows() {
-            truth.insert(ids.value(row), pd.value(row));
+            let visible = visible_pd.as_ref().map(|v| v.value(row));
+            truth.insert(ids.value(row), (true_pd.value(row), visible));
         }
     }
-    let scores: Option<Vec<f64>> = users.iter().map(|u| truth.get(u).copied()).collect();
-    Ok(scores.and_then(|s| model::metrics::auc(&s, labels)))
+    let found: Option<Vec<(f64, Option<f64>)>> =
+        users.iter().map(|u| truth.get(u).copied()).collect();
+    let Some(found) = found else {
+        return Ok(None);
+    };
+    let true_pd: Vec<f64> = found.iter().map(|f| f.0).collect();
+    let visible_pd: Option<Vec<f64>> = found.iter().map(|f| f.1).collect();
+    Ok(model::metrics::auc(&true_pd, labels).map(|auc| OracleAuc {
+        true_pd: auc,
+        visible_pd: visible_pd.and_then(|v| model::metrics::auc(&v, labels)),
+    }))
 }

@@ -62,6 +62,9 @@ pub struct Evaluation {
     pub metrics: Metrics,
     pub uncalibrated: Option<Metrics>,
     pub oracle_auc: Option<f64>,
+    /// AUC of the synthetic world's PD without its hidden parts, on the same rows
+    #[serde(default)]
+    pub visible_oracle_auc: Option<f64>,
     pub calibration: Vec<CalibrationBin>,
     pub deciles: Vec<Decile>,
     pub segments: Vec<SegmentMetrics>,
@@ -142,6 +145,7 @@ pub struct EvaluationInput<'a> {
     pub dictionary: Option<&'a FeatureDictionary>,
     pub config: &'a EvaluationConfig,
     pub oracle_auc: Option<f64>,
+    pub visible_oracle_auc: Option<f64>,
     /// the champion's version and its PD on the same rows
     pub champion: Option<(&'a str, &'a [f64])>,
 }
@@ -168,6 +172,7 @@ pub fn evaluate(input: EvaluationInput) -> Evaluation {
         metrics: metrics::evaluate(pd, labels),
         uncalibrated: input.uncalibrated,
         oracle_auc: input.oracle_auc,
+        visible_oracle_auc: input.visible_oracle_auc,
         calibration: metrics::calibration_table(pd, labels, metrics::CALIBRATION_BINS),
         deciles: metrics::lift_by_decile(pd, labels),
         segments,

@@ -103,6 +103,9 @@ pub struct ModelCard {
     pub holdout_uncalibrated: Metrics,
     /// AUC of the true PD on the same users, where the data is a synthetic world
     pub oracle_auc: Option<f64>,
+    /// AUC of the world's PD without its hidden parts (truth's visible_pd), same users
+    #[serde(default)]
+    pub visible_oracle_auc: Option<f64>,
     pub epochs_run: usize,
     pub training: TrainingConfig,
     /// SHA-256 of the learned values in `WideDeep::learned_values` order
@@ -132,6 +135,7 @@ pub struct Provenance<'a> {
     pub training: &'a TrainingConfig,
     pub scorecard: Scorecard,
     pub oracle_auc: Option<f64>,
+    pub visible_oracle_auc: Option<f64>,
 }
 
 fn limitations(trained: &TrainedModel, provenance: &Provenance) -> Vec<String> {
@@ -185,6 +189,7 @@ pub async fn register(
         holdout: trained.holdout,
         holdout_uncalibrated: trained.holdout_raw,
         oracle_auc: provenance.oracle_auc,
+        visible_oracle_auc: provenance.visible_oracle_auc,
         epochs_run: trained.epochs_run,
         training: provenance.training.clone(),
         values_sha256: digest,
@@ -408,6 +413,7 @@ mod tests {
             training: config,
             scorecard: Scorecard::default(),
             oracle_auc: None,
+            visible_oracle_auc: None,
         }
     }
 

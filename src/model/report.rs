@@ -266,6 +266,13 @@ th{{background:#f6f6f6;text-align:left}}.charts svg{{margin:4px;border:1px solid
             format!("{oracle:.4} / {:.3}", m.auc / oracle),
         );
     }
+    if let Some(visible) = e.visible_oracle_auc {
+        metric_row(
+            &mut html,
+            "oracle AUC without hidden risk (visible PD) / ratio",
+            format!("{visible:.4} / {:.3}", m.auc / visible),
+        );
+    }
     metric_row(&mut html, "Gini", format!("{:.4}", m.gini));
     metric_row(&mut html, "KS", format!("{:.4}", m.ks));
     metric_row(&mut html, "log loss", format!("{:.5}", m.log_loss));

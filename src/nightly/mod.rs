@@ -101,6 +101,8 @@ pub struct NightlyReport {
     pub holdout: Metrics,
     /// AUC of the true PD on the same held-out users, when the root has a synthetic truth
     pub oracle_auc: Option<f64>,
+    /// AUC of the world's PD without its hidden parts, same users
+    pub visible_oracle_auc: Option<f64>,
     pub scored_users: usize,
     pub limit_distribution: Vec<(String, usize)>,
     pub capped_by_request: usize,
@@ -250,6 +252,9 @@ struct Trained {
     trained_tonight: bool,
     holdout: Metrics,
     oracle_auc: Option<f64>,
+    /// absent from checkpoints written before it
+    #[serde(default)]
+    visible_oracle_auc: Option<f64>,
     training_rows: usize,
     training_defaults: usize,
 }
@@ -622,6 +627,7 @@ async fn run_stages(
         trained_tonight: trained.trained_tonight,
         holdout: trained.holdout,
         oracle_auc: trained.oracle_auc,
+        visible_oracle_auc: trained.visible_oracle_auc,
         scored_users: rows.len(),
         limit_distribution: limits::distribution(&credit),
         capped_by_request: count(&|x| x == "capped_by_user_request"),
@@ -765,11 +771,13 @@ async fn train_stage(
     };
     let (holdout_rows, holdout_labels) = training::holdout(&training_set, &config.training);
     let holdout_pd = model.pd(&holdout_rows, device);
+    let oracle = oracle_auc(store, &holdout_rows.users, &holdout_labels).await?;
     Ok(Trained {
         model_version: model.card.version.clone(),
         trained_tonight,
         holdout: model::metrics::evaluate(&holdout_pd, &holdout_labels),
-        oracle_auc: oracle_auc(store, &holdout_rows.users, &holdout_labels).await?,
+        oracle_auc: oracle.map(|o| o.true_pd),
+        visible_oracle_auc: oracle.and_then(|o| o.visible_pd),
         training_rows: training_set.labels.len(),
         training_defaults: training_set.positives(),
     })

@@ -121,7 +121,8 @@ struct RequestRow {
 #[derive(Default)]
 struct ChunkRows {
     profiles: Vec<ProfileRow>,
-    truth: Vec<(u64, f64)>,
+    /// (user, true PD, PD without the hidden parts)
+    truth: Vec<(u64, f64, f64)>,
     events: Vec<EventRow>,
     certificates: Vec<CertificateRow>,
     repayments: Vec<RepaymentRow>,
@@ -177,6 +178,11 @@ fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkR
     let fragment_effect: f64 = favourites
         .iter()
         .map(|&m| catalog.merchants[m as usize].effect)
+        .sum::<f64>();
+    // the part of those nudges that each merchant's category explains
+    let category_effect: f64 = favourites
+        .iter()
+        .map(|&m| catalog.categories[catalog.merchants[m as usize].category].effect)
         .sum::<f64>();
 
     // Certificates: mostly genuine, some fake; only genuine verified ones lower risk.
@@ -237,6 +243,9 @@ fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkR
         + fragment_effect
         + certificate_effect.max(-1.2);
     let true_pd = sigmoid(logit);
+    // The same risk without what no feature shows directly: stability at its mean, and every
+    // merchant nudging by its category's amount. A reference for what is learnable.
+    let visible_pd = sigmoid(logit + 0.45 * stability - fragment_effect + category_effect);
     // P(at least one 30+ dpd among two monthly statements) = true_pd.
     let monthly_hazard = 1.0 - (1.0 - true_pd).sqrt();
 
@@ -248,7 +257,7 @@ fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkR
         income_band,
         age,
     });
-    out.truth.push((user_id, true_pd));
+    out.truth.push((user_id, true_pd, visible_pd));
 
     // Daily behaviour.
     let first_day = signup_day.max(start);
@@ -598,7 +607,7 @@ pub async fn generate(store: &Store, world: &WorldConfig) -> Result<SynthSummary
         summary.certificates += rows.certificates.len() as u64;
         summary.repayments += rows.repayments.len() as u64;
         summary.limit_requests += rows.requests.len() as u64;
-        pd_sum += rows.truth.iter().map(|(_, pd)| pd).sum::<f64>();
+        pd_sum += rows.truth.iter().map(|(_, pd, _)| pd).sum::<f64>();
 
         // Profile snapshots: monthly, and one on the last day. A snapshot lists the users
         // who had signed up by its day, so features as of any date can use the newest
@@ -624,6 +633,9 @@ pub async fn generate(store: &Store, world: &WorldConfig) -> Result<SynthSummary
                 )),
                 Arc::new(Float64Array::from_iter_values(
                     rows.truth.iter().map(|t| t.1),
+                )),
+                Arc::new(Float64Array::from_iter_values(
+                    rows.truth.iter().map(|t| t.2),
                 )),
             ],
         )
@@ -755,6 +767,24 @@ mod tests {
             .collect();
         let mean = pds.iter().sum::<f64>() / pds.len() as f64;
         assert!((0.02..0.2).contains(&mean), "mean true pd {mean}");
+    }
+
+    #[test]
+    fn visible_pd_differs_from_true_pd_by_the_hidden_parts_only() {
+        let world = world();
+        let catalog = Catalog::new(world.seed, world.users);
+        let logit = |p: f64| (p / (1.0 - p)).ln();
+        let gaps: Vec<f64> = (1..=2000)
+            .map(|u| {
+                let (_, true_pd, visible_pd) = generate_user(&world, &catalog, u).truth[0];
+                logit(true_pd) - logit(visible_pd)
+            })
+            .collect();
+        let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+        let sd = (gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64).sqrt();
+        // hidden stability (sd 0.45) and ~20 merchants' own nudges (sd 0.12 each), both centred
+        assert!(mean.abs() < 0.1, "mean gap {mean}");
+        assert!((0.5..0.9).contains(&sd), "gap sd {sd}");
     }
 
     #[test]

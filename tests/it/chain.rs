@@ -50,6 +50,13 @@ async fn nightly_publishes_one_row_per_user_within_caps_and_reruns_identically()
         "AUC {} not below oracle {oracle}",
         first.holdout.auc
     );
+    let visible = first
+        .visible_oracle_auc
+        .expect("worlds written now carry visible_pd");
+    assert!(
+        (0.5..1.0).contains(&visible),
+        "visible oracle AUC {visible}"
+    );
     assert!(
         first.sources.iter().any(|s| s.quarantined > 0),
         "synth writes a few bad rows"
