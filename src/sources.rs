@@ -280,6 +280,41 @@ pub async fn drop_staging(store: &Store, ctx: &SessionContext) -> Result<(), Sou
     Ok(())
 }
 
+/// How long staged files may sit untouched before a nightly run takes them for a killed
+/// run's leftovers: far beyond any run (a run rewrites its staging at every registration).
+pub const STALE_STAGING: chrono::Duration = chrono::Duration::hours(24);
+
+/// Deletes the staging folders of other sessions whose newest file is older than
+/// `older_than`: what runs killed before `drop_staging` (SIGKILL, a lost machine) left.
+/// `ctx`'s own folder is never touched. Returns the sessions removed.
+pub async fn sweep_stale_staging(
+    store: &Store,
+    ctx: &SessionContext,
+    older_than: chrono::Duration,
+) -> Result<Vec<String>, SourceError> {
+    let own = session_staging(ctx);
+    let mut newest: std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>> =
+        Default::default();
+    for (path, modified) in store.list_modified("staging").await? {
+        let Some(session) = path.split('/').nth(1).filter(|s| s.starts_with("session=")) else {
+            continue;
+        };
+        let folder = format!("staging/{session}");
+        let entry = newest.entry(folder).or_insert(modified);
+        *entry = (*entry).max(modified);
+    }
+    let cutoff = chrono::Utc::now() - older_than;
+    let mut removed = Vec::new();
+    for (folder, modified) in newest {
+        if folder != own && modified < cutoff {
+            store.delete_prefix(&folder).await?;
+            warn!(%folder, last_written = %modified, "removed a stale session's staged sources");
+            removed.push(folder);
+        }
+    }
+    Ok(removed)
+}
+
 async fn query(
     ctx: &SessionContext,
     source: &str,

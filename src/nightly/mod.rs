@@ -332,6 +332,12 @@ pub async fn run_with(
     let lease = lease::acquire(store, &format!("runs/{run_date}/lease"), options.lease_ttl).await?;
     let outcome = match session_for(&pipelines.nightly.engine, &options.engine).await {
         Ok(ctx) => {
+            // a killed run's leftovers; never fails the run that finds them
+            if let Err(error) =
+                sources::sweep_stale_staging(store, &ctx, sources::STALE_STAGING).await
+            {
+                tracing::warn!(%error, "could not sweep stale staged sources");
+            }
             let outcome = run_stages(&ctx, store, run_date, pipelines, options).await;
             // whether the run published, stopped or failed: a resumed run stages its own
             if let Err(error) = sources::drop_staging(store, &ctx).await {

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::SessionContext;
@@ -310,6 +311,20 @@ impl Store {
             .inner
             .list(Some(&path))
             .map_ok(|meta| (self.relative(&meta.location), meta.size))
+            .try_collect()
+            .await
+            .map_err(self.object_error(&path))?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// Like `list`, with each object's last-modified time instead of its size.
+    pub async fn list_modified(&self, rel: &str) -> Result<Vec<(String, DateTime<Utc>)>> {
+        let path = self.path(rel);
+        let mut out: Vec<(String, DateTime<Utc>)> = self
+            .inner
+            .list(Some(&path))
+            .map_ok(|meta| (self.relative(&meta.location), meta.last_modified))
             .try_collect()
             .await
             .map_err(self.object_error(&path))?;

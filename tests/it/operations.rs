@@ -353,3 +353,50 @@ async fn ballista_computes_the_same_features_as_the_local_engine() {
         );
     }
 }
+
+// A SIGKILLed run cannot remove its staged sources; the next nightly removes folders nobody
+// has written to for a day, never its own and never a fresh one (a run going on beside it).
+#[tokio::test]
+async fn a_nightly_sweeps_staging_left_by_killed_runs_and_keeps_fresh_folders() {
+    let store = Store::open("memory://stale-staging").unwrap();
+    let ctx = datafusion::prelude::SessionContext::new();
+    let own = format!(
+        "staging/session={}/profiles/part-00000.parquet",
+        ctx.session_id()
+    );
+    for path in [
+        "staging/session=killed/events/part-00000.parquet",
+        "staging/session=killed/repayments/part-00000.parquet",
+        "staging/session=other/profiles/part-00000.parquet",
+        own.as_str(),
+    ] {
+        store
+            .put(path, bytes::Bytes::from_static(b"rows"))
+            .await
+            .unwrap();
+    }
+    let all = store.list("staging").await.unwrap();
+    assert_eq!(all.len(), 4);
+
+    // everything was written just now: the nightly's threshold leaves it all
+    let removed = sources::sweep_stale_staging(&store, &ctx, sources::STALE_STAGING)
+        .await
+        .unwrap();
+    assert!(removed.is_empty(), "{removed:?}");
+    assert_eq!(store.list("staging").await.unwrap(), all);
+
+    // once older than the threshold, other sessions' folders go, the caller's stays
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let removed = sources::sweep_stale_staging(&store, &ctx, chrono::Duration::milliseconds(10))
+        .await
+        .unwrap();
+    assert_eq!(removed, ["staging/session=killed", "staging/session=other"]);
+    let left: Vec<String> = store
+        .list("staging")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect();
+    assert_eq!(left, [own]);
+}
