@@ -222,9 +222,15 @@ fn local_parts(engine: &EngineConfig) -> Result<LocalParts, PipelinesError> {
     Ok((config, runtime))
 }
 
+/// Marks a session whose plans run in this process, so a stage may feed them from its own
+/// channels (the feature job's shared scans); Ballista sessions do not carry it.
+#[derive(Debug)]
+pub struct InProcess;
+
 /// A DataFusion session in this process, under the engine's memory limit, spilling to disk
 /// past it.
 pub fn session(engine: &EngineConfig) -> Result<SessionContext, PipelinesError> {
     let (config, runtime) = local_parts(engine)?;
+    let config = config.with_extension(Arc::new(InProcess));
     Ok(SessionContext::new_with_config_rt(config, runtime))
 }

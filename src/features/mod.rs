@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod dictionary;
+mod shared_scan;
 pub mod stats;
 
 use std::collections::HashMap;
@@ -182,37 +183,62 @@ fn query_groups(config: &FeatureConfig) -> Vec<QueryGroup<'_>> {
     groups
 }
 
+/// The conditions that place a group's rows in time as of `as_of`: known strictly before it,
+/// and within the longest of `windows` (all history when one of them is `None`).
+fn time_conditions(
+    known_at: &KnownAt,
+    time: Option<&str>,
+    windows: impl Iterator<Item = Option<u32>>,
+    as_of: NaiveDate,
+) -> Vec<String> {
+    let mut conditions = vec![
+        format!("{} < {}", known_at.compared, known_at.bound(as_of)),
+        // partitions hold rows by their own time, never later than when they are known
+        format!("dt < '{as_of}'"),
+    ];
+    if let Some(Some(longest)) = windows.max_by_key(|w| w.unwrap_or(u32::MAX)) {
+        let from = as_of - Duration::days(longest as i64);
+        conditions.push(format!("{} >= {}", known_at.compared, known_at.bound(from)));
+        if time.is_none() {
+            conditions.push(format!("dt >= '{from}'"));
+        }
+    }
+    conditions
+}
+
+fn source_schema(source: &str) -> &'static schema::TableSchema {
+    schema::all()
+        .into_iter()
+        .find(|t| t.name == source)
+        .expect("validated at load")
+}
+
 /// The SQL of one group; output columns: user_id, k (the key, NULL without one), then one
 /// DOUBLE column `c{i}` per member, NULL where the member has no row for that user and key.
 fn group_sql(group: &QueryGroup, as_of: NaiveDate, snapshot: Option<NaiveDate>) -> String {
-    let table = schema::all()
-        .into_iter()
-        .find(|t| t.name == group.source)
-        .expect("validated at load");
-    let known_at = KnownAt::of(group.members[0].0, table);
+    group_sql_on(group, group.source, as_of, snapshot)
+}
+
+/// `group_sql` reading `table` (the source's rows, or a superset of them) instead.
+fn group_sql_on(
+    group: &QueryGroup,
+    table: &str,
+    as_of: NaiveDate,
+    snapshot: Option<NaiveDate>,
+) -> String {
+    let known_at = KnownAt::of(group.members[0].0, source_schema(group.source));
     let key = group.key.unwrap_or("CAST(NULL AS VARCHAR)");
     let mut conditions = vec!["user_id IS NOT NULL".to_string()];
     if let Some(k) = group.key {
         conditions.push(format!("({k}) IS NOT NULL"));
     }
     match (&known_at, snapshot) {
-        (Some(known_at), _) => {
-            conditions.push(format!("{} < {}", known_at.compared, known_at.bound(as_of)));
-            // partitions hold rows by their own time, never later than when they are known
-            conditions.push(format!("dt < '{as_of}'"));
-            let windows: Vec<Option<u32>> = group.members.iter().map(|(_, w)| *w).collect();
-            if let Some(Some(longest)) = windows
-                .iter()
-                .copied()
-                .max_by_key(|w| w.unwrap_or(u32::MAX))
-            {
-                let from = as_of - Duration::days(longest as i64);
-                conditions.push(format!("{} >= {}", known_at.compared, known_at.bound(from)));
-                if group.time.is_none() {
-                    conditions.push(format!("dt >= '{from}'"));
-                }
-            }
-        }
+        (Some(known_at), _) => conditions.extend(time_conditions(
+            known_at,
+            group.time,
+            group.members.iter().map(|(_, w)| *w),
+            as_of,
+        )),
         (None, Some(snapshot)) => {
             conditions.push(format!("dt = '{snapshot}'"));
             conditions.push(format!("signup_date < {}", sql_date(as_of)));
@@ -280,9 +306,8 @@ fn group_sql(group: &QueryGroup, as_of: NaiveDate, snapshot: Option<NaiveDate>) 
         None => "user_id".to_string(),
     };
     let grouped = format!(
-        "SELECT user_id, {key} AS k, {columns} FROM {source} WHERE {conditions} GROUP BY {group_by}",
+        "SELECT user_id, {key} AS k, {columns} FROM {table} WHERE {conditions} GROUP BY {group_by}",
         columns = columns.join(", "),
-        source = group.source,
         conditions = conditions.join(" AND "),
     );
     if shares.is_empty() {
@@ -299,6 +324,48 @@ fn group_sql(group: &QueryGroup, as_of: NaiveDate, snapshot: Option<NaiveDate>) 
         })
         .collect();
     format!("SELECT user_id, k, {} FROM ({grouped})", outer.join(", "))
+}
+
+/// Groups that can share one scan: two or more on one windowed source with one notion of
+/// time (by index into `groups`).
+fn shared_scan_clusters(groups: &[QueryGroup]) -> Vec<Vec<usize>> {
+    let mut clusters: Vec<Vec<usize>> = Vec::new();
+    for (index, group) in groups.iter().enumerate() {
+        if KnownAt::of(group.members[0].0, source_schema(group.source)).is_none() {
+            continue; // snapshot sources: one small partition each
+        }
+        match clusters.iter_mut().find(|c| {
+            let first = &groups[c[0]];
+            (first.source, first.time) == (group.source, group.time)
+        }) {
+            Some(cluster) => cluster.push(index),
+            None => clusters.push(vec![index]),
+        }
+    }
+    clusters.retain(|c| c.len() > 1);
+    clusters
+}
+
+/// The in-memory table through which a shared scan feeds group `index`.
+fn shared_table(group: &QueryGroup, index: usize) -> String {
+    format!("{}__shared_{index}", group.source)
+}
+
+/// The one scan a cluster shares: the source's rows in the union of its groups' time ranges.
+fn shared_scan_sql(groups: &[QueryGroup], cluster: &[usize], as_of: NaiveDate) -> String {
+    let first = &groups[cluster[0]];
+    let known_at = KnownAt::of(first.members[0].0, source_schema(first.source))
+        .expect("clusters hold windowed sources");
+    let windows = cluster
+        .iter()
+        .flat_map(|&g| groups[g].members.iter().map(|(_, w)| *w));
+    let mut conditions = vec!["user_id IS NOT NULL".to_string()];
+    conditions.extend(time_conditions(&known_at, first.time, windows, as_of));
+    format!(
+        "SELECT * FROM {} WHERE {}",
+        first.source,
+        conditions.join(" AND ")
+    )
 }
 
 fn feature_name(family: &FeatureFamily, window: Option<u32>, key: Option<&str>) -> String {
@@ -516,16 +583,59 @@ pub async fn build(
     let users = population(ctx, snapshot, as_of).await?;
     let mut long = LongRows::default();
 
-    // A few queries run at once so small ones (profiles, certificates) overlap the scans of
-    // big ones; results are assembled in config order so dictionary ids stay deterministic.
+    // In this process, the groups on one source share one scan of it (see `shared_scan`);
+    // they all run at once, fed by it. The other groups run a few at a time so small ones
+    // (profiles, certificates) overlap the big ones. Results are assembled in config order
+    // so dictionary ids stay deterministic.
     let groups = query_groups(config);
-    let mut results = futures::stream::iter(groups.iter().map(|group| async move {
-        let label = group.label();
-        let sql = group_sql(group, as_of, Some(snapshot));
-        let started = std::time::Instant::now();
-        let batches = run(ctx, &label, &sql).await?;
-        Ok::<_, FeatureError>((label, batches, started.elapsed().as_secs_f64()))
-    }))
+    let in_process = ctx
+        .state()
+        .config()
+        .get_extension::<crate::pipelines::InProcess>()
+        .is_some();
+    let clusters = if in_process {
+        shared_scan_clusters(&groups)
+    } else {
+        Vec::new()
+    };
+    let started = std::time::Instant::now();
+    let mut scans = Vec::with_capacity(clusters.len());
+    // group index -> (scan, position among its queries)
+    let mut shared: HashMap<usize, (usize, usize)> = HashMap::new();
+    for cluster in &clusters {
+        let scan_sql = shared_scan_sql(&groups, cluster, as_of);
+        let queries = cluster
+            .iter()
+            .enumerate()
+            .map(|(position, &g)| {
+                shared.insert(g, (scans.len(), position));
+                let table = shared_table(&groups[g], g);
+                let sql = group_sql_on(&groups[g], &table, as_of, Some(snapshot));
+                (table, sql)
+            })
+            .collect();
+        let scan = shared_scan::start(ctx, &scan_sql, queries)
+            .await
+            .map_err(|error| FeatureError::Query {
+                family: format!("{} (shared scan)", groups[cluster[0]].source),
+                sql: scan_sql.clone(),
+                error,
+            })?;
+        scans.push((scan, scan_sql));
+    }
+    let mut results = futures::stream::iter(
+        groups
+            .iter()
+            .enumerate()
+            .filter(|(g, _)| !shared.contains_key(g))
+            .map(|(_, group)| async move {
+                let label = group.label();
+                let sql = group_sql(group, as_of, Some(snapshot));
+                let started = std::time::Instant::now();
+                let batches = run(ctx, &label, &sql).await?;
+                Ok::<_, FeatureError>((label, batches, started.elapsed().as_secs_f64()))
+            }),
+    )
     .buffered(QUERIES_AT_ONCE);
     // drawn only on a terminal; the scheduler's logs get the debug lines instead
     let progress = indicatif::ProgressBar::new(groups.len() as u64).with_style(
@@ -535,9 +645,26 @@ pub async fn build(
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     progress.set_message(as_of.to_string());
-    for group in &groups {
-        let (label, batches, query_seconds) =
-            results.next().await.expect("one result per group")?;
+    for (g, group) in groups.iter().enumerate() {
+        let (label, batches, query_seconds) = match shared.get(&g) {
+            Some(&(scan, position)) => {
+                let label = group.label();
+                let (scan, scan_sql) = &mut scans[scan];
+                let batches = scan
+                    .result(position)
+                    .await
+                    .map_err(|error| FeatureError::Query {
+                        family: label.clone(),
+                        sql: format!(
+                            "{scan_sql}\n  feeding: {}",
+                            group_sql_on(group, &shared_table(group, g), as_of, Some(snapshot))
+                        ),
+                        error,
+                    })?;
+                (label, batches, started.elapsed().as_secs_f64())
+            }
+            None => results.next().await.expect("one result per group")?,
+        };
         progress.inc(1);
         let started = std::time::Instant::now();
         let result = intern_keys(&label, batches)?;

@@ -182,7 +182,11 @@ fn features_with(families: &str, t: NaiveDate, events: &[(Event, i64)]) -> Vec<(
             )
             .await
             .unwrap();
-        let ctx = SessionContext::new();
+        // marked in-process like the nightly's sessions: the events groups share one scan
+        let ctx = SessionContext::new_with_config(
+            datafusion::prelude::SessionConfig::new()
+                .with_extension(Arc::new(redflower::pipelines::InProcess)),
+        );
         ctx.register_table(
             "profiles",
             Arc::new(MemTable::try_new(profiles.schema(), vec![vec![profiles]]).unwrap()),

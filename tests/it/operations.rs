@@ -319,6 +319,16 @@ async fn ballista_computes_the_same_features_as_the_local_engine() {
     let mut sets = Vec::new();
     for kind in [Engine::Local, Engine::BallistaStandalone] {
         let ctx = nightly::session_for(engine, &kind).await.unwrap();
+        // the local engine shares one scan of events among its groups, Ballista does not:
+        // this test holds the two paths to the same features
+        assert_eq!(
+            ctx.state()
+                .config()
+                .get_extension::<redflower::pipelines::InProcess>()
+                .is_some(),
+            matches!(kind, Engine::Local),
+            "{kind:?}"
+        );
         sources::validate_and_register(&ctx, &store, run_date(), 0.05)
             .await
             .unwrap();
