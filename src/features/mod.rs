@@ -326,9 +326,11 @@ fn group_sql_on(
     format!("SELECT user_id, k, {} FROM ({grouped})", outer.join(", "))
 }
 
-/// Groups that can share one scan: two or more on one windowed source with one notion of
-/// time (by index into `groups`).
-fn shared_scan_clusters(groups: &[QueryGroup]) -> Vec<Vec<usize>> {
+/// Groups that can share one scan: two to `at_most` on one windowed source with one notion
+/// of time (by index into `groups`). Every query of a cluster runs at once, so `at_most`
+/// bounds the hash aggregations sharing the engine's memory pool, as for unshared queries
+/// (with all four event groups at once, the 1,000,000-user job ran out of a 4 GB pool).
+fn shared_scan_clusters(groups: &[QueryGroup], at_most: usize) -> Vec<Vec<usize>> {
     let mut clusters: Vec<Vec<usize>> = Vec::new();
     for (index, group) in groups.iter().enumerate() {
         if KnownAt::of(group.members[0].0, source_schema(group.source)).is_none() {
@@ -342,8 +344,12 @@ fn shared_scan_clusters(groups: &[QueryGroup]) -> Vec<Vec<usize>> {
             None => clusters.push(vec![index]),
         }
     }
-    clusters.retain(|c| c.len() > 1);
-    clusters
+    let mut chunks: Vec<Vec<usize>> = clusters
+        .iter()
+        .flat_map(|c| c.chunks(at_most.max(1)).map(<[usize]>::to_vec))
+        .collect();
+    chunks.retain(|c| c.len() > 1);
+    chunks
 }
 
 /// The in-memory table through which a shared scan feeds group `index`.
@@ -594,35 +600,20 @@ pub async fn build(
         .get_extension::<crate::pipelines::InProcess>()
         .is_some();
     let clusters = if in_process {
-        shared_scan_clusters(&groups)
+        shared_scan_clusters(&groups, QUERIES_AT_ONCE)
     } else {
         Vec::new()
     };
-    let started = std::time::Instant::now();
-    let mut scans = Vec::with_capacity(clusters.len());
-    // group index -> (scan, position among its queries)
+    // group index -> (cluster, position among its queries); a cluster's scan starts when
+    // the loop below first needs one of its groups
     let mut shared: HashMap<usize, (usize, usize)> = HashMap::new();
-    for cluster in &clusters {
-        let scan_sql = shared_scan_sql(&groups, cluster, as_of);
-        let queries = cluster
-            .iter()
-            .enumerate()
-            .map(|(position, &g)| {
-                shared.insert(g, (scans.len(), position));
-                let table = shared_table(&groups[g], g);
-                let sql = group_sql_on(&groups[g], &table, as_of, Some(snapshot));
-                (table, sql)
-            })
-            .collect();
-        let scan = shared_scan::start(ctx, &scan_sql, queries)
-            .await
-            .map_err(|error| FeatureError::Query {
-                family: format!("{} (shared scan)", groups[cluster[0]].source),
-                sql: scan_sql.clone(),
-                error,
-            })?;
-        scans.push((scan, scan_sql));
+    for (c, cluster) in clusters.iter().enumerate() {
+        for (position, &g) in cluster.iter().enumerate() {
+            shared.insert(g, (c, position));
+        }
     }
+    let mut scans: Vec<Option<(shared_scan::SharedScan, String, std::time::Instant)>> =
+        clusters.iter().map(|_| None).collect();
     let mut results = futures::stream::iter(
         groups
             .iter()
@@ -647,9 +638,31 @@ pub async fn build(
     progress.set_message(as_of.to_string());
     for (g, group) in groups.iter().enumerate() {
         let (label, batches, query_seconds) = match shared.get(&g) {
-            Some(&(scan, position)) => {
+            Some(&(c, position)) => {
                 let label = group.label();
-                let (scan, scan_sql) = &mut scans[scan];
+                if scans[c].is_none() {
+                    let cluster = &clusters[c];
+                    let scan_sql = shared_scan_sql(&groups, cluster, as_of);
+                    let queries = cluster
+                        .iter()
+                        .map(|&g| {
+                            let table = shared_table(&groups[g], g);
+                            let sql = group_sql_on(&groups[g], &table, as_of, Some(snapshot));
+                            (table, sql)
+                        })
+                        .collect();
+                    let started = std::time::Instant::now();
+                    let scan =
+                        shared_scan::start(ctx, &scan_sql, queries)
+                            .await
+                            .map_err(|error| FeatureError::Query {
+                                family: format!("{} (shared scan)", groups[cluster[0]].source),
+                                sql: scan_sql.clone(),
+                                error,
+                            })?;
+                    scans[c] = Some((scan, scan_sql, started));
+                }
+                let (scan, scan_sql, started) = scans[c].as_mut().expect("started above");
                 let batches = scan
                     .result(position)
                     .await
@@ -866,6 +879,37 @@ mod tests {
             sql.contains("dt >= '2026-05-31'") && sql.contains("dt < '2026-06-30'"),
             "{sql}"
         );
+    }
+
+    #[test]
+    fn groups_on_one_windowed_source_share_scans_of_at_most_the_given_size() {
+        let c = config(
+            "[[family]]\nname='a'\nsource='events'\nkey='merchant_id'\naggregate='count'\nwindows=['30d']\n\
+             [[family]]\nname='b'\nsource='events'\nkey='category'\naggregate='count'\nwindows=['90d']\n\
+             [[family]]\nname='c'\nsource='profiles'\nkey='region'\naggregate='indicator'\n\
+             [[family]]\nname='d'\nsource='events'\naggregate='count'\nwindows=['7d']\n\
+             [[family]]\nname='e'\nsource='events'\nkey='kind'\naggregate='count'\nwindows=['30d']",
+        );
+        let groups = query_groups(&c);
+        // profiles (a snapshot) never shares; a lone leftover runs on its own
+        assert_eq!(shared_scan_clusters(&groups, 3), vec![vec![0, 1, 3]]);
+        assert_eq!(
+            shared_scan_clusters(&groups, 2),
+            vec![vec![0, 1], vec![3, 4]]
+        );
+        assert!(shared_scan_clusters(&groups, 1).is_empty());
+        // the scan covers the longest window of its groups, and every row they could want
+        let scan = shared_scan_sql(
+            &groups,
+            &[0, 1, 3],
+            NaiveDate::from_ymd_opt(2026, 6, 30).unwrap(),
+        );
+        assert!(scan.contains("dt >= '2026-04-01'"), "{scan}");
+        assert!(
+            scan.starts_with("SELECT * FROM events WHERE user_id IS NOT NULL"),
+            "{scan}"
+        );
+        assert!(!scan.contains("merchant_id"), "{scan}");
     }
 
     #[test]
