@@ -589,8 +589,8 @@ pub async fn build(
     let users = population(ctx, snapshot, as_of).await?;
     let mut long = LongRows::default();
 
-    // In this process, the groups on one source share one scan of it (see `shared_scan`);
-    // they all run at once, fed by it. The other groups run a few at a time so small ones
+    // In this process, up to QUERIES_AT_ONCE groups on one source share one scan of it (see
+    // `shared_scan`) and run at once, fed by it. The other groups run a few at a time so small ones
     // (profiles, certificates) overlap the big ones. Results are assembled in config order
     // so dictionary ids stay deterministic.
     let groups = query_groups(config);
