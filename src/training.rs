@@ -169,7 +169,8 @@ pub async fn train_and_register(
 ) -> Result<(Model, TrainOutcome), TrainingError> {
     let config = &pipelines.nightly;
     let trained = model::train(set, dictionary.len(), &config.training, device);
-    let oracle_auc = oracle_auc(store, &trained.holdout_users, &trained.holdout_labels).await?;
+    let (oracle_auc, visible_oracle_auc) =
+        OracleAuc::split(oracle_auc(store, &trained.holdout_users, &trained.holdout_labels).await?);
     let model = model::register(
         store,
         &trained,
@@ -179,8 +180,8 @@ pub async fn train_and_register(
             trained_as_of: set.as_of,
             training: &config.training,
             scorecard: config.evaluation.scorecard,
-            oracle_auc: oracle_auc.map(|o| o.true_pd),
-            visible_oracle_auc: oracle_auc.and_then(|o| o.visible_pd),
+            oracle_auc,
+            visible_oracle_auc,
         },
     )
     .await?;
@@ -202,8 +203,8 @@ pub async fn train_and_register(
         rows: &trained.holdout_rows,
         dictionary: segments_from_dictionary.then_some(dictionary),
         config: &config.evaluation,
-        oracle_auc: oracle_auc.map(|o| o.true_pd),
-        visible_oracle_auc: oracle_auc.and_then(|o| o.visible_pd),
+        oracle_auc,
+        visible_oracle_auc,
         champion: champion.as_ref().map(|(v, pd)| (v.as_str(), pd.as_slice())),
     });
     let report = write_evaluation(
@@ -245,7 +246,8 @@ pub async fn evaluate(
     model.check_dictionary(&window.dictionary)?;
     let (rows, labels) = holdout(&window.set, &config.training);
     let pd = model.pd(&rows, device);
-    let oracle_auc = oracle_auc(store, &rows.users, &labels).await?;
+    let (oracle_auc, visible_oracle_auc) =
+        OracleAuc::split(oracle_auc(store, &rows.users, &labels).await?);
     let champion = champion_pd(store, &rows, Some(&window.dictionary), version, device).await?;
     let evaluation = evaluation::evaluate(EvaluationInput {
         model_version: version,
@@ -259,8 +261,8 @@ pub async fn evaluate(
         rows: &rows,
         dictionary: Some(&window.dictionary),
         config: &config.evaluation,
-        oracle_auc: oracle_auc.map(|o| o.true_pd),
-        visible_oracle_auc: oracle_auc.and_then(|o| o.visible_pd),
+        oracle_auc,
+        visible_oracle_auc,
         champion: champion.as_ref().map(|(v, pd)| (v.as_str(), pd.as_slice())),
     });
     let report = write_evaluation(
@@ -279,6 +281,14 @@ pub async fn evaluate(
 pub struct OracleAuc {
     pub true_pd: f64,
     pub visible_pd: Option<f64>,
+}
+
+impl OracleAuc {
+    /// (oracle AUC, visible oracle AUC): the two fields cards, evaluations and checkpoints
+    /// store.
+    pub fn split(oracle: Option<OracleAuc>) -> (Option<f64>, Option<f64>) {
+        (oracle.map(|o| o.true_pd), oracle.and_then(|o| o.visible_pd))
+    }
 }
 
 /// The oracle AUCs on the given users, if the root has `truth/`.

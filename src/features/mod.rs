@@ -496,10 +496,13 @@ fn intern_keys(label: &str, batches: Vec<RecordBatch>) -> Result<GroupResult, Fe
                     return 0;
                 }
                 let key = values.value(i);
-                *index.entry(key.to_string()).or_insert_with(|| {
-                    keys.push(Some(key.to_string()));
-                    keys.len() as u32 - 1
-                })
+                if let Some(&id) = index.get(key) {
+                    return id;
+                }
+                let id = keys.len() as u32;
+                keys.push(Some(key.to_string()));
+                index.insert(key.to_string(), id);
+                id
             })
             .collect();
         let rows = packed

@@ -36,7 +36,7 @@ use crate::scoring::{self, Scores, ScoringError, Shard};
 use crate::sources::{self, SourceError, SourceReport};
 use crate::store::{Store, StoreError};
 use crate::suggestions;
-use crate::training::{self, Promote, TrainingError, oracle_auc};
+use crate::training::{self, OracleAuc, Promote, TrainingError, oracle_auc};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NightlyError {
@@ -777,13 +777,14 @@ async fn train_stage(
     };
     let (holdout_rows, holdout_labels) = training::holdout(&training_set, &config.training);
     let holdout_pd = model.pd(&holdout_rows, device);
-    let oracle = oracle_auc(store, &holdout_rows.users, &holdout_labels).await?;
+    let (oracle_auc, visible_oracle_auc) =
+        OracleAuc::split(oracle_auc(store, &holdout_rows.users, &holdout_labels).await?);
     Ok(Trained {
         model_version: model.card.version.clone(),
         trained_tonight,
         holdout: model::metrics::evaluate(&holdout_pd, &holdout_labels),
-        oracle_auc: oracle.map(|o| o.true_pd),
-        visible_oracle_auc: oracle.and_then(|o| o.visible_pd),
+        oracle_auc,
+        visible_oracle_auc,
         training_rows: training_set.labels.len(),
         training_defaults: training_set.positives(),
     })

@@ -317,11 +317,6 @@ impl Snapshot {
         &self.users
     }
 
-    /// Bytes held by the rendered answers.
-    pub fn answer_bytes(&self) -> usize {
-        self.answers.len()
-    }
-
     /// The answer for `user_id`, or `None` when the table has no such user.
     pub fn answer(&self, user_id: u64) -> Option<LimitAnswer> {
         self.index.row_of(user_id).map(|row| self.answer_at(row))

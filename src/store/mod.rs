@@ -306,25 +306,25 @@ impl Store {
 
     /// Every object under `rel`, as (path relative to the root, size), sorted by path.
     pub async fn list(&self, rel: &str) -> Result<Vec<(String, u64)>> {
-        let path = self.path(rel);
-        let mut out: Vec<(String, u64)> = self
-            .inner
-            .list(Some(&path))
-            .map_ok(|meta| (self.relative(&meta.location), meta.size))
-            .try_collect()
-            .await
-            .map_err(self.object_error(&path))?;
-        out.sort();
-        Ok(out)
+        self.list_with(rel, |meta| meta.size).await
     }
 
     /// Like `list`, with each object's last-modified time instead of its size.
     pub async fn list_modified(&self, rel: &str) -> Result<Vec<(String, DateTime<Utc>)>> {
+        self.list_with(rel, |meta| meta.last_modified).await
+    }
+
+    /// Every object under `rel` as (relative path, `field` of its metadata), sorted.
+    async fn list_with<T: Ord>(
+        &self,
+        rel: &str,
+        field: impl Fn(&object_store::ObjectMeta) -> T,
+    ) -> Result<Vec<(String, T)>> {
         let path = self.path(rel);
-        let mut out: Vec<(String, DateTime<Utc>)> = self
+        let mut out: Vec<(String, T)> = self
             .inner
             .list(Some(&path))
-            .map_ok(|meta| (self.relative(&meta.location), meta.last_modified))
+            .map_ok(|meta| (self.relative(&meta.location), field(&meta)))
             .try_collect()
             .await
             .map_err(self.object_error(&path))?;
