@@ -38,12 +38,16 @@ for source in ["events", "certificates", "repayments", "profiles", "limit_reques
         f"hive_partitioning = true, hive_types = {{'dt': VARCHAR}})"
     )
 
-days_since = re.compile(r"MAX\(CAST\((.*?) AS INT\)\)")
+# redflower writes days-since-last as CAST(CAST(MAX(t) [FILTER (...)] AS DATE) AS INT)
+days_since = re.compile(r"CAST\(CAST\((MAX\(.*?) AS DATE\) AS INT\)")
+old_days_since = re.compile(r"MAX\(CAST\((.*?) AS INT\)\)")
 
 started = time.perf_counter()
 rows = 0
 for label, sql in queries:
-    sql = days_since.sub(lambda m: f"MAX({m.group(1)} - DATE '1970-01-01')", sql)
+    sql = days_since.sub(lambda m: f"(CAST({m.group(1)} AS DATE) - DATE '1970-01-01')", sql)
+    # and as versions before 2026-12-02 wrote it, MAX(CAST(day AS INT))
+    sql = old_days_since.sub(lambda m: f"MAX({m.group(1)} - DATE '1970-01-01')", sql)
     # materialise inside DuckDB, as redflower materialises its batches
     con.execute(f"CREATE OR REPLACE TEMP TABLE result AS {sql}")
     rows += con.execute("SELECT COUNT(*) FROM result").fetchone()[0]

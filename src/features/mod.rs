@@ -93,29 +93,25 @@ fn sql_date(date: NaiveDate) -> String {
     format!("DATE '{date}'")
 }
 
-/// How a family's rows are placed in time: the expression compared with as-of bounds, the
-/// literal type it compares with, and the day it became known (for days-since-last).
+/// How a family's rows are placed in time: the expression compared with as-of bounds (also
+/// what days-since-last takes the newest of) and the literal type it compares with.
 struct KnownAt<'a> {
     compared: String,
     table: Option<&'a schema::TableSchema>,
-    day: String,
 }
 
 impl KnownAt<'_> {
     fn of<'t>(family: &FeatureFamily, table: &'t schema::TableSchema) -> Option<KnownAt<'t>> {
         if let Some(time) = &family.time {
-            let day = format!("CAST(({time}) AS DATE)");
             return Some(KnownAt {
-                compared: day.clone(),
+                compared: format!("CAST(({time}) AS DATE)"),
                 table: None,
-                day,
             });
         }
         let column = table.time_column.as_ref()?;
         Some(KnownAt {
             compared: column.clone(),
             table: Some(table),
-            day: format!("CAST({column} AS DATE)"),
         })
     }
 
@@ -153,12 +149,32 @@ impl QueryGroup<'_> {
     }
 }
 
+/// The key a family's rows are grouped by. A distinct count without a key is grouped by its
+/// value: one indicator per (user, value) that assembly counts per user. DataFusion keeps a
+/// hash set per group for COUNT(DISTINCT), and the value is often a key another family
+/// already groups by (distinct merchants next to visits per merchant), so the count then
+/// costs one more aggregate column in that query, not a query of its own.
+fn grouping_key(family: &FeatureFamily) -> Option<&str> {
+    match (family.aggregate, &family.key) {
+        (Aggregate::DistinctCount, None) => family.value.as_deref(),
+        (_, key) => key.as_deref(),
+    }
+}
+
+/// Whether member `family` of a group keyed by `key` is a distinct count taken over the key.
+fn counts_keys(family: &FeatureFamily, key: Option<&str>) -> bool {
+    family.aggregate == Aggregate::DistinctCount
+        && family.key.is_none()
+        && key.is_some()
+        && key == family.value.as_deref()
+}
+
 fn query_groups(config: &FeatureConfig) -> Vec<QueryGroup<'_>> {
     let mut groups: Vec<QueryGroup> = Vec::new();
     for family in &config.families {
         let (source, key, time) = (
             family.source.as_str(),
-            family.key.as_deref(),
+            grouping_key(family),
             family.time.as_deref(),
         );
         let index = match groups
@@ -216,13 +232,15 @@ fn source_schema(source: &str) -> &'static schema::TableSchema {
 /// The SQL of one group; output columns: user_id, k (the key, NULL without one), then one
 /// DOUBLE column `c{i}` per member, NULL where the member has no row for that user and key.
 fn group_sql(group: &QueryGroup, as_of: NaiveDate, snapshot: Option<NaiveDate>) -> String {
-    group_sql_on(group, group.source, as_of, snapshot)
+    group_sql_on(group, group.source, &[], as_of, snapshot)
 }
 
-/// `group_sql` reading `table` (the source's rows, or a superset of them) instead.
+/// `group_sql` reading `table` (the source's rows, or a superset of them) instead, whose
+/// rows already meet `held` (a shared scan's conditions): those are not evaluated again.
 fn group_sql_on(
     group: &QueryGroup,
     table: &str,
+    held: &[String],
     as_of: NaiveDate,
     snapshot: Option<NaiveDate>,
 ) -> String {
@@ -245,30 +263,43 @@ fn group_sql_on(
         }
         (None, None) => unreachable!("snapshot sources get a snapshot date"),
     }
+    conditions.retain(|condition| !held.contains(condition));
     // rows no member wants are dropped before the aggregation
     let filters: Option<Vec<String>> = group
         .members
         .iter()
         .map(|(family, _)| family.filter.as_ref().map(|f| format!("({f})")))
         .collect();
+    // a condition the WHERE clause already holds for every row is not evaluated again per
+    // member: one shared filter, or the window that bounds the scan
+    let mut shared_filter = false;
     if let Some(mut filters) = filters {
+        filters.sort();
         filters.dedup();
+        shared_filter = filters.len() == 1;
         conditions.push(format!("({})", filters.join(" OR ")));
     }
+    let longest_window = group
+        .members
+        .iter()
+        .map(|(_, w)| *w)
+        .max_by_key(|w| w.unwrap_or(u32::MAX))
+        .flatten();
 
-    let mut shares = Vec::new();
     let columns: Vec<String> = group
         .members
         .iter()
         .enumerate()
         .map(|(i, (family, window))| {
             let mut wanted = Vec::new();
-            if let Some(filter) = &family.filter {
+            if let (Some(filter), false) = (&family.filter, shared_filter) {
                 wanted.push(format!("({filter})"));
             }
             if let (Some(days), Some(known_at)) = (window, &known_at) {
-                let from = as_of - Duration::days(*days as i64);
-                wanted.push(format!("{} >= {}", known_at.compared, known_at.bound(from)));
+                if *window != longest_window {
+                    let from = as_of - Duration::days(*days as i64);
+                    wanted.push(format!("{} >= {}", known_at.compared, known_at.bound(from)));
+                }
             }
             let only = if wanted.is_empty() {
                 String::new()
@@ -283,19 +314,22 @@ fn group_sql_on(
                 Aggregate::Mean => format!("AVG({value}){only}"),
                 Aggregate::Max => format!("MAX({value}){only}"),
                 Aggregate::Min => format!("MIN({value}){only}"),
+                Aggregate::DistinctCount if counts_keys(family, group.key) => {
+                    format!("MAX(1){only}")
+                }
                 Aggregate::DistinctCount => format!("NULLIF(COUNT(DISTINCT {value}){only}, 0)"),
                 Aggregate::Indicator => format!("MAX(1){only}"),
-                Aggregate::Share => {
-                    shares.push(i);
-                    format!("SUM({value}){only}")
-                }
+                // divided by the user's total over all keys when the result is assembled
+                Aggregate::Share => format!("SUM({value}){only}"),
+                // the newest time per group first, then its day: one cast per group, not per
+                // row (a day is monotone in its time, so the newest day is the newest time's)
                 Aggregate::DaysSinceLast => format!(
-                    "{} - MAX(CAST({} AS INT)){only}",
+                    "{} - CAST(CAST(MAX({}){only} AS DATE) AS INT)",
                     (as_of - NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid")).num_days(),
                     known_at
                         .as_ref()
                         .expect("validated: days_since_last needs time")
-                        .day
+                        .compared
                 ),
             };
             format!("CAST({aggregate} AS DOUBLE) AS c{i}")
@@ -305,25 +339,15 @@ fn group_sql_on(
         Some(k) => format!("user_id, {k}"),
         None => "user_id".to_string(),
     };
-    let grouped = format!(
-        "SELECT user_id, {key} AS k, {columns} FROM {table} WHERE {conditions} GROUP BY {group_by}",
+    let conditions = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conditions.join(" AND "))
+    };
+    format!(
+        "SELECT user_id, {key} AS k, {columns} FROM {table}{conditions} GROUP BY {group_by}",
         columns = columns.join(", "),
-        conditions = conditions.join(" AND "),
-    );
-    if shares.is_empty() {
-        return grouped;
-    }
-    // a share divides by the user's total over all keys, before support and top-k drop any
-    let outer: Vec<String> = (0..group.members.len())
-        .map(|i| {
-            if shares.contains(&i) {
-                format!("c{i} / NULLIF(SUM(c{i}) OVER (PARTITION BY user_id), 0) AS c{i}")
-            } else {
-                format!("c{i}")
-            }
-        })
-        .collect();
-    format!("SELECT user_id, k, {} FROM ({grouped})", outer.join(", "))
+    )
 }
 
 /// Groups that can share one scan: two to `at_most` on one windowed source with one notion
@@ -357,8 +381,13 @@ fn shared_table(group: &QueryGroup, index: usize) -> String {
     format!("{}__shared_{index}", group.source)
 }
 
-/// The one scan a cluster shares: the source's rows in the union of its groups' time ranges.
-fn shared_scan_sql(groups: &[QueryGroup], cluster: &[usize], as_of: NaiveDate) -> String {
+/// The conditions of the one scan a cluster shares: the source's rows in the union of its
+/// groups' time ranges.
+fn shared_scan_conditions(
+    groups: &[QueryGroup],
+    cluster: &[usize],
+    as_of: NaiveDate,
+) -> Vec<String> {
     let first = &groups[cluster[0]];
     let known_at = KnownAt::of(first.members[0].0, source_schema(first.source))
         .expect("clusters hold windowed sources");
@@ -367,10 +396,14 @@ fn shared_scan_sql(groups: &[QueryGroup], cluster: &[usize], as_of: NaiveDate) -
         .flat_map(|&g| groups[g].members.iter().map(|(_, w)| *w));
     let mut conditions = vec!["user_id IS NOT NULL".to_string()];
     conditions.extend(time_conditions(&known_at, first.time, windows, as_of));
+    conditions
+}
+
+fn shared_scan_sql(groups: &[QueryGroup], cluster: &[usize], as_of: NaiveDate) -> String {
     format!(
         "SELECT * FROM {} WHERE {}",
-        first.source,
-        conditions.join(" AND ")
+        groups[cluster[0]].source,
+        shared_scan_conditions(groups, cluster, as_of).join(" AND ")
     )
 }
 
@@ -425,34 +458,48 @@ async fn run(
         })
 }
 
-/// The SQL redflower runs as of `as_of` (`fused`), or one query per family and window as a
-/// plain SQL job would, each with a label naming its features; for tools that run the same
-/// aggregations elsewhere (the DuckDB benchmark).
+/// The SQL redflower runs as of `as_of` (`fused`; a share's division and the count of a
+/// distinct count's keys happen after it, in assembly), or one query per family and window as
+/// a plain SQL job would write it (COUNT(DISTINCT), a share divided by a window total), each
+/// with a label naming its features; for tools that run the same aggregations elsewhere (the
+/// DuckDB benchmark).
 pub fn family_queries(
     config: &FeatureConfig,
     as_of: NaiveDate,
     snapshot: NaiveDate,
     fused: bool,
 ) -> Vec<(String, String)> {
-    let groups = if fused {
-        query_groups(config)
-    } else {
-        query_groups(config)
-            .into_iter()
-            .flat_map(|g| {
-                let (source, key, time) = (g.source, g.key, g.time);
-                g.members.into_iter().map(move |member| QueryGroup {
-                    source,
-                    key,
-                    time,
-                    members: vec![member],
-                })
-            })
-            .collect()
-    };
-    groups
+    if fused {
+        return query_groups(config)
+            .iter()
+            .map(|group| (group.label(), group_sql(group, as_of, Some(snapshot))))
+            .collect();
+    }
+    config
+        .families
         .iter()
-        .map(|group| (group.label(), group_sql(group, as_of, Some(snapshot))))
+        .flat_map(|family| {
+            family
+                .window_days()
+                .into_iter()
+                .map(move |window| QueryGroup {
+                    source: family.source.as_str(),
+                    key: family.key.as_deref(),
+                    time: family.time.as_deref(),
+                    members: vec![(family, window)],
+                })
+        })
+        .map(|group| {
+            let sql = group_sql(&group, as_of, Some(snapshot));
+            let sql = match group.members[0].0.aggregate {
+                Aggregate::Share => format!(
+                    "SELECT user_id, k, c0 / NULLIF(SUM(c0) OVER (PARTITION BY user_id), 0) AS c0 \
+                     FROM ({sql})"
+                ),
+                _ => sql,
+            };
+            (group.label(), sql)
+        })
         .collect()
 }
 
@@ -564,19 +611,77 @@ fn add_member(
         let name = feature_name(family, window, result.keys[*k as usize].as_deref());
         ids[*k as usize] = Some(dictionary.id_or_insert(&name, &family.name));
     }
+    // a share divides by the user's total over all keys, before support and top-k drop any
+    let totals = (family.aggregate == Aggregate::Share).then(|| user_totals(result, value_column));
     let before = out.values.len();
     for (batch, keys) in result.batches.iter().zip(&result.row_keys) {
         let users = batch.column(0).as_primitive::<UInt64Type>();
         let values = batch.column(value_column).as_primitive::<Float64Type>();
         for (row, key) in keys.iter().enumerate() {
             if let (true, Some(id)) = (values.is_valid(row), ids[*key as usize]) {
-                out.user_ids.push(users.value(row));
+                let user = users.value(row);
+                let value = match &totals {
+                    None => values.value(row),
+                    Some(totals) => match totals.get(&user) {
+                        Some(&total) if total != 0.0 => values.value(row) / total,
+                        _ => continue,
+                    },
+                };
+                out.user_ids.push(user);
                 out.feature_ids.push(id);
-                out.values.push(apply(family.transform, values.value(row)));
+                out.values.push(apply(family.transform, value));
             }
         }
     }
     out.values.len() - before
+}
+
+/// Per user, the sum of a member column over all keys.
+fn user_totals(result: &GroupResult, value_column: usize) -> HashMap<u64, f64> {
+    let mut totals: HashMap<u64, f64> = HashMap::new();
+    for batch in &result.batches {
+        let users = batch.column(0).as_primitive::<UInt64Type>();
+        let values = batch.column(value_column).as_primitive::<Float64Type>();
+        for row in 0..batch.num_rows() {
+            if values.is_valid(row) {
+                *totals.entry(users.value(row)).or_default() += values.value(row);
+            }
+        }
+    }
+    totals
+}
+
+/// Adds a distinct count taken over its group's key: per user, how many keys have the
+/// member's indicator (`counts_keys`). One feature, with the support of the users it counts.
+fn add_key_count(
+    result: &GroupResult,
+    column: usize,
+    family: &FeatureFamily,
+    window: Option<u32>,
+    dictionary: &mut FeatureDictionary,
+    out: &mut LongRows,
+) -> usize {
+    let mut counts: HashMap<u64, u32> = HashMap::new();
+    for batch in &result.batches {
+        let users = batch.column(0).as_primitive::<UInt64Type>();
+        let present = batch.column(column + 2).as_primitive::<Float64Type>();
+        for row in 0..batch.num_rows() {
+            if present.is_valid(row) {
+                *counts.entry(users.value(row)).or_default() += 1;
+            }
+        }
+    }
+    if counts.is_empty() || (counts.len() as u64) < family.min_support {
+        return 0;
+    }
+    let id = dictionary.id_or_insert(&feature_name(family, window, None), &family.name);
+    let rows = counts.len();
+    for (user, count) in counts {
+        out.user_ids.push(user);
+        out.feature_ids.push(id);
+        out.values.push(apply(family.transform, count as f64));
+    }
+    rows
 }
 
 /// Builds the features of every user alive at `as_of`. The sources must already be
@@ -615,8 +720,14 @@ pub async fn build(
             shared.insert(g, (c, position));
         }
     }
-    let mut scans: Vec<Option<(shared_scan::SharedScan, String, std::time::Instant)>> =
-        clusters.iter().map(|_| None).collect();
+    // per cluster once started: the scan, its SQL, the SQL of the queries it feeds, when
+    type Started = (
+        shared_scan::SharedScan,
+        String,
+        Vec<String>,
+        std::time::Instant,
+    );
+    let mut scans: Vec<Option<Started>> = clusters.iter().map(|_| None).collect();
     let mut results = futures::stream::iter(
         groups
             .iter()
@@ -646,14 +757,17 @@ pub async fn build(
                 if scans[c].is_none() {
                     let cluster = &clusters[c];
                     let scan_sql = shared_scan_sql(&groups, cluster, as_of);
-                    let queries = cluster
+                    let held = shared_scan_conditions(&groups, cluster, as_of);
+                    let queries: Vec<(String, String)> = cluster
                         .iter()
                         .map(|&g| {
                             let table = shared_table(&groups[g], g);
-                            let sql = group_sql_on(&groups[g], &table, as_of, Some(snapshot));
+                            let sql =
+                                group_sql_on(&groups[g], &table, &held, as_of, Some(snapshot));
                             (table, sql)
                         })
                         .collect();
+                    let fed: Vec<String> = queries.iter().map(|(_, sql)| sql.clone()).collect();
                     let started = std::time::Instant::now();
                     let scan =
                         shared_scan::start(ctx, &scan_sql, queries)
@@ -663,18 +777,15 @@ pub async fn build(
                                 sql: scan_sql.clone(),
                                 error,
                             })?;
-                    scans[c] = Some((scan, scan_sql, started));
+                    scans[c] = Some((scan, scan_sql, fed, started));
                 }
-                let (scan, scan_sql, started) = scans[c].as_mut().expect("started above");
+                let (scan, scan_sql, fed, started) = scans[c].as_mut().expect("started above");
                 let batches = scan
                     .result(position)
                     .await
                     .map_err(|error| FeatureError::Query {
                         family: label.clone(),
-                        sql: format!(
-                            "{scan_sql}\n  feeding: {}",
-                            group_sql_on(group, &shared_table(group, g), as_of, Some(snapshot))
-                        ),
+                        sql: format!("{scan_sql}\n  feeding: {}", fed[position]),
                         error,
                     })?;
                 (label, batches, started.elapsed().as_secs_f64())
@@ -686,7 +797,11 @@ pub async fn build(
         let result = intern_keys(&label, batches)?;
         let mut rows = 0;
         for (column, (family, window)) in group.members.iter().enumerate() {
-            rows += add_member(&result, column, family, *window, dictionary, &mut long);
+            rows += if counts_keys(family, group.key) {
+                add_key_count(&result, column, family, *window, dictionary, &mut long)
+            } else {
+                add_member(&result, column, family, *window, dictionary, &mut long)
+            };
         }
         debug!(
             group = %label,
@@ -729,30 +844,112 @@ pub async fn build(
         }
     }
 
-    // Sort by (user, feature) so CSR rows come straight off the table.
-    let mut order: Vec<u32> = (0..user_ids.len() as u32).collect();
-    order.par_sort_unstable_by_key(|&i| (user_ids[i as usize], feature_ids[i as usize]));
-    let mut set = FeatureSet {
+    Ok(in_user_order(
         as_of,
         users,
-        user_ids: Vec::with_capacity(order.len()),
-        feature_ids: Vec::with_capacity(order.len()),
-        values: Vec::with_capacity(order.len()),
-    };
-    // rows of users that do not exist yet at as_of (no profile) are not features of anyone;
-    // both lists are sorted by user, so one walk finds who is alive
-    let mut next_alive = set.users.iter().copied().peekable();
-    for i in order {
-        let i = i as usize;
-        let user = user_ids[i];
-        while next_alive.next_if(|&alive| alive < user).is_some() {}
-        if next_alive.peek() == Some(&user) {
-            set.user_ids.push(user_ids[i]);
-            set.feature_ids.push(feature_ids[i]);
-            set.values.push(values[i]);
+        LongRows {
+            user_ids,
+            feature_ids,
+            values,
+        },
+    ))
+}
+
+/// Where each user of a sorted population sits in it: a slot per id when ids are packed
+/// (synthetic and most real worlds number users densely), a hash map otherwise.
+enum UserSlots {
+    Dense { first: u64, slots: Vec<u32> },
+    Sparse(HashMap<u64, u32>),
+}
+
+impl UserSlots {
+    fn new(users: &[u64]) -> UserSlots {
+        match (users.first(), users.last()) {
+            (Some(&first), Some(&last)) if last - first < 4 * users.len() as u64 + 1024 => {
+                let mut slots = vec![u32::MAX; (last - first + 1) as usize];
+                for (position, &user) in users.iter().enumerate() {
+                    slots[(user - first) as usize] = position as u32;
+                }
+                UserSlots::Dense { first, slots }
+            }
+            _ => UserSlots::Sparse(
+                users
+                    .iter()
+                    .enumerate()
+                    .map(|(position, &user)| (user, position as u32))
+                    .collect(),
+            ),
         }
     }
-    Ok(set)
+
+    fn of(&self, user: u64) -> Option<u32> {
+        match self {
+            UserSlots::Dense { first, slots } => user
+                .checked_sub(*first)
+                .and_then(|offset| slots.get(offset as usize))
+                .copied()
+                .filter(|&slot| slot != u32::MAX),
+            UserSlots::Sparse(map) => map.get(&user).copied(),
+        }
+    }
+}
+
+/// The rows of the population's users in (user, feature) order, so CSR rows come straight
+/// off the table; rows of users that do not exist at `as_of` (no profile) are nobody's
+/// features. A counting sort by user, then each user's few rows by feature: linear in the
+/// rows, where a comparison sort of all of them was the largest cost of assembly.
+fn in_user_order(as_of: NaiveDate, users: Vec<u64>, rows: LongRows) -> FeatureSet {
+    let slots = UserSlots::new(&users);
+    let LongRows {
+        user_ids,
+        feature_ids,
+        values,
+    } = rows;
+    let positions: Vec<u32> = user_ids
+        .par_iter()
+        .map(|&user| slots.of(user).unwrap_or(u32::MAX))
+        .collect();
+    drop(user_ids);
+    let mut starts = vec![0usize; users.len() + 1];
+    for &position in positions.iter().filter(|&&p| p != u32::MAX) {
+        starts[position as usize + 1] += 1;
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let mut next = starts.clone();
+    let mut placed = vec![(0u32, 0f32); starts[users.len()]];
+    for (i, &position) in positions.iter().enumerate() {
+        if position != u32::MAX {
+            let at = &mut next[position as usize];
+            placed[*at] = (feature_ids[i], values[i]);
+            *at += 1;
+        }
+    }
+    drop((positions, feature_ids, values));
+    let mut per_user: Vec<&mut [(u32, f32)]> = Vec::with_capacity(users.len());
+    let mut rest = placed.as_mut_slice();
+    for bounds in starts.windows(2) {
+        let (mine, others) = rest.split_at_mut(bounds[1] - bounds[0]);
+        per_user.push(mine);
+        rest = others;
+    }
+    per_user
+        .par_iter_mut()
+        .for_each(|rows| rows.sort_unstable_by_key(|&(feature, _)| feature));
+    drop(per_user);
+    let mut user_ids = Vec::with_capacity(placed.len());
+    for (position, bounds) in starts.windows(2).enumerate() {
+        user_ids.extend(std::iter::repeat_n(users[position], bounds[1] - bounds[0]));
+    }
+    let (feature_ids, values) = placed.into_iter().unzip();
+    FeatureSet {
+        as_of,
+        users,
+        user_ids,
+        feature_ids,
+        values,
+    }
 }
 
 /// Writes the long table to `features/dt=<as_of>/part-00000.parquet`, replacing a rerun's.
@@ -961,16 +1158,96 @@ mod tests {
     }
 
     #[test]
-    fn share_divides_by_the_users_total_over_all_keys() {
+    fn a_share_is_divided_in_assembly_and_by_a_window_total_in_the_plain_export() {
         let c = config(
             "[[family]]\nname='share'\nsource='events'\nkey='category'\naggregate='share'\nvalue='amount'\nwindows=['90d']",
         );
         let sql = &sql(&c)[0];
+        assert!(!sql.contains("OVER"), "{sql}");
+        assert!(sql.contains("GROUP BY user_id, category"), "{sql}");
+        let day = NaiveDate::from_ymd_opt(2026, 6, 30).unwrap();
+        let plain = &family_queries(&c, day, day, false)[0].1;
         assert!(
-            sql.contains("c0 / NULLIF(SUM(c0) OVER (PARTITION BY user_id), 0) AS c0"),
+            plain.contains("c0 / NULLIF(SUM(c0) OVER (PARTITION BY user_id), 0) AS c0"),
+            "{plain}"
+        );
+    }
+
+    #[test]
+    fn conditions_the_where_clause_holds_are_not_repeated_per_member() {
+        let c = config(
+            "[[family]]\nname='spend'\nsource='events'\nfilter=\"kind = 'purchase'\"\nkey='category'\naggregate='sum'\nvalue='amount'\nwindows=['30d','90d']\n\
+             [[family]]\nname='recency'\nsource='events'\nfilter=\"kind = 'purchase'\"\nkey='category'\naggregate='days_since_last'\nwindows=['90d']",
+        );
+        let sql = &sql(&c)[0];
+        assert!(sql.contains("WHERE user_id IS NOT NULL"), "{sql}");
+        assert!(sql.contains("AND ((kind = 'purchase'))"), "{sql}");
+        assert!(
+            sql.contains(
+                "SUM(amount) FILTER (WHERE event_time >= TIMESTAMP '2026-05-31 00:00:00') AS DOUBLE) AS c0"
+            ),
             "{sql}"
         );
-        assert!(sql.contains("GROUP BY user_id, category"), "{sql}");
+        assert!(sql.contains("CAST(SUM(amount) AS DOUBLE) AS c1"), "{sql}");
+        // the newest time per group, then its day
+        assert!(
+            sql.contains("CAST(CAST(MAX(event_time) AS DATE) AS INT) AS DOUBLE) AS c2"),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn a_distinct_count_rides_on_the_group_keyed_by_its_value() {
+        let c = config(
+            "[[family]]\nname='visits'\nsource='events'\nkey='merchant_id'\naggregate='count'\nwindows=['90d']\n\
+             [[family]]\nname='merchants'\nsource='events'\naggregate='distinct_count'\nvalue='merchant_id'\nwindows=['30d']\n\
+             [[family]]\nname='categories'\nsource='events'\nkey='kind'\naggregate='distinct_count'\nvalue='category'",
+        );
+        let queries = sql(&c);
+        assert_eq!(queries.len(), 2, "{queries:?}");
+        assert!(
+            queries[0].contains("GROUP BY user_id, merchant_id"),
+            "{}",
+            queries[0]
+        );
+        assert!(
+            queries[0].contains("CAST(MAX(1) FILTER (WHERE event_time >= TIMESTAMP '2026-05-31 00:00:00') AS DOUBLE) AS c1"),
+            "{}",
+            queries[0]
+        );
+        // a distinct count within a key stays a COUNT(DISTINCT)
+        assert!(
+            queries[1].contains("COUNT(DISTINCT category)"),
+            "{}",
+            queries[1]
+        );
+        let day = NaiveDate::from_ymd_opt(2026, 6, 30).unwrap();
+        let plain = family_queries(&c, day, day, false);
+        assert!(
+            plain[1].1.contains("COUNT(DISTINCT merchant_id)"),
+            "{}",
+            plain[1].1
+        );
+        assert!(plain[1].1.contains("GROUP BY user_id"), "{}", plain[1].1);
+    }
+
+    #[test]
+    fn rows_come_out_by_user_then_feature_without_users_that_do_not_exist() {
+        // packed ids take the slot table, scattered ones the hash map: the same answer
+        for users in [vec![3u64, 4, 5, 7], vec![3, 4, 5, 7_000_000_000]] {
+            let last = *users.last().unwrap();
+            let rows = LongRows {
+                user_ids: vec![last, 3, 6, last, 3, 5, 2, 3],
+                feature_ids: vec![9, 4, 1, 2, 1, 8, 1, 7],
+                values: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
+            };
+            let day = NaiveDate::from_ymd_opt(2026, 6, 30).unwrap();
+            let set = in_user_order(day, users.clone(), rows);
+            assert_eq!(set.users, users);
+            assert_eq!(set.user_ids, vec![3, 3, 3, 5, last, last]);
+            assert_eq!(set.feature_ids, vec![1, 4, 7, 8, 2, 9]);
+            assert_eq!(set.values, vec![5.0, 2.0, 8.0, 6.0, 4.0, 1.0]);
+        }
     }
 
     #[test]

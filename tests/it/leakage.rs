@@ -275,3 +275,109 @@ fn a_ratio_divides_two_features_of_the_same_user() {
     let ratios: Vec<_> = rows.iter().filter(|r| r.0 == "mean_purchase_30d").collect();
     assert_eq!(ratios, vec![&("mean_purchase_30d".to_string(), 1, 20.0)]);
 }
+
+/// Each aggregate the families declare, computed directly from the events: what the fused
+/// queries and their assembly (distinct counts over a key, shares divided after the query,
+/// days since the newest row, FILTERs the WHERE clause already holds) must agree with.
+fn expected_features(t: NaiveDate, events: &[Event]) -> Vec<(String, u64, f32)> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let base = epoch_micros(t);
+    let day_of = |minutes: i64| (base + minutes * MICROS_PER_MINUTE).div_euclid(86_400_000_000);
+    let today = base.div_euclid(86_400_000_000);
+    let within = |e: &Event, days: i64| e.1 < 0 && e.1 >= -days * 1440;
+    let mut rows: BTreeMap<(String, u64), f64> = BTreeMap::new();
+    for user in 1..=USERS {
+        let mine: Vec<&Event> = events.iter().filter(|e| e.0 == user).collect();
+        for days in [7, 30] {
+            for merchant in 0..4 {
+                let n = mine
+                    .iter()
+                    .filter(|e| within(e, days) && e.2 == merchant)
+                    .count();
+                if n > 0 {
+                    rows.insert(
+                        (format!("visits_{days}d[merchant_id={merchant}]"), user),
+                        n as f64,
+                    );
+                }
+            }
+        }
+        let merchants: BTreeSet<u32> = mine.iter().filter(|e| within(e, 30)).map(|e| e.2).collect();
+        if !merchants.is_empty() {
+            rows.insert(("merchants_30d".into(), user), merchants.len() as f64);
+        }
+        let total: f64 = mine.iter().filter(|e| within(e, 90)).map(|e| e.4).sum();
+        for category in 0..3 {
+            let spent: Vec<f64> = mine
+                .iter()
+                .filter(|e| within(e, 90) && e.3 == category)
+                .map(|e| e.4)
+                .collect();
+            if !spent.is_empty() {
+                let share = spent.iter().sum::<f64>() / total;
+                rows.insert((format!("share_90d[category=cat{category}]"), user), share);
+            }
+        }
+        if let Some(newest) = mine.iter().filter(|e| within(e, 90)).map(|e| e.1).max() {
+            rows.insert(
+                ("recency_90d".into(), user),
+                (today - day_of(newest)) as f64,
+            );
+        }
+    }
+    rows.into_iter()
+        .map(|((name, user), value)| (name, user, value as f32))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    #[test]
+    fn every_aggregate_equals_a_direct_computation(
+        day in 0i64..365,
+        events in prop::collection::vec(event(-100 * 1440..0), 1..60),
+    ) {
+        let families = r#"
+            [[family]]
+            name = "visits"
+            source = "events"
+            filter = "merchant_id IS NOT NULL"
+            key = "merchant_id"
+            aggregate = "count"
+            windows = ["7d", "30d"]
+
+            [[family]]
+            name = "merchants"
+            source = "events"
+            filter = "merchant_id IS NOT NULL"
+            aggregate = "distinct_count"
+            value = "merchant_id"
+            windows = ["30d"]
+
+            [[family]]
+            name = "share"
+            source = "events"
+            key = "category"
+            aggregate = "share"
+            value = "amount"
+            windows = ["90d"]
+
+            [[family]]
+            name = "recency"
+            source = "events"
+            aggregate = "days_since_last"
+            windows = ["90d"]
+        "#;
+        let t = as_of(day);
+        let past: Vec<(Event, i64)> = events.iter().map(|e| (*e, 0)).collect();
+        let mut built = features_with(families, t, &past);
+        built.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let expected = expected_features(t, &events);
+        prop_assert_eq!(built.len(), expected.len(), "{:?}\n{:?}", built, expected);
+        for (got, want) in built.iter().zip(&expected) {
+            prop_assert_eq!((&got.0, got.1), (&want.0, want.1));
+            prop_assert!((got.2 - want.2).abs() <= 1e-5 * want.2.abs().max(1.0), "{:?} {:?}", got, want);
+        }
+    }
+}
