@@ -405,12 +405,9 @@ fn shared_scan_conditions(
     conditions
 }
 
-fn shared_scan_sql(groups: &[QueryGroup], cluster: &[usize], as_of: NaiveDate) -> String {
-    format!(
-        "SELECT * FROM {} WHERE {}",
-        groups[cluster[0]].source,
-        shared_scan_conditions(groups, cluster, as_of).join(" AND ")
-    )
+/// The shared scan itself: every column of `source`'s rows that meet `conditions`.
+fn shared_scan_sql(source: &str, conditions: &[String]) -> String {
+    format!("SELECT * FROM {source} WHERE {}", conditions.join(" AND "))
 }
 
 fn feature_name(family: &FeatureFamily, window: Option<u32>, key: Option<&str>) -> String {
@@ -618,7 +615,8 @@ fn add_member(
         ids[*k as usize] = Some(dictionary.id_or_insert(&name, &family.name));
     }
     // a share divides by the user's total over all keys, before support and top-k drop any
-    let totals = (family.aggregate == Aggregate::Share).then(|| user_totals(result, value_column));
+    let totals = (family.aggregate == Aggregate::Share)
+        .then(|| per_user_sum(result, value_column, |value| value));
     let before = out.values.len();
     for (batch, keys) in result.batches.iter().zip(&result.row_keys) {
         let users = batch.column(0).as_primitive::<UInt64Type>();
@@ -642,19 +640,23 @@ fn add_member(
     out.values.len() - before
 }
 
-/// Per user, the sum of a member column over all keys.
-fn user_totals(result: &GroupResult, value_column: usize) -> HashMap<u64, f64> {
-    let mut totals: HashMap<u64, f64> = HashMap::new();
+/// Per user, the sum over all keys of `weigh` of a result column's non-null values.
+fn per_user_sum(
+    result: &GroupResult,
+    value_column: usize,
+    weigh: impl Fn(f64) -> f64,
+) -> HashMap<u64, f64> {
+    let mut sums: HashMap<u64, f64> = HashMap::new();
     for batch in &result.batches {
         let users = batch.column(0).as_primitive::<UInt64Type>();
         let values = batch.column(value_column).as_primitive::<Float64Type>();
         for row in 0..batch.num_rows() {
             if values.is_valid(row) {
-                *totals.entry(users.value(row)).or_default() += values.value(row);
+                *sums.entry(users.value(row)).or_default() += weigh(values.value(row));
             }
         }
     }
-    totals
+    sums
 }
 
 /// Adds a distinct count taken over its group's key: per user, how many keys have the
@@ -667,16 +669,7 @@ fn add_key_count(
     dictionary: &mut FeatureDictionary,
     out: &mut LongRows,
 ) -> usize {
-    let mut counts: HashMap<u64, u32> = HashMap::new();
-    for batch in &result.batches {
-        let users = batch.column(0).as_primitive::<UInt64Type>();
-        let present = batch.column(column + 2).as_primitive::<Float64Type>();
-        for row in 0..batch.num_rows() {
-            if present.is_valid(row) {
-                *counts.entry(users.value(row)).or_default() += 1;
-            }
-        }
-    }
+    let counts = per_user_sum(result, column + 2, |_| 1.0);
     if counts.is_empty() || (counts.len() as u64) < family.min_support {
         return 0;
     }
@@ -685,7 +678,7 @@ fn add_key_count(
     for (user, count) in counts {
         out.user_ids.push(user);
         out.feature_ids.push(id);
-        out.values.push(apply(family.transform, count as f64));
+        out.values.push(apply(family.transform, count));
     }
     rows
 }
@@ -703,10 +696,10 @@ pub async fn build(
     let users = population(ctx, snapshot, as_of).await?;
     let mut long = LongRows::default();
 
-    // In this process, up to QUERIES_PER_SHARED_SCAN groups on one source share one scan of it (see
-    // `shared_scan`) and run at once, fed by it. The other groups run a few at a time so small ones
-    // (profiles, certificates) overlap the big ones. Results are assembled in config order
-    // so dictionary ids stay deterministic.
+    // In this process, up to QUERIES_PER_SHARED_SCAN groups on one source share one scan of
+    // it (see `shared_scan`) and run at once, fed by it. The other groups run a few at a time
+    // so small ones (profiles, certificates) overlap the big ones. Results are assembled in
+    // config order so dictionary ids stay deterministic.
     let groups = query_groups(config);
     let in_process = ctx
         .state()
@@ -762,8 +755,8 @@ pub async fn build(
                 let label = group.label();
                 if scans[c].is_none() {
                     let cluster = &clusters[c];
-                    let scan_sql = shared_scan_sql(&groups, cluster, as_of);
                     let held = shared_scan_conditions(&groups, cluster, as_of);
+                    let scan_sql = shared_scan_sql(groups[cluster[0]].source, &held);
                     let queries: Vec<(String, String)> = cluster
                         .iter()
                         .map(|&g| {
@@ -1105,11 +1098,12 @@ mod tests {
         );
         assert!(shared_scan_clusters(&groups, 1).is_empty());
         // the scan covers the longest window of its groups, and every row they could want
-        let scan = shared_scan_sql(
+        let held = shared_scan_conditions(
             &groups,
             &[0, 1, 3],
             NaiveDate::from_ymd_opt(2026, 6, 30).unwrap(),
         );
+        let scan = shared_scan_sql(groups[0].source, &held);
         assert!(scan.contains("dt >= '2026-04-01'"), "{scan}");
         assert!(
             scan.starts_with("SELECT * FROM events WHERE user_id IS NOT NULL"),
