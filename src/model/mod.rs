@@ -252,6 +252,16 @@ pub async fn load(store: &Store, version: &str, device: &Device) -> Result<Model
                 store.url()
             ),
         })?;
+    if card.architecture.n_features > network::MAX_FEATURES {
+        return Err(ModelError::Artifact {
+            version: version.to_string(),
+            problem: format!(
+                "model.json: {} features, more than a network takes ({})",
+                card.architecture.n_features,
+                network::MAX_FEATURES
+            ),
+        });
+    }
     // the values are replaced by the saved ones
     let mut network = WideDeep::new(card.architecture, 0, device);
     let mut snapshot = SafetensorsStore::from_bytes(Some(weights.to_vec()));
@@ -429,6 +439,42 @@ mod tests {
         assert!(a.holdout.auc > 0.6, "{:?}", a.holdout);
         assert_eq!(a.network.learned_values(), b.network.learned_values());
         assert_eq!(a.calibration, b.calibration);
+    }
+
+    #[test]
+    fn the_scorer_gives_the_training_forward_logits() {
+        let device = Device::flex();
+        let trained = train(&toy_set(), 2, &config(), &device);
+        // rows of zero to three ids, one unknown to the model (id 5), values not all 1
+        let mut csr = Csr {
+            offsets: vec![0],
+            ..Default::default()
+        };
+        for (user, row) in [vec![], vec![0], vec![1, 5], vec![0, 1], vec![5, 0, 1]]
+            .into_iter()
+            .enumerate()
+        {
+            csr.users.push(user as u64);
+            for (slot, id) in row.into_iter().enumerate() {
+                csr.ids.push(id);
+                csr.values.push(0.5 + slot as f32);
+            }
+            csr.offsets.push(csr.ids.len());
+        }
+        let rows: Vec<usize> = (0..csr.len()).collect();
+        let batch = network::PaddedBatch::new(&csr, &rows, 2, &device);
+        let read = |t: burn::tensor::Tensor<1>| t.into_data().try_into_vec_as::<f32>().unwrap();
+        let network = &trained.network;
+        let (_, deep) = network.forward_parts(batch.ids.clone(), batch.values.clone());
+        assert!(
+            read(deep).iter().any(|d| d.abs() > 1e-4),
+            "a deep part that learned"
+        );
+        let expected = read(network.forward(batch.ids.clone(), batch.values.clone()));
+        let scored = read(network.scorer().forward(batch.ids, batch.values));
+        for (e, s) in expected.iter().zip(&scored) {
+            assert!((e - s).abs() < 1e-6, "{expected:?} {scored:?}");
+        }
     }
 
     #[test]

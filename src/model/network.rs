@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::Csr;
 
+/// Ids travel to the device as i32 (every backend's default integer), padding at 0.
+pub const MAX_FEATURES: usize = i32::MAX as usize - 1;
+
 /// The shape of a network, saved with the model so it can be rebuilt before loading weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +51,14 @@ pub struct Deep {
     output: Linear,
 }
 
+impl Deep {
+    /// The deep logit `[B]` of a batch's embedding bags `[B, embedding_dim]`.
+    fn head(&self, bag: Tensor<2>) -> Tensor<1> {
+        let hidden = relu(self.hidden.forward(bag));
+        self.output.forward(hidden).squeeze_dim(1)
+    }
+}
+
 #[derive(Module, Debug)]
 pub struct WideDeep {
     wide: Embedding,
@@ -60,6 +71,11 @@ impl WideDeep {
     /// the deep part starts from a generator seeded with `seed`, not the device's shared one,
     /// so two trainings in one process (or in parallel tests) cannot disturb each other.
     pub fn new(architecture: Architecture, seed: u64, device: &Device) -> WideDeep {
+        assert!(
+            architecture.n_features <= MAX_FEATURES,
+            "{} features: a network takes at most {MAX_FEATURES}",
+            architecture.n_features
+        );
         let rows = architecture.n_features + 1;
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_DEE9);
         let deep = (architecture.embedding_dim > 0).then(|| {
@@ -127,8 +143,7 @@ impl WideDeep {
                 let bag: Tensor<2> = (vectors * values.unsqueeze_dim(2))
                     .sum_dim(1)
                     .squeeze_dim(1);
-                let hidden = relu(deep.hidden.forward(bag));
-                deep.output.forward(hidden).squeeze_dim(1)
+                deep.head(bag)
             }
             None => wide.zeros_like(),
         };
@@ -139,6 +154,18 @@ impl WideDeep {
     pub fn forward(&self, ids: Tensor<2, Int>, values: Tensor<2>) -> Tensor<1> {
         let (wide, deep) = self.forward_parts(ids, values);
         wide + deep
+    }
+
+    /// The network arranged for scoring many batches (see [`Scorer`]).
+    pub fn scorer(&self) -> Scorer<'_> {
+        let table = match &self.deep {
+            Some(deep) => Tensor::cat(vec![self.wide.weight.val(), deep.embedding.weight.val()], 1),
+            None => self.wide.weight.val(),
+        };
+        Scorer {
+            network: self,
+            table,
+        }
     }
 
     /// Wide weights as a plain vector, index = feature id; and the bias.
@@ -170,6 +197,39 @@ impl WideDeep {
         let wide = self.wide.weight.val().powi_scalar(2).sum();
         match &self.deep {
             Some(deep) => wide + deep.embedding.weight.val().powi_scalar(2).sum(),
+            None => wide,
+        }
+    }
+}
+
+/// A trained network for scoring: every feature's wide weight and embedding side by side in
+/// one table `[n_features + 1, 1 + embedding_dim]`, so a batch costs one gather and one
+/// value-weighted sum instead of two of each. The table is a copy of the per-feature
+/// parameters, made once per scoring call; training keeps them apart, where the copy (and
+/// its gradient) would be paid at every step. Same logits as [`WideDeep::forward`].
+pub struct Scorer<'a> {
+    network: &'a WideDeep,
+    table: Tensor<2>,
+}
+
+impl Scorer<'_> {
+    /// Logits `[B]` of a padded batch (as [`WideDeep::forward`]).
+    pub fn forward(&self, ids: Tensor<2, Int>, values: Tensor<2>) -> Tensor<1> {
+        let [batch, width] = ids.dims();
+        let [_, columns] = self.table.dims();
+        let gathered: Tensor<3> = self
+            .table
+            .clone()
+            .select(0, ids.reshape([batch * width]))
+            .reshape([batch, width, columns]);
+        // [B, 1, L] x [B, L, 1 + embedding_dim]: the value-weighted sum of each row's table
+        // rows as one product (the wide sum in column 0, the embedding bag after it), without
+        // the [B, L, 1 + embedding_dim] intermediate a multiply and a sum would write. (In
+        // training the same product was slower: its backward is one small product per row.)
+        let sums: Tensor<2> = values.unsqueeze_dim::<3>(1).matmul(gathered).squeeze_dim(1);
+        let wide = sums.clone().slice([0..batch, 0..1]).squeeze_dim(1) + self.network.bias.val();
+        match &self.network.deep {
+            Some(deep) => wide + deep.head(sums.slice([0..batch, 1..columns])),
             None => wide,
         }
     }
@@ -221,6 +281,8 @@ pub struct PaddedBatch {
 
 impl PaddedBatch {
     /// Rows are copied into the padded buffers in parallel (rayon), a slice of each per row.
+    /// The width is the longest row's length, read from the offsets; a row's unknown ids
+    /// leave padding at its end.
     pub fn new(csr: &Csr, rows: &[usize], n_features: usize, device: &Device) -> PaddedBatch {
         let known = |r: usize| {
             let (ids, values) = csr.row(r);
@@ -229,19 +291,20 @@ impl PaddedBatch {
                 .filter(move |(id, _)| (**id as usize) < n_features)
         };
         let width = rows
-            .par_iter()
-            .map(|&r| known(r).count())
+            .iter()
+            .map(|&r| csr.offsets[r + 1] - csr.offsets[r])
             .max()
             .unwrap_or(0)
             .max(1);
-        let mut ids = vec![0i64; rows.len() * width];
+        let mut ids = vec![0i32; rows.len() * width];
         let mut values = vec![0f32; rows.len() * width];
         ids.par_chunks_mut(width)
             .zip(values.par_chunks_mut(width))
             .zip(rows.par_iter())
             .for_each(|((id_slots, value_slots), &r)| {
                 for (slot, (id, value)) in known(r).enumerate() {
-                    id_slots[slot] = *id as i64 + 1;
+                    // fits: ids are below n_features <= MAX_FEATURES
+                    id_slots[slot] = *id as i32 + 1;
                     value_slots[slot] = *value;
                 }
             });

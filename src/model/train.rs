@@ -103,9 +103,10 @@ pub fn logits(network: &WideDeep, csr: &Csr, device: &Device, batch_size: usize)
     let mut order: Vec<usize> = (0..csr.len()).collect();
     order.sort_by_key(|&r| csr.offsets[r + 1] - csr.offsets[r]);
     let mut out = vec![0.0; csr.len()];
+    let scorer = network.scorer();
     for chunk in order.chunks(batch_size.max(1)) {
         let batch = PaddedBatch::new(csr, chunk, n_features, device);
-        let logits: Vec<f32> = network
+        let logits: Vec<f32> = scorer
             .forward(batch.ids, batch.values)
             .into_data()
             .try_into_vec_as::<f32>()
