@@ -472,6 +472,8 @@ mod tests {
         );
         let expected = read(network.forward(batch.ids.clone(), batch.values.clone()));
         let scored = read(network.scorer().forward(batch.ids, batch.values));
+        assert_eq!(expected.len(), csr.len());
+        assert_eq!(scored.len(), csr.len());
         for (e, s) in expected.iter().zip(&scored) {
             assert!((e - s).abs() < 1e-6, "{expected:?} {scored:?}");
         }
