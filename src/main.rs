@@ -482,7 +482,7 @@ async fn execute(command: Command) -> Result<()> {
                 end: NaiveDate::from_ymd_opt(2026, 11, 1).context("demo date")?,
                 seed: 42,
             };
-            if synth::read_world(&store).await?.as_ref() == Some(&world) {
+            if synth::holds_world(&store, &world).await? {
                 println!(
                     "demo: reusing the {users}-user world already in {}",
                     store.url()

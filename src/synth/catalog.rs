@@ -166,6 +166,15 @@ pub struct Catalog {
     pub types_by_family: Vec<Vec<usize>>,
 }
 
+/// The category table's effects are written for a user with ~20 favourite merchants; users
+/// now have ~8 (see `generate_user`), so each counts for more.
+const CATEGORY_EFFECT_SCALE: f64 = 1.5;
+
+/// Spread of a merchant's own effect around its category's. Small on purpose: a merchant with
+/// a few dozen customers carries too few defaults for any model to learn a larger own effect,
+/// and what cannot be learned only lowers every model's AUC against the oracle's.
+const MERCHANT_OWN_EFFECT_SD: f64 = 0.04;
+
 /// Merchants scale with the population so bigger worlds have more weak signals.
 pub fn merchant_count(users: u64) -> usize {
     (users / 2).clamp(2_000, 120_000) as usize
@@ -200,7 +209,7 @@ impl Catalog {
             .iter()
             .map(|&(name, effect, typical_amount)| Category {
                 name,
-                effect,
+                effect: CATEGORY_EFFECT_SCALE * effect,
                 typical_amount,
             })
             .collect();
@@ -210,8 +219,9 @@ impl Catalog {
                 let category = rng.random_range(0..categories.len());
                 Merchant {
                     category,
-                    // each merchant nudges risk a little: one weak fragment among thousands
-                    effect: categories[category].effect + 0.12 * normal(&mut rng),
+                    // each merchant nudges risk a little past its category: one weak fragment
+                    // among thousands
+                    effect: categories[category].effect + MERCHANT_OWN_EFFECT_SD * normal(&mut rng),
                 }
             })
             .collect();
