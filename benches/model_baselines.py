@@ -21,6 +21,8 @@ ids = np.fromfile(f"{folder}/ids.u32", dtype=np.uint32).astype(np.int64)
 values = np.fromfile(f"{folder}/values.f32", dtype=np.float32)
 labels = np.fromfile(f"{folder}/labels.f32", dtype=np.float32)
 split = np.fromfile(f"{folder}/split.u8", dtype=np.uint8)
+# each feature's multiple of the L2 penalty (by family, as redflower's [training] l2_scale)
+l2_scales = np.fromfile(f"{folder}/l2_scales.f32", dtype=np.float32)
 n_features = settings["n_features"]
 rows = sp.csr_matrix((values, ids, offsets), shape=(len(labels), n_features))
 fit, validation, holdout = (np.where(split == k)[0] for k in (0, 1, 2))
@@ -76,6 +78,8 @@ try:
     model = WideDeep(n_features, settings["embedding_dim"], settings["hidden"]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings["learning_rate"])
     y = torch.from_numpy(labels).to(device)
+    # slot 0 is the padding id, as in redflower
+    penalty = torch.from_numpy(np.concatenate([[1.0], l2_scales]).astype(np.float32)).to(device)
     batch_size = settings["batch_size"]
     l2 = settings["l2"] / max(len(fit), 1)
     weight = settings["positive_weight"]
@@ -93,7 +97,8 @@ try:
                 torch.nn.functional.logsigmoid(logits) * target * weight
                 + torch.nn.functional.logsigmoid(-logits) * (1 - target)
             ).mean()
-            loss = loss + l2 * (model.wide.weight.pow(2).sum() + model.embedding.weight.pow(2).sum())
+            squares = model.wide.weight.pow(2).sum(1) + model.embedding.weight.pow(2).sum(1)
+            loss = loss + l2 * (penalty * squares).sum()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -91,7 +91,8 @@ fn main() -> anyhow::Result<()> {
     let n_features = window.dictionary.len();
 
     let started = Instant::now();
-    let trained = model::train(set, n_features, &config, &device);
+    let l2_scales = config.l2_scales((0..n_features as u32).map(|id| window.dictionary.family(id)));
+    let trained = model::train(set, &l2_scales, &config, &device);
     let train_seconds = started.elapsed().as_secs_f64();
     let samples_per_second = (trained.fit_rows * trained.epochs_run) as f64 / trained.fit_seconds;
     // the rows PyTorch and LightGBM score too; one warm-up pass (GPU kernels compile on
@@ -141,6 +142,7 @@ fn main() -> anyhow::Result<()> {
     write_raw(&folder.join("ids.u32"), &set.rows.ids)?;
     write_raw(&folder.join("values.f32"), &set.rows.values)?;
     write_raw(&folder.join("labels.f32"), &set.labels)?;
+    write_raw(&folder.join("l2_scales.f32"), &l2_scales)?;
     let split: Vec<u8> = set
         .rows
         .users

@@ -406,6 +406,7 @@ mod tests {
             batch_size: 256,
             learning_rate: 0.05,
             l2: 0.0,
+            l2_scale: Default::default(),
             holdout_share: 0.2,
             validation_share: 0.2,
             patience: 2,
@@ -431,8 +432,8 @@ mod tests {
     fn wide_and_deep_learns_the_sign_of_each_feature_and_is_deterministic() {
         let device = Device::flex();
         let set = toy_set();
-        let a = train(&set, 2, &config(), &device);
-        let b = train(&set, 2, &config(), &device);
+        let a = train(&set, &[1.0; 2], &config(), &device);
+        let b = train(&set, &[1.0; 2], &config(), &device);
         assert_eq!(a.network.architecture().kind(), "wide_and_deep");
         let (weights, _) = a.network.coefficients();
         assert!(weights[0] > weights[1], "{weights:?}");
@@ -444,7 +445,7 @@ mod tests {
     #[test]
     fn the_scorer_gives_the_training_forward_logits() {
         let device = Device::flex();
-        let trained = train(&toy_set(), 2, &config(), &device);
+        let trained = train(&toy_set(), &[1.0; 2], &config(), &device);
         // rows of zero to three ids, one unknown to the model (id 5), values not all 1
         let mut csr = Csr {
             offsets: vec![0],
@@ -488,7 +489,7 @@ mod tests {
             epochs: 6,
             ..config()
         };
-        let trained = train(&toy_set(), 2, &weighted, &device);
+        let trained = train(&toy_set(), &[1.0; 2], &weighted, &device);
         // weighting defaults six times makes raw PDs far too high; Platt brings them back
         assert!(
             trained.holdout_raw.mean_pd > 2.0 * trained.holdout_raw.default_rate,
@@ -509,7 +510,7 @@ mod tests {
     async fn a_saved_model_loads_identically_and_refuses_another_dictionary() {
         let device = Device::flex();
         let store = Store::open("memory://model-test").unwrap();
-        let trained = train(&toy_set(), 2, &config(), &device);
+        let trained = train(&toy_set(), &[1.0; 2], &config(), &device);
         let mut dictionary = FeatureDictionary::default();
         dictionary.id_or_insert("risky", "t");
         dictionary.id_or_insert("safe", "t");
@@ -536,6 +537,34 @@ mod tests {
         assert!(err.contains("retrain"), "{err}");
     }
 
+    #[test]
+    fn a_family_l2_scale_shrinks_only_that_familys_weights() {
+        let device = Device::flex();
+        let penalized = TrainingConfig {
+            l2: 50.0,
+            embedding_dim: 0,
+            l2_scale: [("weak".to_string(), 1000.0)].into(),
+            ..config()
+        };
+        let scales = penalized.l2_scales(["weak", "strong"]);
+        assert_eq!(scales, vec![1000.0, 1.0]);
+        let (plain, _) = train(&toy_set(), &[1.0; 2], &penalized, &device)
+            .network
+            .coefficients();
+        let (scaled, _) = train(&toy_set(), &scales, &penalized, &device)
+            .network
+            .coefficients();
+        assert!(
+            scaled[0].abs() < plain[0].abs() / 5.0,
+            "{scaled:?} {plain:?}"
+        );
+        // the other feature is penalized as before, so it takes over some of the signal
+        assert!(
+            scaled[1].abs() > 0.5 * plain[1].abs(),
+            "{scaled:?} {plain:?}"
+        );
+    }
+
     #[tokio::test]
     async fn promotion_names_the_champion_and_remembers_the_previous_one() {
         let device = Device::flex();
@@ -549,8 +578,8 @@ mod tests {
             ..config()
         };
         let deep = config();
-        let a = train(&toy_set(), 2, &wide, &device);
-        let b = train(&toy_set(), 2, &deep, &device);
+        let a = train(&toy_set(), &[1.0; 2], &wide, &device);
+        let b = train(&toy_set(), &[1.0; 2], &deep, &device);
         let a = register(&store, &a, &dictionary, &provenance(&wide))
             .await
             .unwrap();

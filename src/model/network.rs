@@ -192,13 +192,22 @@ impl WideDeep {
         values
     }
 
-    /// Squared L2 norm of the per-feature parameters (wide weights and embeddings).
-    pub fn l2(&self) -> Tensor<1> {
-        let wide = self.wide.weight.val().powi_scalar(2).sum();
-        match &self.deep {
-            Some(deep) => wide + deep.embedding.weight.val().powi_scalar(2).sum(),
-            None => wide,
+    /// L2 penalty of the per-feature parameters (wide weights and embeddings): each feature's
+    /// squared norm times its entry of `per_feature` `[n_features + 1]`.
+    pub fn l2(&self, per_feature: Tensor<1>) -> Tensor<1> {
+        let [rows, _] = self.wide.weight.shape().dims();
+        let mut squares = self.wide.weight.val().powi_scalar(2).reshape([rows]);
+        if let Some(deep) = &self.deep {
+            squares = squares
+                + deep
+                    .embedding
+                    .weight
+                    .val()
+                    .powi_scalar(2)
+                    .sum_dim(1)
+                    .reshape([rows]);
         }
+        (squares * per_feature).sum()
     }
 }
 

@@ -3,6 +3,8 @@
 //! Platt calibration on the same validation slice. Same data and seed give the same model:
 //! the wide weights start at zero, the deep part and the shuffles come from seeded generators.
 
+use std::collections::BTreeMap;
+
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -26,6 +28,9 @@ pub struct TrainingConfig {
     pub learning_rate: f64,
     /// penalty on the mean squared weight, per example
     pub l2: f64,
+    /// multiples of `l2` by feature family; families not listed: 1
+    #[serde(default)]
+    pub l2_scale: BTreeMap<String, f64>,
     /// share of users held out for the reported metrics (never trained on)
     pub holdout_share: f64,
     /// share of the remaining users used to stop early
@@ -47,6 +52,16 @@ pub struct TrainingConfig {
 
 fn one() -> f64 {
     1.0
+}
+
+impl TrainingConfig {
+    /// Each feature's multiple of `l2`, in id order, given each id's family.
+    pub fn l2_scales<'a>(&self, families: impl IntoIterator<Item = &'a str>) -> Vec<f32> {
+        families
+            .into_iter()
+            .map(|family| self.l2_scale.get(family).copied().unwrap_or(1.0) as f32)
+            .collect()
+    }
 }
 
 pub struct TrainedModel {
@@ -126,12 +141,16 @@ pub fn predict(network: &WideDeep, csr: &Csr, device: &Device, batch_size: usize
         .collect()
 }
 
+/// Trains on `set`'s fit split with early stopping on its validation split. `l2_scales` holds
+/// each feature's multiple of the L2 penalty (see [`TrainingConfig::l2_scales`]); its length
+/// is the number of features.
 pub fn train(
     set: &TrainingSet,
-    n_features: usize,
+    l2_scales: &[f32],
     config: &TrainingConfig,
     device: &Device,
 ) -> TrainedModel {
+    let n_features = l2_scales.len();
     let train_device = device.clone().autodiff();
     let users = &set.rows.users;
     let rows_in = |part: Split| -> Vec<usize> {
@@ -168,6 +187,11 @@ pub fn train(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let l2 = config.l2 / fit.len().max(1) as f64 * config.batch_size as f64;
+    // slot 0 is the padding id
+    let penalty: Vec<f32> = std::iter::once(1.0)
+        .chain(l2_scales.iter().copied())
+        .collect();
+    let penalty = Tensor::<1>::from_data(TensorData::new(penalty, [n_features + 1]), &train_device);
     let mut fit_seconds = 0.0;
     for epoch in 0..config.epochs {
         let epoch_started = std::time::Instant::now();
@@ -179,7 +203,9 @@ pub fn train(
                 Tensor::<1>::from_data(TensorData::new(labels, [chunk.len()]), &train_device);
             let logits = network.forward(batch.ids, batch.values);
             let loss = bce_with_logits(logits, labels, config.positive_weight)
-                + network.l2().mul_scalar(l2 / config.batch_size as f64);
+                + network
+                    .l2(penalty.clone())
+                    .mul_scalar(l2 / config.batch_size as f64);
             let grads = GradientsParams::from_grads(loss.backward(), &network);
             network = optimizer.step(config.learning_rate, network, grads);
             progress.inc(1);
