@@ -91,7 +91,7 @@ fn main() -> anyhow::Result<()> {
     let n_features = window.dictionary.len();
 
     let started = Instant::now();
-    let l2_scales = config.l2_scales((0..n_features as u32).map(|id| window.dictionary.family(id)));
+    let l2_scales = config.l2_scales(window.dictionary.families());
     let trained = model::train(set, &l2_scales, &config, &device);
     let train_seconds = started.elapsed().as_secs_f64();
     let samples_per_second = (trained.fit_rows * trained.epochs_run) as f64 / trained.fit_seconds;

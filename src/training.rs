@@ -168,9 +168,7 @@ pub async fn train_and_register(
     promote: Promote,
 ) -> Result<(Model, TrainOutcome), TrainingError> {
     let config = &pipelines.nightly;
-    let l2_scales = config
-        .training
-        .l2_scales((0..dictionary.len() as u32).map(|id| dictionary.family(id)));
+    let l2_scales = config.training.l2_scales(dictionary.families());
     let trained = model::train(set, &l2_scales, &config.training, device);
     let (oracle_auc, visible_oracle_auc) =
         OracleAuc::split(oracle_auc(store, &trained.holdout_users, &trained.holdout_labels).await?);

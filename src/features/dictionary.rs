@@ -39,6 +39,11 @@ impl FeatureDictionary {
         &self.families[id as usize]
     }
 
+    /// Each id's family, in id order.
+    pub fn families(&self) -> impl Iterator<Item = &str> {
+        self.families.iter().map(String::as_str)
+    }
+
     pub fn id(&self, name: &str) -> Option<u32> {
         self.index.get(name).copied()
     }
