@@ -11,10 +11,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use chrono::NaiveDate;
 use clap::Parser;
+use redflower::config::Pipelines;
 use redflower::features::{self, FeatureConfig, FeatureDictionary};
-use redflower::nightly::{self, Pipelines};
+use redflower::nightly;
 use redflower::sources;
 use redflower::store::Store;
 use redflower::synth::{self, WorldConfig};
@@ -23,7 +23,7 @@ use redflower::synth::{self, WorldConfig};
 struct Args {
     #[arg(long, default_value_t = 200_000)]
     users: u64,
-    #[arg(long, default_value_t = 180)]
+    #[arg(long, default_value_t = synth::DEMO_DAYS)]
     days: u32,
     /// local root to build the world in, or reuse if it already holds this world
     #[arg(long, default_value = "/tmp/redflower-bench-features")]
@@ -52,19 +52,17 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Runtime::new()?;
-    let end = NaiveDate::from_ymd_opt(2026, 11, 1).context("date")?;
+    let end = WorldConfig::demo(args.users).end;
     let world = WorldConfig {
-        users: args.users,
         days: args.days,
-        end,
-        seed: 42,
+        ..WorldConfig::demo(args.users)
     };
     let (store, raw_rows, seconds, feature_rows, distinct, queries, validation_seconds) =
         runtime.block_on(async {
             let store = Store::open(&args.root)?;
             synth::ensure_world(&store, &world).await?;
             let pipelines = Pipelines::builtin();
-            let ctx = nightly::session(&pipelines.nightly.engine)?;
+            let ctx = redflower::engine::session(&pipelines.nightly.engine)?;
             // not in the feature job's time, as DuckDB's queries skip validation; printed beside it
             let validating = Instant::now();
             let reports = sources::validate_and_register(&ctx, &store, end, 0.01).await?;

@@ -14,10 +14,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use chrono::NaiveDate;
 use clap::Parser;
+use redflower::config::Pipelines;
 use redflower::model::{self, DeviceKind, Split};
-use redflower::nightly::Pipelines;
 use redflower::store::Store;
 use redflower::synth::{self, WorldConfig};
 use redflower::training;
@@ -26,7 +25,7 @@ use redflower::training;
 struct Args {
     #[arg(long, default_value_t = 200_000)]
     users: u64,
-    #[arg(long, default_value_t = 180)]
+    #[arg(long, default_value_t = synth::DEMO_DAYS)]
     days: u32,
     /// local root to build the world in, or reuse if it already holds this world
     #[arg(long, default_value = "/tmp/redflower-bench-models")]
@@ -69,12 +68,10 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Runtime::new()?;
-    let end = NaiveDate::from_ymd_opt(2026, 11, 1).context("date")?;
+    let end = WorldConfig::demo(args.users).end;
     let world = WorldConfig {
-        users: args.users,
         days: args.days,
-        end,
-        seed: 42,
+        ..WorldConfig::demo(args.users)
     };
     let pipelines = match &args.pipelines {
         Some(dir) => Pipelines::load(dir)?,

@@ -7,18 +7,18 @@
 
 use std::time::Instant;
 
-use chrono::NaiveDate;
 use clap::Parser;
+use redflower::config::Pipelines;
 use redflower::model::DeviceKind;
-use redflower::nightly::{self, Pipelines};
+use redflower::nightly;
 use redflower::store::Store;
 use redflower::synth::{self, WorldConfig};
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = synth::DEMO_USERS)]
     users: u64,
-    #[arg(long, default_value_t = 180)]
+    #[arg(long, default_value_t = synth::DEMO_DAYS)]
     days: u32,
     /// root to build the world in (default: a fresh temporary folder)
     #[arg(long)]
@@ -47,12 +47,10 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let store = Store::open(&root)?;
-        let end = NaiveDate::from_ymd_opt(2026, 11, 1).expect("valid date");
+        let end = WorldConfig::demo(args.users).end;
         let world = WorldConfig {
-            users: args.users,
             days: args.days,
-            end,
-            seed: 42,
+            ..WorldConfig::demo(args.users)
         };
         let started = Instant::now();
         let summary = synth::generate(&store, &world).await?;

@@ -23,14 +23,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use chrono::NaiveDate;
 use clap::Parser;
-use redflower::limits::LimitPolicy;
+use redflower::policy::HeldCertificate;
+use redflower::policy::LimitPolicy;
 use redflower::publish::{self, LimitRow};
 use redflower::serve::client::LimitsClient;
 use redflower::serve::{self, ServeConfig, Snapshot};
 use redflower::sink::{self, Redis, RedisTarget, Reply};
 use redflower::store::Store;
+use redflower::suggestions::Suggestion;
 
 #[derive(Parser)]
 struct Args {
@@ -200,7 +201,7 @@ fn main() -> anyhow::Result<()> {
     let store = Store::open(&args.root)?;
     server_runtime.block_on(store.delete_prefix("published"))?;
     let policy = LimitPolicy::builtin();
-    let date = NaiveDate::from_ymd_opt(2026, 11, 1).context("date")?;
+    let date = redflower::synth::WorldConfig::demo(0).end;
     let rows: Vec<LimitRow> = (0..args.users)
         .map(|user_id| {
             let pd = 0.005 + 0.2 * ((user_id * 7919) % 1000) as f64 / 1000.0;
@@ -208,7 +209,10 @@ fn main() -> anyhow::Result<()> {
                 user_id,
                 pd,
                 decision: policy.decide(pd, &Default::default()),
-                suggestions: "language=+800;professional=+300".into(),
+                suggestions: vec![
+                    suggestion("language", 800.0),
+                    suggestion("professional", 300.0),
+                ],
             }
         })
         .collect();
@@ -412,4 +416,19 @@ fn main() -> anyhow::Result<()> {
     }
     println!("redis {hits}");
     Ok(())
+}
+
+/// A suggestion of `family` for `amount` more, as the published table stores it.
+fn suggestion(family: &str, amount: f64) -> Suggestion {
+    Suggestion {
+        family: family.into(),
+        certificate: HeldCertificate {
+            cert_type_id: 1,
+            name: format!("a {family} certificate"),
+            family: family.into(),
+            tier: 1,
+            confidence: 1.0,
+        },
+        amount,
+    }
 }

@@ -15,6 +15,7 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 
+use crate::cause::{Cause, Classify};
 use crate::features::FeatureSet;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,15 @@ pub enum DatasetError {
         rows: usize,
         positives: usize,
     },
+}
+
+impl Classify for DatasetError {
+    fn cause(&self) -> Cause {
+        match self {
+            DatasetError::Query { error, .. } => crate::engine::cause_of(error),
+            DatasetError::TooSmall { .. } => Cause::Input,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,7 +158,7 @@ pub async fn labels(
          AND user_id IS NOT NULL GROUP BY user_id",
         dpd = label.days_past_due
     );
-    let batches = crate::sql::collect(ctx, &sql)
+    let batches = crate::engine::collect(ctx, &sql)
         .await
         .map_err(|error| DatasetError::Query {
             sql: sql.clone(),

@@ -8,12 +8,12 @@ use chrono::NaiveDate;
 use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray, UInt64Array};
 use rayon::prelude::*;
 
+use crate::cause::{Cause, Classify};
 use crate::dataset::Csr;
 use crate::features::FeatureDictionary;
-use crate::model::evaluation::EvaluationConfig;
 use crate::model::{Model, logits, reasons};
 use crate::schema;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, layout};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScoringError {
@@ -23,6 +23,16 @@ pub enum ScoringError {
     Arrow(#[from] datafusion::arrow::error::ArrowError),
     #[error("scores: {0}")]
     Shards(String),
+}
+
+impl Classify for ScoringError {
+    fn cause(&self) -> Cause {
+        match self {
+            ScoringError::Store(e) => e.cause(),
+            ScoringError::Arrow(_) => Cause::Input,
+            ScoringError::Shards(_) => Cause::StartOver,
+        }
+    }
 }
 
 /// One night's scores, in the order of the rows scored.
@@ -42,7 +52,7 @@ pub fn score(
     model: &Model,
     rows: &Csr,
     dictionary: &FeatureDictionary,
-    config: &EvaluationConfig,
+    reasons_per_user: usize,
     device: &Device,
 ) -> Scores {
     let logits = logits(&model.network, rows, device, 4096);
@@ -65,7 +75,7 @@ pub fn score(
         reasons: explained
             .par_iter()
             .map(|e| {
-                e.adverse(config.reasons_per_user)
+                e.adverse(reasons_per_user)
                     .into_iter()
                     .map(|(id, _)| dictionary.name(id).to_string())
                     .collect()
@@ -113,16 +123,13 @@ impl Shard {
     }
 
     pub fn file(&self, date: NaiveDate) -> String {
-        format!(
-            "scores/dt={date}/shard-{:05}-of-{:05}.parquet",
-            self.index, self.count
-        )
+        layout::score_shard_file(date, self.index, self.count)
     }
 }
 
 /// Writes `scores/dt=<date>/part-00000.parquet`, replacing a rerun's (and any shards).
 pub async fn write(store: &Store, date: NaiveDate, scores: &Scores) -> Result<(), ScoringError> {
-    let folder = format!("scores/dt={date}");
+    let folder = layout::scores(date);
     store.delete_prefix(&folder).await?;
     write_file(store, &format!("{folder}/part-00000.parquet"), scores).await
 }
@@ -139,7 +146,7 @@ pub async fn write_shard(
 
 /// Reads the scores of `date` written by `write`.
 pub async fn read(store: &Store, date: NaiveDate) -> Result<Scores, ScoringError> {
-    read_file(store, &format!("scores/dt={date}/part-00000.parquet")).await
+    read_file(store, &layout::scores_file(date)).await
 }
 
 /// Joins the `count` shards of `date`, in shard order (the unsharded order).

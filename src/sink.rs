@@ -16,10 +16,16 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tracing::info;
 
-use crate::serve::snapshot::Snapshot;
+use crate::cause::{Cause, Classify};
+use crate::publish::snapshot::{Snapshot, SnapshotError};
+use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("nothing is published under {root}: nothing to load")]
+    NothingPublished { root: String },
     #[error("'{0}' is not a Redis URL: use redis://[:PASSWORD@]HOST[:PORT][/DB]")]
     Url(String),
     #[error("Redis at {address}: {source}")]
@@ -33,6 +39,20 @@ pub enum SinkError {
         command: String,
         reply: String,
     },
+}
+
+impl Classify for SinkError {
+    fn cause(&self) -> Cause {
+        match self {
+            SinkError::Snapshot(e) => e.cause(),
+            // loading nothing would switch readers to nothing: run the nightly job first
+            SinkError::NothingPublished { .. } => Cause::StartOver,
+            SinkError::Url(_) => Cause::Configuration,
+            SinkError::Io { .. } => Cause::Transient,
+            // Redis refuses a command for a wrong password, a read-only replica, full memory
+            SinkError::Refused { .. } => Cause::Configuration,
+        }
+    }
 }
 
 /// Where and under which key prefix to load.
@@ -244,6 +264,25 @@ impl Redis {
             }
         })
     }
+}
+
+/// The key prefix when none is given (`--prefix`).
+pub const DEFAULT_PREFIX: &str = "redflower:limits";
+/// Versions kept in Redis when no number is given (`--keep`): the new one and the one before.
+pub const DEFAULT_KEEP: usize = 2;
+
+/// Loads the newest committed table of `store` into `target` (see `load`).
+pub async fn load_latest(
+    store: &Store,
+    target: &RedisTarget,
+    keep: usize,
+) -> Result<RedisLoad, SinkError> {
+    let snapshot = Snapshot::latest(store)
+        .await?
+        .ok_or_else(|| SinkError::NothingPublished {
+            root: store.url().to_string(),
+        })?;
+    load(target, &snapshot, keep).await
 }
 
 /// Loads `snapshot` as its version, switches `current` to it, and deletes versions past the

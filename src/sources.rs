@@ -18,8 +18,9 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::cause::{Cause, Classify};
 use crate::schema::{self, SchemaError, TableSchema};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, layout};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -50,6 +51,18 @@ pub enum SourceError {
         limit: f64,
         quarantine: String,
     },
+}
+
+impl Classify for SourceError {
+    fn cause(&self) -> Cause {
+        match self {
+            SourceError::Store(e) => e.cause(),
+            SourceError::Schema(_) | SourceError::TooManyBadRows { .. } => Cause::Input,
+            // a root without the files a run needs is the wrong root, or data not yet landed
+            SourceError::Empty(_) | SourceError::NoSnapshot { .. } => Cause::Input,
+            SourceError::Query { error, .. } => crate::engine::cause_of(error),
+        }
+    }
 }
 
 /// One raw source: its schema and the rules that send a row to quarantine.
@@ -210,7 +223,7 @@ const STAGED_ROWS_PER_FILE: usize = 1 << 20;
 /// and an ML engineer's `redflower train` on the same root and date never share (or delete)
 /// each other's files.
 fn session_staging(ctx: &SessionContext) -> String {
-    format!("staging/session={}", ctx.session_id())
+    layout::staging(&format!("session={}", ctx.session_id()))
 }
 
 /// Writes a deduplicated source's rows once, each with its quarantine reason (NULL for a
@@ -295,11 +308,11 @@ pub async fn sweep_stale_staging(
     let own = session_staging(ctx);
     let mut newest: std::collections::BTreeMap<String, chrono::DateTime<chrono::Utc>> =
         Default::default();
-    for (path, modified) in store.list_modified("staging").await? {
+    for (path, modified) in store.list_modified(layout::STAGING).await? {
         let Some(session) = path.split('/').nth(1).filter(|s| s.starts_with("session=")) else {
             continue;
         };
-        let folder = format!("staging/{session}");
+        let folder = layout::staging(session);
         let entry = newest.entry(folder).or_insert(modified);
         *entry = (*entry).max(modified);
     }
@@ -320,7 +333,7 @@ async fn query(
     source: &str,
     sql: &str,
 ) -> Result<Vec<RecordBatch>, SourceError> {
-    crate::sql::collect(ctx, sql)
+    crate::engine::collect(ctx, sql)
         .await
         .map_err(|error| SourceError::Query {
             source_name: source.to_string(),
@@ -331,7 +344,7 @@ async fn query(
 /// The `dt` partitions of a source, sorted.
 pub async fn partitions(store: &Store, source: &str) -> Result<Vec<NaiveDate>, SourceError> {
     let mut days: Vec<NaiveDate> = store
-        .list(&format!("raw/{source}"))
+        .list(&layout::raw(source))
         .await?
         .into_iter()
         .filter_map(|(path, _)| {
@@ -381,17 +394,12 @@ pub async fn register(
     run_date: NaiveDate,
 ) -> Result<Vec<RegisteredSource>, SourceError> {
     store.register(ctx);
-    check_files(
-        store,
-        "reference/certificate_types",
-        &schema::CERTIFICATE_TYPES,
-    )
-    .await?;
+    check_files(store, layout::CERTIFICATE_TYPES, &schema::CERTIFICATE_TYPES).await?;
     register_raw(
         ctx,
         store,
         "certificate_types",
-        "reference/certificate_types",
+        layout::CERTIFICATE_TYPES,
         &schema::CERTIFICATE_TYPES,
         false,
     )
@@ -399,83 +407,140 @@ pub async fn register(
 
     let mut registered = Vec::new();
     for source in sources() {
-        let name = source.name().to_string();
-        let folder = format!("raw/{name}");
-        let files = check_files(store, &folder, source.table).await?;
-        let raw = format!("raw_{name}");
-        register_raw(ctx, store, &raw, &folder, source.table, true).await?;
-
-        let columns: Vec<&str> = source
-            .table
-            .fields
-            .iter()
-            .map(|f| f.name.as_str())
-            .collect();
-        let columns = columns.join(", ");
-        let mut arms: String = source
-            .rules
-            .iter()
-            .map(|(cond, reason)| format!(" WHEN {cond} THEN '{reason}'"))
-            .collect();
-        // the clean view is read by every feature query: plain predicates, no CASE strings,
-        // so the Parquet reader can evaluate them while decoding
-        let mut clean_conditions: Vec<String> = source
-            .rules
-            .iter()
-            .map(|(cond, _)| format!("NOT COALESCE(({cond}), FALSE)"))
-            .collect();
-        if let (Some(time), Some(bound)) = (
-            &source.table.time_column,
-            source.table.time_literal(run_date),
-        ) {
-            arms.push_str(&format!(
-                " WHEN {time} >= {bound} THEN '{time} on or after the run date'"
-            ));
-            clean_conditions.push(format!("NOT COALESCE({time} >= {bound}, FALSE)"));
-        }
-        // numbering copies in a fixed order keeps the same copy every night
-        let copy_no = match source.unique_key {
-            Some(key) => {
-                arms.push_str(" WHEN copy_no > 1 THEN 'duplicate of an earlier row'");
-                format!(
-                    ", ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY dt, {columns}) AS copy_no"
-                )
-            }
-            None => String::new(),
-        };
-        let candidates = format!(
-            "(SELECT {columns}, dt{copy_no} FROM {raw} WHERE dt < '{run_date}') {lookup}",
-            lookup = source.lookup
-        );
-        let mut checked = format!(
-            "SELECT {columns}, dt, CASE{arms} ELSE NULL END AS quarantine_reason FROM {candidates}"
-        );
-        let clean = if source.unique_key.is_some() {
-            // numbered once, into staged files that both validation and the clean view read
-            let staged = format!("{name}_checked");
-            stage(ctx, store, &name, &staged, &checked).await?;
-            checked = format!("SELECT * FROM {staged}");
-            format!("SELECT {columns}, dt FROM {staged} WHERE quarantine_reason IS NULL")
-        } else {
-            format!(
-                "SELECT {columns}, dt FROM {candidates} WHERE {}",
-                clean_conditions.join(" AND ")
-            )
-        };
-        query(
-            ctx,
-            &name,
-            &format!("CREATE OR REPLACE VIEW {name} AS {clean}"),
-        )
-        .await?;
-        registered.push(RegisteredSource {
-            name,
-            files,
-            raw,
-            checked,
-        });
+        registered.push(register_source(ctx, store, &source, run_date).await?);
     }
     Ok(registered)
+}
+
+/// The SQL of one source's validation as of `run_date`: every candidate row with its
+/// quarantine reason (`checked`), the rows it reads (`candidates`), and the conditions a
+/// clean row meets.
+struct Checks {
+    /// the source's columns, comma-separated
+    columns: String,
+    checked: String,
+    candidates: String,
+    clean_conditions: Vec<String>,
+}
+
+fn checks(source: &Source, raw: &str, run_date: NaiveDate) -> Checks {
+    let columns: Vec<&str> = source
+        .table
+        .fields
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    let columns = columns.join(", ");
+    let mut arms: String = source
+        .rules
+        .iter()
+        .map(|(cond, reason)| format!(" WHEN {cond} THEN '{reason}'"))
+        .collect();
+    // the clean view is read by every feature query: plain predicates, no CASE strings,
+    // so the Parquet reader can evaluate them while decoding
+    let mut clean_conditions: Vec<String> = source
+        .rules
+        .iter()
+        .map(|(cond, _)| format!("NOT COALESCE(({cond}), FALSE)"))
+        .collect();
+    if let (Some(time), Some(bound)) = (
+        &source.table.time_column,
+        source.table.time_literal(run_date),
+    ) {
+        arms.push_str(&format!(
+            " WHEN {time} >= {bound} THEN '{time} on or after the run date'"
+        ));
+        clean_conditions.push(format!("NOT COALESCE({time} >= {bound}, FALSE)"));
+    }
+    // numbering copies in a fixed order keeps the same copy every night
+    let copy_no = match source.unique_key {
+        Some(key) => {
+            arms.push_str(" WHEN copy_no > 1 THEN 'duplicate of an earlier row'");
+            format!(", ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY dt, {columns}) AS copy_no")
+        }
+        None => String::new(),
+    };
+    let candidates = format!(
+        "(SELECT {columns}, dt{copy_no} FROM {raw} WHERE dt < '{run_date}') {lookup}",
+        lookup = source.lookup
+    );
+    Checks {
+        checked: format!(
+            "SELECT {columns}, dt, CASE{arms} ELSE NULL END AS quarantine_reason FROM {candidates}"
+        ),
+        columns,
+        candidates,
+        clean_conditions,
+    }
+}
+
+/// Registers one source's raw files and its clean view (`<name>`).
+async fn register_source(
+    ctx: &SessionContext,
+    store: &Store,
+    source: &Source,
+    run_date: NaiveDate,
+) -> Result<RegisteredSource, SourceError> {
+    let name = source.name().to_string();
+    let folder = layout::raw(&name);
+    let files = check_files(store, &folder, source.table).await?;
+    let raw = format!("raw_{name}");
+    register_raw(ctx, store, &raw, &folder, source.table, true).await?;
+    let Checks {
+        columns,
+        mut checked,
+        candidates,
+        clean_conditions,
+    } = checks(source, &raw, run_date);
+    let clean = if source.unique_key.is_some() {
+        // numbered once, into staged files that both validation and the clean view read
+        let staged = format!("{name}_checked");
+        stage(ctx, store, &name, &staged, &checked).await?;
+        checked = format!("SELECT * FROM {staged}");
+        format!("SELECT {columns}, dt FROM {staged} WHERE quarantine_reason IS NULL")
+    } else {
+        format!(
+            "SELECT {columns}, dt FROM {candidates} WHERE {}",
+            clean_conditions.join(" AND ")
+        )
+    };
+    query(
+        ctx,
+        &name,
+        &format!("CREATE OR REPLACE VIEW {name} AS {clean}"),
+    )
+    .await?;
+    Ok(RegisteredSource {
+        name,
+        files,
+        raw,
+        checked,
+    })
+}
+
+/// Replaces `folder` with the refused rows (each with its reason), and counts the reasons.
+async fn quarantine(
+    store: &Store,
+    folder: &str,
+    bad: &[RecordBatch],
+) -> Result<std::collections::BTreeMap<String, u64>, SourceError> {
+    store.delete_prefix(folder).await?;
+    let mut reasons = std::collections::BTreeMap::<String, u64>::new();
+    let Some(first) = bad.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(reasons);
+    };
+    for batch in bad {
+        let column = batch.column(batch.num_columns() - 1);
+        let column = datafusion::arrow::array::cast::as_string_array(column);
+        for reason in column.iter().flatten() {
+            *reasons.entry(reason.to_string()).or_default() += 1;
+        }
+    }
+    let schema = Arc::clone(&first.schema());
+    store
+        .write_parquet(&format!("{folder}/part-00000.parquet"), schema, bad)
+        .await?;
+    Ok(reasons)
 }
 
 /// Validates every source with data before `run_date`, writes quarantines, and registers
@@ -516,25 +581,9 @@ pub async fn validate_and_register(
             .map(|a| a.value(0) as u64)
             .unwrap_or(0);
         let quarantined: u64 = bad.iter().map(|b| b.num_rows() as u64).sum();
-        let quarantine_folder = format!("quarantine/{name}/run={run_date}");
-        store.delete_prefix(&quarantine_folder).await?;
-        let mut reasons = std::collections::BTreeMap::<String, u64>::new();
+        let quarantine_folder = layout::quarantine(&name, run_date);
+        let reasons = quarantine(store, &quarantine_folder, &bad).await?;
         if quarantined > 0 {
-            for batch in &bad {
-                let column = batch.column(batch.num_columns() - 1);
-                let column = datafusion::arrow::array::cast::as_string_array(column);
-                for reason in column.iter().flatten() {
-                    *reasons.entry(reason.to_string()).or_default() += 1;
-                }
-            }
-            let schema = Arc::clone(&bad[0].schema());
-            store
-                .write_parquet(
-                    &format!("{quarantine_folder}/part-00000.parquet"),
-                    schema,
-                    &bad,
-                )
-                .await?;
             warn!(source = %name, quarantined, ?reasons, "rows quarantined");
         }
         let share = if total == 0 {

@@ -3,7 +3,8 @@
 //! user's feature row gets the family's certificate feature, the model scores it again, and
 //! the policy decides again with the certificate held; the suggestion is the difference.
 //!
-//! Reads the model, CSR rows, the policy and its inputs; writes nothing (publish does).
+//! Reads the model, CSR rows, the policy and its inputs; writes nothing (publish encodes the
+//! suggestions into the table).
 
 use std::collections::HashMap;
 
@@ -12,8 +13,8 @@ use rayon::prelude::*;
 
 use crate::dataset::Csr;
 use crate::features::FeatureDictionary;
-use crate::limits::{Decision, HeldCertificate, LimitPolicy, UserFacts};
 use crate::model::Model;
+use crate::policy::{Decision, HeldCertificate, LimitPolicy, UserFacts};
 
 /// One suggestion: upload a certificate of `family` (such as `name`) for `amount` more.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,15 +135,6 @@ pub fn suggest(
         list.truncate(keep);
     }
     out
-}
-
-/// The published form: `language=+800;professional=+300`.
-pub fn format(suggestions: &[Suggestion]) -> String {
-    suggestions
-        .iter()
-        .map(|s| format!("{}=+{}", s.family, s.amount))
-        .collect::<Vec<_>>()
-        .join(";")
 }
 
 #[cfg(test)]

@@ -8,20 +8,19 @@ use chrono::NaiveDate;
 use serde::Serialize;
 use tracing::info;
 
+use crate::cause::{Cause, Classify};
+use crate::config::{Pipelines, PipelinesError};
 use crate::dataset::DatasetError;
 use crate::dataset::{self, Csr, TrainingSet};
+use crate::engine::{self, EngineError};
 use crate::features::FeatureError;
 use crate::features::{self, FeatureDictionary, FeatureSet};
 use crate::model::ModelError;
 use crate::model::evaluation::{self, Evaluation, EvaluationInput};
 use crate::model::{self, Model, ModelCard, Provenance, Split, TrainingConfig, report};
-use crate::pipelines::{self, Pipelines, PipelinesError};
 use crate::sources::{self, SourceError};
-use crate::store::Store;
-use crate::store::StoreError;
-use datafusion::arrow::array::AsArray;
-use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
-use std::collections::HashMap;
+use crate::store::{Store, StoreError, layout};
+use crate::synth::{SynthError, truth};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainingError {
@@ -37,8 +36,28 @@ pub enum TrainingError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Pipelines(#[from] PipelinesError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     #[error("reading truth: {0}")]
-    Truth(String),
+    Truth(#[from] SynthError),
+    #[error("{path}: {error}")]
+    Write { path: String, error: String },
+}
+
+impl Classify for TrainingError {
+    fn cause(&self) -> Cause {
+        match self {
+            TrainingError::Store(e) => e.cause(),
+            TrainingError::Source(e) => e.cause(),
+            TrainingError::Feature(e) => e.cause(),
+            TrainingError::Dataset(e) => e.cause(),
+            TrainingError::Model(e) => e.cause(),
+            TrainingError::Pipelines(e) => e.cause(),
+            TrainingError::Engine(e) => e.cause(),
+            TrainingError::Truth(e) => e.cause(),
+            TrainingError::Write { .. } => Cause::Transient,
+        }
+    }
 }
 
 /// Features as of the training date of `run_date`, and labels known by `run_date`.
@@ -57,7 +76,7 @@ pub async fn labelled_window(
     pipelines: &Pipelines,
 ) -> Result<LabelledWindow, TrainingError> {
     let config = &pipelines.nightly;
-    let ctx = pipelines::session(&config.engine)?;
+    let ctx = engine::session(&config.engine)?;
     sources::validate_and_register(&ctx, store, run_date, config.validation.max_bad_share).await?;
     let as_of = dataset::training_as_of(run_date, &config.label);
     let mut dictionary = FeatureDictionary::load(store).await?;
@@ -115,11 +134,9 @@ pub async fn write_evaluation(
     card: &ModelCard,
     evaluation: &Evaluation,
 ) -> Result<String, TrainingError> {
-    let json = serde_json::to_vec_pretty(evaluation).map_err(|e| {
-        TrainingError::Pipelines(PipelinesError {
-            file: format!("{folder}/metrics.json"),
-            error: e.to_string(),
-        })
+    let json = serde_json::to_vec_pretty(evaluation).map_err(|e| TrainingError::Write {
+        path: format!("{folder}/metrics.json"),
+        error: e.to_string(),
     })?;
     store
         .put(&format!("{folder}/metrics.json"), json.into())
@@ -208,13 +225,8 @@ pub async fn train_and_register(
         visible_oracle_auc,
         champion: champion.as_ref().map(|(v, pd)| (v.as_str(), pd.as_slice())),
     });
-    let report = write_evaluation(
-        store,
-        &format!("models/{version}"),
-        &model.card,
-        &evaluation,
-    )
-    .await?;
+    let report =
+        write_evaluation(store, &layout::model(&version), &model.card, &evaluation).await?;
     let promoted = match promote {
         Promote::Always => true,
         Promote::IfNoChampion => model::champion(store).await?.is_none(),
@@ -268,7 +280,7 @@ pub async fn evaluate(
     });
     let report = write_evaluation(
         store,
-        &format!("models/{version}/evaluations/{}", window.run_date),
+        &layout::evaluation(&version, window.run_date),
         &model.card,
         &evaluation,
     )
@@ -298,43 +310,11 @@ pub async fn oracle_auc(
     users: &[u64],
     labels: &[f32],
 ) -> Result<Option<OracleAuc>, TrainingError> {
-    let batches = store.read_parquet_dir("truth/true_pd").await?;
-    if batches.is_empty() {
-        return Ok(None);
-    }
-    let mut truth = HashMap::new();
-    for batch in &batches {
-        match crate::schema::TRUTH.check("truth/true_pd", &batch.schema()) {
-            // worlds written before visible_pd only lack the second reference
-            Err(crate::schema::SchemaError::MissingColumn { column, .. })
-                if column == "visible_pd" => {}
-            Err(e) => return Err(TrainingError::Truth(e.to_string())),
-            Ok(()) => {}
-        }
-        let column = |name: &str| {
-            batch
-                .column_by_name(name)
-                .map(|c| c.as_primitive::<Float64Type>().clone())
-        };
-        let ids = batch.column(0).as_primitive::<UInt64Type>();
-        let (true_pd, visible_pd) = (column("true_pd"), column("visible_pd"));
-        let Some(true_pd) = true_pd else {
-            return Err(TrainingError::Truth(
-                "truth/true_pd: no true_pd column".into(),
-            ));
-        };
-        for row in 0..batch.num_rows() {
-            let visible = visible_pd.as_ref().map(|v| v.value(row));
-            truth.insert(ids.value(row), (true_pd.value(row), visible));
-        }
-    }
-    let found: Option<Vec<(f64, Option<f64>)>> =
-        users.iter().map(|u| truth.get(u).copied()).collect();
-    let Some(found) = found else {
+    let Some(found) = truth::read(store, users).await? else {
         return Ok(None);
     };
-    let true_pd: Vec<f64> = found.iter().map(|f| f.0).collect();
-    let visible_pd: Option<Vec<f64>> = found.iter().map(|f| f.1).collect();
+    let true_pd: Vec<f64> = found.iter().map(|f| f.true_pd).collect();
+    let visible_pd: Option<Vec<f64>> = found.iter().map(|f| f.visible_pd).collect();
     Ok(model::metrics::auc(&true_pd, labels).map(|auc| OracleAuc {
         true_pd: auc,
         visible_pd: visible_pd.and_then(|v| model::metrics::auc(&v, labels)),

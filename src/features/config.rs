@@ -4,6 +4,7 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 
+use crate::cause::{Cause, Classify};
 use crate::schema;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +17,12 @@ pub enum ConfigError {
         family: String,
         problem: String,
     },
+}
+
+impl Classify for ConfigError {
+    fn cause(&self) -> Cause {
+        Cause::Configuration
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -161,62 +168,7 @@ impl FeatureConfig {
             if !names.insert(family.name.clone()) {
                 return Err(invalid("the name is used twice".into()));
             }
-            let Some(table) = schema::all()
-                .into_iter()
-                .find(|t| t.name == family.source && t.name != "certificate_types")
-                .filter(|t| crate::sources::sources().iter().any(|s| s.name() == t.name))
-            else {
-                return Err(invalid(format!(
-                    "source '{}' is not one of profiles, events, certificates, repayments, limit_requests",
-                    family.source
-                )));
-            };
-            let needs_value = matches!(
-                family.aggregate,
-                Aggregate::Sum
-                    | Aggregate::Mean
-                    | Aggregate::Max
-                    | Aggregate::Min
-                    | Aggregate::DistinctCount
-            );
-            if needs_value && family.value.is_none() {
-                return Err(invalid(format!(
-                    "aggregate {:?} needs `value`",
-                    family.aggregate
-                )));
-            }
-            if family.window_days().iter().any(|w| matches!(w, Some(0)))
-                || family
-                    .windows
-                    .iter()
-                    .zip(family.window_days())
-                    .any(|(_, d)| d.is_none())
-            {
-                return Err(invalid(format!(
-                    "windows {:?}: each must look like \"30d\" with at least one day",
-                    family.windows
-                )));
-            }
-            if table.time_column.is_none() && (!family.windows.is_empty() || family.time.is_some())
-            {
-                return Err(invalid(format!(
-                    "source '{}' is a snapshot: it takes no windows and no time",
-                    family.source
-                )));
-            }
-            if table.time_column.is_none() && family.aggregate == Aggregate::DaysSinceLast {
-                return Err(invalid(
-                    "days_since_last needs a source with a time column".into(),
-                ));
-            }
-            if family.aggregate == Aggregate::Share && family.key.is_none() {
-                return Err(invalid(
-                    "share needs a `key` to share the total among".into(),
-                ));
-            }
-            if family.top_k == Some(0) {
-                return Err(invalid("top_k must be at least 1".into()));
-            }
+            family.check().map_err(invalid)?;
         }
         for ratio in &config.ratios {
             let invalid = |problem: String| ConfigError::Invalid {
@@ -227,19 +179,81 @@ impl FeatureConfig {
             if !names.insert(ratio.name.clone()) {
                 return Err(invalid("the name is used twice".into()));
             }
-            for side in [&ratio.numerator, &ratio.denominator] {
-                let made_by_a_family = config.families.iter().any(|f| {
-                    side.strip_prefix(&f.name)
-                        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['_', '[']))
-                });
-                if !made_by_a_family {
-                    return Err(invalid(format!(
-                        "'{side}' is not a feature any family makes"
-                    )));
-                }
-            }
+            ratio.check(&config.families).map_err(invalid)?;
         }
         Ok(config)
+    }
+}
+
+impl FeatureFamily {
+    /// What makes a family computable: a known source, a value where the aggregate needs
+    /// one, windows of at least a day, time only on sources that have it.
+    fn check(&self) -> Result<(), String> {
+        let Some(table) = schema::all()
+            .into_iter()
+            .find(|t| t.name == self.source && t.name != "certificate_types")
+            .filter(|t| crate::sources::sources().iter().any(|s| s.name() == t.name))
+        else {
+            return Err(format!(
+                "source '{}' is not one of profiles, events, certificates, repayments, limit_requests",
+                self.source
+            ));
+        };
+        let needs_value = matches!(
+            self.aggregate,
+            Aggregate::Sum
+                | Aggregate::Mean
+                | Aggregate::Max
+                | Aggregate::Min
+                | Aggregate::DistinctCount
+        );
+        if needs_value && self.value.is_none() {
+            return Err(format!("aggregate {:?} needs `value`", self.aggregate));
+        }
+        if self.window_days().iter().any(|w| matches!(w, Some(0)))
+            || self
+                .windows
+                .iter()
+                .zip(self.window_days())
+                .any(|(_, d)| d.is_none())
+        {
+            return Err(format!(
+                "windows {:?}: each must look like \"30d\" with at least one day",
+                self.windows
+            ));
+        }
+        if table.time_column.is_none() && (!self.windows.is_empty() || self.time.is_some()) {
+            return Err(format!(
+                "source '{}' is a snapshot: it takes no windows and no time",
+                self.source
+            ));
+        }
+        if table.time_column.is_none() && self.aggregate == Aggregate::DaysSinceLast {
+            return Err("days_since_last needs a source with a time column".into());
+        }
+        if self.aggregate == Aggregate::Share && self.key.is_none() {
+            return Err("share needs a `key` to share the total among".into());
+        }
+        if self.top_k == Some(0) {
+            return Err("top_k must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl Ratio {
+    /// Both sides must be features some family makes.
+    fn check(&self, families: &[FeatureFamily]) -> Result<(), String> {
+        for side in [&self.numerator, &self.denominator] {
+            let made_by_a_family = families.iter().any(|f| {
+                side.strip_prefix(&f.name)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['_', '[']))
+            });
+            if !made_by_a_family {
+                return Err(format!("'{side}' is not a feature any family makes"));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::schema;
 use crate::store::{Store, StoreError};
 
-pub const DICTIONARY_FILE: &str = "features/dictionary.parquet";
+use crate::store::layout::DICTIONARY_FILE;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FeatureDictionary {

@@ -8,7 +8,7 @@
 //! WHERE clause. Channels are bounded, so the scan runs at the pace of the slowest query and
 //! memory stays a few batches per query.
 //!
-//! Only for sessions that run in this process (`pipelines::InProcess`): a Ballista executor
+//! Only for sessions that run in this process (`engine::InProcess`): a Ballista executor
 //! cannot read a channel of this process. Registers and deregisters its own temporary tables;
 //! touches nothing in the store.
 
@@ -75,10 +75,60 @@ pub async fn start(
     let frame = ctx.sql(scan_sql).await?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
     let partitions = ctx.state().config().target_partitions().max(1);
+    let senders = register_channels(ctx, &schema, &queries, partitions)?;
+    let streams = match frame.execute_stream_partitioned().await {
+        Ok(streams) => streams,
+        Err(error) => {
+            for (table, _) in &queries {
+                let _ = ctx.deregister_table(table.as_str());
+            }
+            return Err(error);
+        }
+    };
 
-    // senders[query][partition]
-    let mut senders: Vec<Vec<mpsc::Sender<Batch>>> = Vec::with_capacity(queries.len());
-    for (table, _) in &queries {
+    let queries = queries
+        .into_iter()
+        .map(|(table, sql)| {
+            let ctx = ctx.clone();
+            Some(tokio::spawn(async move {
+                let result = crate::engine::collect(&ctx, &sql).await;
+                let _ = ctx.deregister_table(table.as_str());
+                result
+            }))
+        })
+        .collect();
+
+    let failed = Arc::new(Mutex::new(None));
+    let scan = streams
+        .into_iter()
+        .enumerate()
+        .map(|(part, stream)| {
+            let targets: Vec<mpsc::Sender<Batch>> = senders
+                .iter()
+                .map(|query| query[part % partitions].clone())
+                .collect();
+            tokio::spawn(feed(stream, targets, failed.clone()))
+        })
+        .collect();
+    // the scan tasks hold the only senders now: a partition ends when its scan does
+    drop(senders);
+    Ok(SharedScan {
+        scan,
+        queries,
+        failed,
+    })
+}
+
+/// Registers each query's table as a streaming table of `partitions` channels; returns the
+/// senders, `[query][partition]`.
+fn register_channels(
+    ctx: &SessionContext,
+    schema: &SchemaRef,
+    queries: &[(String, String)],
+    partitions: usize,
+) -> Result<Vec<Vec<mpsc::Sender<Batch>>>, DataFusionError> {
+    let mut senders = Vec::with_capacity(queries.len());
+    for (table, _) in queries {
         let mut streams: Vec<Arc<dyn PartitionStream>> = Vec::with_capacity(partitions);
         let mut query_senders = Vec::with_capacity(partitions);
         for _ in 0..partitions {
@@ -96,76 +146,48 @@ pub async fn start(
             Arc::new(StreamingTable::try_new(schema.clone(), streams)?),
         )?;
     }
-    let streams = match frame.execute_stream_partitioned().await {
-        Ok(streams) => streams,
-        Err(error) => {
-            for (table, _) in &queries {
-                let _ = ctx.deregister_table(table.as_str());
-            }
-            return Err(error);
-        }
-    };
+    Ok(senders)
+}
 
-    let queries = queries
-        .into_iter()
-        .map(|(table, sql)| {
-            let ctx = ctx.clone();
-            Some(tokio::spawn(async move {
-                let result = crate::sql::collect(&ctx, &sql).await;
-                let _ = ctx.deregister_table(table.as_str());
-                result
-            }))
-        })
-        .collect();
-
-    let failed = Arc::new(Mutex::new(None));
-    let scan = streams
-        .into_iter()
-        .enumerate()
-        .map(|(part, mut stream)| {
-            let targets: Vec<mpsc::Sender<Batch>> = senders
-                .iter()
-                .map(|query| query[part % partitions].clone())
-                .collect();
-            let failed = failed.clone();
-            tokio::spawn(async move {
-                while let Some(item) = stream.next().await {
-                    match item {
-                        Ok(batch) => {
-                            let mut delivered = false;
-                            for target in &targets {
-                                delivered |= target.send(Ok(batch.clone())).await.is_ok();
-                            }
-                            if !delivered {
-                                return; // every query has stopped reading
-                            }
-                        }
-                        Err(error) => {
-                            let message = error.to_string();
-                            for target in &targets {
-                                let _ = target
-                                    .send(Err(DataFusionError::Execution(format!(
-                                        "shared scan: {message}"
-                                    ))))
-                                    .await;
-                            }
-                            if let Ok(mut failed) = failed.lock() {
-                                failed.get_or_insert(message);
-                            }
-                            return;
-                        }
-                    }
+/// Sends every batch of one scan partition to each query still reading; a scan error goes
+/// to all of them and is remembered in `failed`.
+async fn feed(
+    mut stream: SendableRecordBatchStream,
+    targets: Vec<mpsc::Sender<Batch>>,
+    failed: Arc<Mutex<Option<String>>>,
+) {
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(batch) => {
+                let mut delivered = false;
+                for target in &targets {
+                    delivered |= target.send(Ok(batch.clone())).await.is_ok();
                 }
-            })
-        })
-        .collect();
-    // the scan tasks hold the only senders now: a partition ends when its scan does
-    drop(senders);
-    Ok(SharedScan {
-        scan,
-        queries,
-        failed,
-    })
+                if !delivered {
+                    return; // every query has stopped reading
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                // every query gets the scan's own error, so its cause (a lost store, a
+                // corrupt file) still decides the exit code
+                let error = Arc::new(error);
+                for target in &targets {
+                    let shared = DataFusionError::Shared(error.clone());
+                    let _ = target
+                        .send(Err(DataFusionError::Context(
+                            "shared scan".into(),
+                            Box::new(shared),
+                        )))
+                        .await;
+                }
+                if let Ok(mut failed) = failed.lock() {
+                    failed.get_or_insert(message);
+                }
+                return;
+            }
+        }
+    }
 }
 
 /// One partition of a shared scan, as a query reads it: the batches of one channel, once.

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{FeatureDictionary, FeatureError, FeatureSet};
-use crate::store::Store;
+use crate::store::{Store, layout};
 
 pub const BINS: usize = 5;
 
@@ -150,41 +150,10 @@ pub fn compute(
                 counts[bin_of(*v, &edges)] += 1.0;
             }
             let shares = counts.map(|c| c / population.max(1.0));
-            let (mut information_value, mut univariate_auc) = (None, None);
-            if let Some(labels) = labels {
-                let mut pos = [0.0; BINS];
-                let mut neg = [0.0; BINS];
-                let mut groups = Vec::with_capacity(rows.len() + 1);
-                for &(value, user) in rows.iter().filter(|r| r.0 != 0.0) {
-                    match labels.get(&user) {
-                        Some(true) => {
-                            pos[bin_of(value, &edges)] += 1.0;
-                            groups.push((value, 1.0, 0.0));
-                        }
-                        Some(false) => {
-                            neg[bin_of(value, &edges)] += 1.0;
-                            groups.push((value, 0.0, 1.0));
-                        }
-                        None => {}
-                    }
-                }
-                pos[0] = all_positives - pos[1..].iter().sum::<f64>();
-                neg[0] = all_negatives - neg[1..].iter().sum::<f64>();
-                groups.push((0.0, pos[0], neg[0]));
-                univariate_auc = grouped_auc(groups);
-                if all_positives > 0.0 && all_negatives > 0.0 {
-                    information_value = Some(
-                        pos.iter()
-                            .zip(&neg)
-                            .map(|(&p, &n)| {
-                                let dp = (p + 0.5) / (all_positives + 0.5 * BINS as f64);
-                                let dn = (n + 0.5) / (all_negatives + 0.5 * BINS as f64);
-                                (dp - dn) * (dp / dn).ln()
-                            })
-                            .sum(),
-                    );
-                }
-            }
+            let (information_value, univariate_auc) = match labels {
+                Some(labels) => separation(&rows, &edges, labels, (all_positives, all_negatives)),
+                None => (None, None),
+            };
             let psi = previous.get(&feature_id).map(|before| {
                 // tonight's population binned on yesterday's edges
                 let mut counts = [0.0; BINS];
@@ -210,6 +179,49 @@ pub fn compute(
         .collect();
     stats.sort_by_key(|s| s.feature_id);
     stats
+}
+
+/// How well one feature separates defaulters: its information value over the bins of `edges`
+/// and its univariate AUC. `rows` are (value, user) sorted by value; `all` the population's
+/// (defaults, non-defaults), so users without the feature count in the zero bin.
+fn separation(
+    rows: &[(f64, u64)],
+    edges: &[f64; 3],
+    labels: &HashMap<u64, bool>,
+    all: (f64, f64),
+) -> (Option<f64>, Option<f64>) {
+    let (all_positives, all_negatives) = all;
+    let mut pos = [0.0; BINS];
+    let mut neg = [0.0; BINS];
+    let mut groups = Vec::with_capacity(rows.len() + 1);
+    for &(value, user) in rows.iter().filter(|r| r.0 != 0.0) {
+        match labels.get(&user) {
+            Some(true) => {
+                pos[bin_of(value, edges)] += 1.0;
+                groups.push((value, 1.0, 0.0));
+            }
+            Some(false) => {
+                neg[bin_of(value, edges)] += 1.0;
+                groups.push((value, 0.0, 1.0));
+            }
+            None => {}
+        }
+    }
+    pos[0] = all_positives - pos[1..].iter().sum::<f64>();
+    neg[0] = all_negatives - neg[1..].iter().sum::<f64>();
+    groups.push((0.0, pos[0], neg[0]));
+    let univariate_auc = grouped_auc(groups);
+    let information_value = (all_positives > 0.0 && all_negatives > 0.0).then(|| {
+        pos.iter()
+            .zip(&neg)
+            .map(|(&p, &n)| {
+                let dp = (p + 0.5) / (all_positives + 0.5 * BINS as f64);
+                let dn = (n + 0.5) / (all_negatives + 0.5 * BINS as f64);
+                (dp - dn) * (dp / dn).ln()
+            })
+            .sum()
+    });
+    (information_value, univariate_auc)
 }
 
 /// A feature that separates defaulters best on the training set.
@@ -283,10 +295,6 @@ fn schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-pub fn stats_path(as_of: NaiveDate) -> String {
-    format!("features/dt={as_of}/stats.parquet")
-}
-
 pub async fn write(
     store: &Store,
     as_of: NaiveDate,
@@ -327,7 +335,7 @@ pub async fn write(
         problem: e.to_string(),
     })?;
     store
-        .write_parquet(&stats_path(as_of), batch.schema(), &[batch])
+        .write_parquet(&layout::feature_stats_file(as_of), batch.schema(), &[batch])
         .await?;
     Ok(())
 }
@@ -342,19 +350,14 @@ pub async fn previous(
         .list("features")
         .await?
         .into_iter()
-        .filter_map(|(path, _)| {
-            let dt = path
-                .strip_prefix("features/dt=")?
-                .strip_suffix("/stats.parquet")?;
-            NaiveDate::parse_from_str(dt, "%Y-%m-%d").ok()
-        })
+        .filter_map(|(path, _)| layout::stats_date(&path))
         .filter(|d| *d < as_of)
         .max();
     let Some(day) = newest else {
         return Ok((None, HashMap::new()));
     };
     let mut out = HashMap::new();
-    for batch in store.read_parquet(&stats_path(day)).await? {
+    for batch in store.read_parquet(&layout::feature_stats_file(day)).await? {
         let f64s = |name: &str| {
             batch
                 .column_by_name(name)
@@ -370,13 +373,16 @@ pub async fn previous(
         ) else {
             return Err(FeatureError::Result {
                 family: "feature stats".into(),
-                problem: format!("{} lacks feature_id or edge columns", stats_path(day)),
+                problem: format!(
+                    "{} lacks feature_id or edge columns",
+                    layout::feature_stats_file(day)
+                ),
             });
         };
         let shares: Option<Vec<_>> = (0..BINS).map(|i| f64s(&format!("share_{i}"))).collect();
         let shares = shares.ok_or_else(|| FeatureError::Result {
             family: "feature stats".into(),
-            problem: format!("{} lacks share columns", stats_path(day)),
+            problem: format!("{} lacks share columns", layout::feature_stats_file(day)),
         })?;
         for row in 0..batch.num_rows() {
             out.insert(

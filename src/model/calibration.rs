@@ -98,6 +98,7 @@ pub struct Scorecard {
     pub points_to_double: f64,
 }
 
+#[cfg(test)]
 impl Default for Scorecard {
     fn default() -> Self {
         Scorecard {

@@ -27,17 +27,6 @@ fn three() -> usize {
     3
 }
 
-impl Default for EvaluationConfig {
-    fn default() -> Self {
-        EvaluationConfig {
-            segments: vec!["city_tier".into(), "age_band".into(), "occupation".into()],
-            scorecard: Scorecard::default(),
-            reasons_per_user: 4,
-            suggestions_per_user: 3,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChampionComparison {
     pub version: String,

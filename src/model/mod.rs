@@ -26,9 +26,10 @@ pub use metrics::Metrics;
 pub use network::{Architecture, WideDeep};
 pub use train::{Split, TrainedModel, TrainingConfig, logits, predict, train};
 
+use crate::cause::{Cause, Classify};
 use crate::dataset::Csr;
 use crate::features::FeatureDictionary;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, layout};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -49,6 +50,20 @@ pub enum ModelError {
     },
     #[error("no model '{version}' under {root}/models/ (see `redflower models list`)")]
     UnknownModel { version: String, root: String },
+}
+
+impl Classify for ModelError {
+    fn cause(&self) -> Cause {
+        match self {
+            ModelError::Store(e) => e.cause(),
+            ModelError::Device(..) | ModelError::UnknownModel { .. } => Cause::Configuration,
+            // a damaged artifact, or a model that cannot read tonight's features: a person
+            // retrains or restores; retrying reads the same bytes
+            ModelError::Artifact { .. } | ModelError::DictionaryMismatch { .. } => {
+                Cause::Configuration
+            }
+        }
+    }
 }
 
 /// Where tensors live. Chosen at run time; the GPU kinds need their cargo feature.
@@ -197,7 +212,7 @@ pub async fn register(
     };
     store
         .put(
-            &format!("models/{version}/weights.safetensors"),
+            &layout::model_file(&version, "weights.safetensors"),
             weights.into(),
         )
         .await?;
@@ -219,7 +234,7 @@ async fn put_json<T: Serialize>(
         problem: format!("{file}: {e}"),
     })?;
     store
-        .put(&format!("models/{version}/{file}"), json.into())
+        .put(&layout::model_file(version, file), json.into())
         .await?;
     Ok(())
 }
@@ -227,7 +242,7 @@ async fn put_json<T: Serialize>(
 /// Reads `models/<version>/model.json`.
 pub async fn card(store: &Store, version: &str) -> Result<ModelCard, ModelError> {
     let bytes = store
-        .get(&format!("models/{version}/model.json"))
+        .get(&layout::model_file(version, "model.json"))
         .await?
         .ok_or_else(|| ModelError::UnknownModel {
             version: version.to_string(),
@@ -243,7 +258,7 @@ pub async fn card(store: &Store, version: &str) -> Result<ModelCard, ModelError>
 pub async fn load(store: &Store, version: &str, device: &Device) -> Result<Model, ModelError> {
     let card = card(store, version).await?;
     let weights = store
-        .get(&format!("models/{version}/weights.safetensors"))
+        .get(&layout::model_file(version, "weights.safetensors"))
         .await?
         .ok_or_else(|| ModelError::Artifact {
             version: version.to_string(),
@@ -312,17 +327,15 @@ pub struct Champion {
     pub promoted_at: String,
 }
 
-const CHAMPION_FILE: &str = "models/_champion.json";
-
 pub async fn champion(store: &Store) -> Result<Option<Champion>, ModelError> {
-    let Some(bytes) = store.get(CHAMPION_FILE).await? else {
+    let Some(bytes) = store.get(layout::CHAMPION_FILE).await? else {
         return Ok(None);
     };
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| ModelError::Artifact {
             version: "champion".into(),
-            problem: format!("{CHAMPION_FILE}: {e}"),
+            problem: format!("{}: {e}", layout::CHAMPION_FILE),
         })
 }
 
@@ -339,7 +352,7 @@ pub async fn promote(store: &Store, version: &str) -> Result<Champion, ModelErro
         version: version.to_string(),
         problem: e.to_string(),
     })?;
-    store.put(CHAMPION_FILE, json.into()).await?;
+    store.put(layout::CHAMPION_FILE, json.into()).await?;
     Ok(champion)
 }
 

@@ -103,8 +103,17 @@ fn tick(v: f64) -> String {
 }
 
 fn charts(e: &Evaluation) -> Vec<String> {
+    vec![
+        roc_chart(e),
+        ks_chart(e),
+        calibration_chart(e),
+        distribution_chart(e),
+    ]
+}
+
+fn roc_chart(e: &Evaluation) -> String {
     let m = &e.metrics;
-    let roc = chart(
+    chart(
         &format!("ROC (AUC {:.4})", m.auc),
         "false positive rate",
         "true positive rate",
@@ -123,10 +132,14 @@ fn charts(e: &Evaluation) -> Vec<String> {
                 dashed: true,
             },
         ],
-    );
+    )
+}
+
+fn ks_chart(e: &Evaluation) -> String {
+    let m = &e.metrics;
     let (p, n) = (m.positives as f64, (m.rows - m.positives) as f64);
     let share = |(fpr, tpr): (f64, f64)| (tpr * p + fpr * n) / (p + n).max(1.0);
-    let ks = chart(
+    chart(
         &format!("KS ({:.3})", m.ks),
         "share of users, riskiest first",
         "cumulative share",
@@ -145,14 +158,18 @@ fn charts(e: &Evaluation) -> Vec<String> {
                 dashed: false,
             },
         ],
-    );
+    )
+}
+
+fn calibration_chart(e: &Evaluation) -> String {
+    let m = &e.metrics;
     let top = e
         .calibration
         .iter()
         .map(|b| b.mean_pd.max(b.default_rate))
         .fold(0.01, f64::max)
         * 1.1;
-    let calibration = chart(
+    chart(
         &format!("Calibration (ECE {:.4})", m.ece),
         "mean predicted PD",
         "observed default rate",
@@ -175,7 +192,10 @@ fn charts(e: &Evaluation) -> Vec<String> {
                 dashed: true,
             },
         ],
-    );
+    )
+}
+
+fn distribution_chart(e: &Evaluation) -> String {
     let goods: usize = e.score_histogram.iter().map(|b| b.goods).sum();
     let bads: usize = e.score_histogram.iter().map(|b| b.bads).sum();
     let middle = |b: &super::evaluation::ScoreBin| (b.from_points + b.to_points) / 2.0;
@@ -199,7 +219,7 @@ fn charts(e: &Evaluation) -> Vec<String> {
         e.score_histogram.first().map_or(0.0, |b| b.from_points),
         e.score_histogram.last().map_or(1.0, |b| b.to_points),
     );
-    let distribution = chart(
+    chart(
         "Score distribution",
         "scorecard points",
         "share of class",
@@ -218,8 +238,7 @@ fn charts(e: &Evaluation) -> Vec<String> {
                 dashed: false,
             },
         ],
-    );
-    vec![roc, ks, calibration, distribution]
+    )
 }
 
 fn metric_row(out: &mut String, name: &str, value: String) {
@@ -233,7 +252,6 @@ fn metric_row(out: &mut String, name: &str, value: String) {
 
 /// The whole report as one HTML page.
 pub fn render(card: &ModelCard, e: &Evaluation) -> String {
-    let m = &e.metrics;
     let mut html = String::new();
     let _ = write!(
         html,
@@ -253,55 +271,65 @@ th{{background:#f6f6f6;text-align:left}}.charts svg{{margin:4px;border:1px solid
         html.push_str(&svg);
     }
     html.push_str("</div><h2>Metrics</h2><table>");
+    metrics_table(&mut html, e);
+    breakdown_tables(&mut html, e);
+    html.push_str("</table><h2>Model card</h2><table>");
+    card_table(&mut html, card);
+    html.push_str("</table><h2>Limitations</h2><ul>");
+    for note in &card.limitations {
+        let _ = write!(html, "<li>{}</li>", escape(note));
+    }
+    html.push_str("</ul></body></html>\n");
+    html
+}
+
+fn metrics_table(html: &mut String, e: &Evaluation) {
+    let m = &e.metrics;
     metric_row(
-        &mut html,
+        html,
         "rows / defaults",
         format!("{} / {}", m.rows, m.positives),
     );
-    metric_row(&mut html, "AUC", format!("{:.4}", m.auc));
+    metric_row(html, "AUC", format!("{:.4}", m.auc));
     if let Some(oracle) = e.oracle_auc {
         metric_row(
-            &mut html,
+            html,
             "oracle AUC (true PD) / ratio",
             format!("{oracle:.4} / {:.3}", m.auc / oracle),
         );
     }
     if let Some(visible) = e.visible_oracle_auc {
         metric_row(
-            &mut html,
+            html,
             "oracle AUC without hidden risk (visible PD) / ratio",
             format!("{visible:.4} / {:.3}", m.auc / visible),
         );
     }
-    metric_row(&mut html, "Gini", format!("{:.4}", m.gini));
-    metric_row(&mut html, "KS", format!("{:.4}", m.ks));
-    metric_row(&mut html, "log loss", format!("{:.5}", m.log_loss));
-    metric_row(&mut html, "Brier", format!("{:.5}", m.brier));
-    metric_row(&mut html, "ECE (calibrated)", format!("{:.5}", m.ece));
+    metric_row(html, "Gini", format!("{:.4}", m.gini));
+    metric_row(html, "KS", format!("{:.4}", m.ks));
+    metric_row(html, "log loss", format!("{:.5}", m.log_loss));
+    metric_row(html, "Brier", format!("{:.5}", m.brier));
+    metric_row(html, "ECE (calibrated)", format!("{:.5}", m.ece));
     if let Some(raw) = &e.uncalibrated {
-        metric_row(
-            &mut html,
-            "ECE before calibration",
-            format!("{:.5}", raw.ece),
-        );
+        metric_row(html, "ECE before calibration", format!("{:.5}", raw.ece));
     }
     metric_row(
-        &mut html,
+        html,
         "mean PD / default rate",
         format!("{:.4} / {:.4}", m.mean_pd, m.default_rate),
     );
     if let Some(c) = &e.champion {
         metric_row(
-            &mut html,
+            html,
             &format!("champion {} AUC", c.version),
             format!("{:.4}", c.auc),
         );
-        metric_row(
-            &mut html,
-            "PSI of PD vs champion",
-            format!("{:.4}", c.score_psi),
-        );
+        metric_row(html, "PSI of PD vs champion", format!("{:.4}", c.score_psi));
     }
+}
+
+/// Lift by decile, calibration bins and the fairness view.
+fn breakdown_tables(html: &mut String, e: &Evaluation) {
     html.push_str("</table><h2>Lift by decile</h2><table><tr><th>decile</th><th>rows</th><th>defaults</th><th>default rate</th><th>lift</th><th>cumulative capture</th></tr>");
     for d in &e.deciles {
         let _ = write!(
@@ -332,15 +360,13 @@ th{{background:#f6f6f6;text-align:left}}.charts svg{{margin:4px;border:1px solid
             s.auc.map_or("-".to_string(), |a| format!("{a:.4}"))
         );
     }
-    html.push_str("</table><h2>Model card</h2><table>");
-    metric_row(&mut html, "features known", card.n_features.to_string());
+}
+
+fn card_table(html: &mut String, card: &ModelCard) {
+    metric_row(html, "features known", card.n_features.to_string());
+    metric_row(html, "dictionary prefix hash", card.dictionary_hash.clone());
     metric_row(
-        &mut html,
-        "dictionary prefix hash",
-        card.dictionary_hash.clone(),
-    );
-    metric_row(
-        &mut html,
+        html,
         "architecture",
         format!(
             "wide over {} ids; deep: embedding {} -> hidden {}",
@@ -348,23 +374,17 @@ th{{background:#f6f6f6;text-align:left}}.charts svg{{margin:4px;border:1px solid
         ),
     );
     metric_row(
-        &mut html,
+        html,
         "calibration (Platt)",
         format!(
             "pd = sigmoid({:.4} * logit + {:.4})",
             card.calibration.slope, card.calibration.intercept
         ),
     );
-    metric_row(&mut html, "epochs", card.epochs_run.to_string());
+    metric_row(html, "epochs", card.epochs_run.to_string());
     metric_row(
-        &mut html,
+        html,
         "training",
         serde_json::to_string(&card.training).unwrap_or_default(),
     );
-    html.push_str("</table><h2>Limitations</h2><ul>");
-    for note in &card.limitations {
-        let _ = write!(html, "<li>{}</li>", escape(note));
-    }
-    html.push_str("</ul></body></html>\n");
-    html
 }

@@ -152,46 +152,25 @@ pub fn train(
 ) -> TrainedModel {
     let n_features = l2_scales.len();
     let train_device = device.clone().autodiff();
-    let users = &set.rows.users;
-    let rows_in = |part: Split| -> Vec<usize> {
-        (0..users.len())
-            .filter(|&i| Split::of(users[i], config) == part)
-            .collect()
-    };
-    let (fit, validation, holdout) = (
-        rows_in(Split::Fit),
-        rows_in(Split::Validation),
-        rows_in(Split::Holdout),
-    );
+    let [fit, validation, holdout] =
+        [Split::Fit, Split::Validation, Split::Holdout].map(|part| rows_in(set, part, config));
     let validation_csr = set.rows.select(&validation);
     let validation_labels: Vec<f32> = validation.iter().map(|&i| set.labels[i]).collect();
 
-    let mut network = WideDeep::new(
-        Architecture {
-            n_features,
-            embedding_dim: config.embedding_dim,
-            hidden: config.hidden,
-        },
-        config.seed,
-        &train_device,
-    );
+    let architecture = Architecture {
+        n_features,
+        embedding_dim: config.embedding_dim,
+        hidden: config.hidden,
+    };
+    let mut network = WideDeep::new(architecture, config.seed, &train_device);
     let mut optimizer = AdamConfig::new().init();
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut order = fit.clone();
-    let mut best: Option<(f64, WideDeep)> = None;
-    let mut since_best = 0;
+    let mut stop = EarlyStop::default();
     let mut epochs_run = 0;
-    let steps_per_epoch = fit.len().div_ceil(config.batch_size) as u64;
-    let progress = ProgressBar::new(config.epochs as u64 * steps_per_epoch).with_style(
-        ProgressStyle::with_template("train  {bar:40} {pos}/{len} steps  {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let progress = progress_bar(config, fit.len());
     let l2 = config.l2 / fit.len().max(1) as f64 * config.batch_size as f64;
-    // slot 0 is the padding id
-    let penalty: Vec<f32> = std::iter::once(1.0)
-        .chain(l2_scales.iter().copied())
-        .collect();
-    let penalty = Tensor::<1>::from_data(TensorData::new(penalty, [n_features + 1]), &train_device);
+    let penalty = penalty(l2_scales, &train_device);
     let mut fit_seconds = 0.0;
     for epoch in 0..config.epochs {
         let epoch_started = std::time::Instant::now();
@@ -221,26 +200,106 @@ pub fn train(
             "epoch {epochs_run} validation AUC {validation_auc:.4}"
         ));
         debug!(epoch = epochs_run, validation_auc, "epoch done");
-        if best.as_ref().is_none_or(|(auc, _)| validation_auc > *auc) {
-            best = Some((validation_auc, valid));
-            since_best = 0;
-        } else {
-            since_best += 1;
-            if since_best >= config.patience {
-                break;
-            }
+        if stop.after_epoch(validation_auc, valid, config.patience) {
+            break;
         }
     }
     progress.finish_and_clear();
     info!(
         epochs = epochs_run,
-        best_validation_auc = best.as_ref().map(|b| b.0),
+        best_validation_auc = stop.best.as_ref().map(|b| b.0),
         "training done"
     );
-    let (best_validation_auc, network) = best.unwrap_or_else(|| (f64::NAN, network.valid()));
-    let validation_logits = logits(&network, &validation_csr, device, 4096);
-    let calibration = Platt::fit(&validation_logits, &validation_labels);
-    let holdout_rows = set.rows.select(&holdout);
+    let (best_validation_auc, network) = stop.best.unwrap_or_else(|| (f64::NAN, network.valid()));
+    let calibration = Platt::fit(
+        &logits(&network, &validation_csr, device, 4096),
+        &validation_labels,
+    );
+    let fitted = Fitted {
+        network,
+        calibration,
+        best_validation_auc,
+        epochs_run,
+        fit_rows: fit.len(),
+        fit_seconds,
+    };
+    evaluate_on_holdout(set, &holdout, fitted, device)
+}
+
+fn progress_bar(config: &TrainingConfig, fit_rows: usize) -> ProgressBar {
+    let steps_per_epoch = fit_rows.div_ceil(config.batch_size) as u64;
+    ProgressBar::new(config.epochs as u64 * steps_per_epoch).with_style(
+        ProgressStyle::with_template("train  {bar:40} {pos}/{len} steps  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    )
+}
+
+/// Each feature's multiple of the L2 penalty as a tensor; slot 0 is the padding id.
+fn penalty(l2_scales: &[f32], device: &Device) -> Tensor<1> {
+    let penalty: Vec<f32> = std::iter::once(1.0)
+        .chain(l2_scales.iter().copied())
+        .collect();
+    Tensor::<1>::from_data(TensorData::new(penalty, [l2_scales.len() + 1]), device)
+}
+
+/// The best network by validation AUC so far, and how many epochs have not beaten it.
+#[derive(Default)]
+struct EarlyStop {
+    best: Option<(f64, WideDeep)>,
+    since_best: usize,
+}
+
+impl EarlyStop {
+    /// Keeps `network` if it is the best so far; true when `patience` epochs in a row have
+    /// not improved on the best.
+    fn after_epoch(&mut self, validation_auc: f64, network: WideDeep, patience: usize) -> bool {
+        if self
+            .best
+            .as_ref()
+            .is_none_or(|(auc, _)| validation_auc > *auc)
+        {
+            self.best = Some((validation_auc, network));
+            self.since_best = 0;
+            return false;
+        }
+        self.since_best += 1;
+        self.since_best >= patience
+    }
+}
+
+/// Row positions of `set` in `part`.
+fn rows_in(set: &TrainingSet, part: Split, config: &TrainingConfig) -> Vec<usize> {
+    let users = &set.rows.users;
+    (0..users.len())
+        .filter(|&i| Split::of(users[i], config) == part)
+        .collect()
+}
+
+/// What the fit left: the best network by validation AUC, calibrated on the validation rows.
+struct Fitted {
+    network: WideDeep,
+    calibration: Platt,
+    best_validation_auc: f64,
+    epochs_run: usize,
+    fit_rows: usize,
+    fit_seconds: f64,
+}
+
+fn evaluate_on_holdout(
+    set: &TrainingSet,
+    holdout: &[usize],
+    fitted: Fitted,
+    device: &Device,
+) -> TrainedModel {
+    let Fitted {
+        network,
+        calibration,
+        best_validation_auc,
+        epochs_run,
+        fit_rows,
+        fit_seconds,
+    } = fitted;
+    let holdout_rows = set.rows.select(holdout);
     let holdout_labels: Vec<f32> = holdout.iter().map(|&i| set.labels[i]).collect();
     let holdout_logits = logits(&network, &holdout_rows, device, 4096);
     let raw_pd: Vec<f64> = holdout_logits
@@ -264,7 +323,7 @@ pub fn train(
         network,
         calibration,
         epochs_run,
-        fit_rows: fit.len(),
+        fit_rows,
         fit_seconds,
     }
 }

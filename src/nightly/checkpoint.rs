@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use tracing::info;
 
 use super::NightlyError;
-use crate::pipelines::Pipelines;
-use crate::store::Store;
+use crate::config::Pipelines;
+use crate::store::{Store, layout};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunRecord {
@@ -46,17 +46,9 @@ pub fn fingerprint(pipelines: &Pipelines) -> String {
     format!("{:x}", Sha256::digest(format!("{pipelines:?}").as_bytes()))[..16].to_string()
 }
 
-fn run_file(date: NaiveDate) -> String {
-    format!("runs/{date}/run.json")
-}
-
-fn folder(date: NaiveDate) -> String {
-    format!("runs/{date}/checkpoints")
-}
-
-fn json<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>, NightlyError> {
-    serde_json::to_vec_pretty(value).map_err(|e| NightlyError::Config {
-        file: what.to_string(),
+fn json<T: Serialize>(value: &T, path: &str) -> Result<Vec<u8>, NightlyError> {
+    serde_json::to_vec_pretty(value).map_err(|e| NightlyError::Checkpoint {
+        path: path.to_string(),
         error: e.to_string(),
     })
 }
@@ -68,7 +60,7 @@ impl Checkpoints {
         date: NaiveDate,
         pipelines: &Pipelines,
     ) -> Result<Checkpoints, NightlyError> {
-        store.delete_prefix(&folder(date)).await?;
+        store.delete_prefix(&layout::checkpoints(date)).await?;
         let now = Utc::now();
         let run = RunRecord {
             run_id: format!(
@@ -81,7 +73,7 @@ impl Checkpoints {
             started_at: now.to_rfc3339(),
         };
         store
-            .put(&run_file(date), json(&run, "run.json")?.into())
+            .put(&layout::run_file(date), json(&run, "run.json")?.into())
             .await?;
         info!(run_id = %run.run_id, "run started");
         Ok(Checkpoints {
@@ -96,14 +88,15 @@ impl Checkpoints {
         date: NaiveDate,
         pipelines: &Pipelines,
     ) -> Result<Option<Checkpoints>, NightlyError> {
-        let Some(bytes) = store.get(&run_file(date)).await? else {
+        let Some(bytes) = store.get(&layout::run_file(date)).await? else {
             return Ok(None);
         };
-        let path = format!("{}/{}", store.url(), run_file(date));
-        let run: RunRecord = serde_json::from_slice(&bytes).map_err(|e| NightlyError::Config {
-            file: path.clone(),
-            error: e.to_string(),
-        })?;
+        let path = format!("{}/{}", store.url(), layout::run_file(date));
+        let run: RunRecord =
+            serde_json::from_slice(&bytes).map_err(|e| NightlyError::Checkpoint {
+                path: path.clone(),
+                error: e.to_string(),
+            })?;
         let now = fingerprint(pipelines);
         if run.config_fingerprint != now {
             return Err(NightlyError::Resume(format!(
@@ -119,7 +112,7 @@ impl Checkpoints {
     }
 
     fn path(&self, stage: &str) -> String {
-        format!("{}/{stage}.json", folder(self.run.run_date))
+        layout::checkpoint(self.run.run_date, stage)
     }
 
     /// What `stage` left for later stages, if it completed in this run.
@@ -129,8 +122,8 @@ impl Checkpoints {
             return Ok(None);
         };
         let checkpoint: Checkpoint<T> =
-            serde_json::from_slice(&bytes).map_err(|e| NightlyError::Config {
-                file: format!("{}/{path}", self.store.url()),
+            serde_json::from_slice(&bytes).map_err(|e| NightlyError::Checkpoint {
+                path: format!("{}/{path}", self.store.url()),
                 error: e.to_string(),
             })?;
         Ok((checkpoint.run_id == self.run.run_id).then_some(checkpoint.output))

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::cause::{Cause, Classify};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,17 @@ pub enum LeaseError {
     },
     #[error("lease record {path}: {problem}")]
     Record { path: String, problem: String },
+}
+
+impl Classify for LeaseError {
+    fn cause(&self) -> Cause {
+        match self {
+            LeaseError::Store(e) => e.cause(),
+            LeaseError::Held { .. } => Cause::Busy,
+            // an unreadable lease record: once it expires the next run replaces it
+            LeaseError::Record { .. } => Cause::Transient,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -21,7 +21,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::sync::Mutex;
 
-use super::snapshot::LimitAnswer;
+use crate::publish::LimitAnswer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -17,7 +17,7 @@
 //! nothing after every answer.
 
 pub mod client;
-pub mod snapshot;
+
 #[cfg(unix)]
 mod socket;
 
@@ -42,8 +42,9 @@ use tokio::task::JoinHandle;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
-pub use snapshot::{LimitAnswer, Snapshot, SnapshotError};
+pub use crate::publish::snapshot::{LimitAnswer, Snapshot, SnapshotError};
 
+use crate::cause::{Cause, Classify};
 use crate::publish::{self, PublishError};
 use crate::store::Store;
 
@@ -60,6 +61,18 @@ pub enum ServeError {
     Publish(#[from] PublishError),
     #[error("server stopped with an error: {0}")]
     Server(String),
+}
+
+impl Classify for ServeError {
+    fn cause(&self) -> Cause {
+        match self {
+            // an address in use or not ours to bind
+            ServeError::Bind { .. } => Cause::Configuration,
+            ServeError::Snapshot(e) => e.cause(),
+            ServeError::Publish(e) => e.cause(),
+            ServeError::Server(_) => Cause::Transient,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -7,6 +7,7 @@
 //! `faults` injects failures under that layer for tests and drills.
 
 pub mod faults;
+pub mod layout;
 pub mod retry;
 
 use std::collections::HashMap;
@@ -33,6 +34,8 @@ use parquet::arrow::async_writer::AsyncArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use url::Url;
+
+use crate::cause::{Cause, Classify};
 
 use faults::{FaultCounts, FaultPlan, FaultyStore};
 use retry::{RetryPolicy, RetryingStore};
@@ -68,6 +71,51 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl Classify for StoreError {
+    fn cause(&self) -> Cause {
+        match self {
+            StoreError::UnsupportedUrl(_) | StoreError::Configure { .. } => Cause::Configuration,
+            // a root that cannot be created is a path or a permission somebody chose
+            StoreError::LocalRoot { .. } => Cause::Configuration,
+            StoreError::Object { source, .. } => object_cause(source),
+            StoreError::Parquet { source, .. } => parquet_cause(source),
+            StoreError::AlreadyExists { .. } => Cause::Conflict,
+        }
+    }
+}
+
+/// An object-store failure's cause: refused credentials and bad keys need a person, a
+/// create-only conflict means another writer, anything else may pass on a later try (the
+/// retry layer already tried the transient ones a few times).
+pub fn object_cause(error: &object_store::Error) -> Cause {
+    use object_store::Error as E;
+    match error {
+        E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::UnknownConfigurationKey { .. }
+        | E::InvalidPath { .. }
+        | E::NotSupported { .. }
+        | E::NotImplemented { .. } => Cause::Configuration,
+        E::AlreadyExists { .. } | E::Precondition { .. } => Cause::Conflict,
+        _ => Cause::Transient,
+    }
+}
+
+/// A Parquet failure's cause: the bytes did not decode (a corrupt or truncated file, which a
+/// retry reads again the same), unless the object store under the reader failed.
+pub fn parquet_cause(error: &parquet::errors::ParquetError) -> Cause {
+    match error {
+        parquet::errors::ParquetError::External(inner) => {
+            match inner.downcast_ref::<object_store::Error>() {
+                Some(store) => object_cause(store),
+                None if inner.is::<std::io::Error>() => Cause::Transient,
+                None => Cause::Input,
+            }
+        }
+        _ => Cause::Input,
+    }
+}
 
 /// A root in an object store plus the URL DataFusion uses to reach it.
 #[derive(Clone)]

@@ -14,6 +14,7 @@
 
 mod catalog;
 pub mod random;
+pub mod truth;
 
 use std::sync::Arc;
 
@@ -35,8 +36,9 @@ use tracing::info;
 pub use catalog::{CERTIFICATE_FAMILIES, Catalog};
 use random::{normal, pick_cdf, pick_weighted, poisson, sigmoid, stream_seed};
 
+use crate::cause::{Cause, Classify};
 use crate::schema::{self, TableSchema};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, layout};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SynthError {
@@ -46,6 +48,17 @@ pub enum SynthError {
     Arrow { table: String, source: ArrowError },
     #[error("invalid world: {0}")]
     Invalid(String),
+}
+
+impl Classify for SynthError {
+    fn cause(&self) -> Cause {
+        match self {
+            SynthError::Store(e) => e.cause(),
+            SynthError::Arrow { .. } => Cause::Transient,
+            // a world description or truth file that does not read back
+            SynthError::Invalid(_) => Cause::Input,
+        }
+    }
 }
 
 /// What a world is; stored as `raw/_world.json` so later commands know what they read.
@@ -61,13 +74,31 @@ pub struct WorldConfig {
     pub seed: u64,
 }
 
+/// The demo world: what `redflower demo` builds, and the default of `redflower synth`, the
+/// benches and the tests' larger worlds.
+pub const DEMO_USERS: u64 = 50_000;
+pub const DEMO_DAYS: u32 = 180;
+/// The demo world's first day without data (its nightly run date), as the command line takes it.
+pub const DEMO_END: &str = "2026-11-01";
+pub const DEMO_SEED: u64 = 42;
+
 impl WorldConfig {
+    /// The demo world with `users` users.
+    pub fn demo(users: u64) -> WorldConfig {
+        WorldConfig {
+            users,
+            days: DEMO_DAYS,
+            end: NaiveDate::parse_from_str(DEMO_END, "%Y-%m-%d").expect("DEMO_END is a date"),
+            seed: DEMO_SEED,
+        }
+    }
+
     pub fn start(&self) -> NaiveDate {
         self.end - Duration::days(self.days as i64)
     }
 }
 
-pub const WORLD_FILE: &str = "raw/_world.json";
+use crate::store::layout::WORLD_FILE;
 /// Bumped whenever the generator writes other data for the same [`WorldConfig`], so that a
 /// root holding an older world is generated again rather than reused. 2: ~8 favourite
 /// merchants a user (was ~20), smaller hidden parts.
@@ -560,7 +591,7 @@ async fn write_daily<R>(
         let day = day_of(&rows[begin]);
         let end = begin + rows[begin..].partition_point(|r| day_of(r) == day);
         let batch = build(&rows[begin..end])?;
-        let path = format!("raw/{source}/dt={}/part-{chunk:05}.parquet", date_of(day));
+        let path = layout::raw_part(source, date_of(day), chunk);
         store.write_parquet(&path, batch.schema(), &[batch]).await?;
         files += 1;
         begin = end;
@@ -631,7 +662,7 @@ pub async fn generate(store: &Store, world: &WorldConfig) -> Result<SynthSummary
                 .filter(|p| p.signup_day <= day)
                 .collect();
             let profiles = profile_batch(&alive, &catalog)?;
-            let path = format!("raw/profiles/dt={}/part-{chunk:05}.parquet", date_of(day));
+            let path = layout::raw_part("profiles", date_of(day), chunk);
             store
                 .write_parquet(&path, profiles.schema(), &[profiles])
                 .await?;
@@ -655,7 +686,7 @@ pub async fn generate(store: &Store, world: &WorldConfig) -> Result<SynthSummary
             table: "truth".into(),
             source,
         })?;
-        let path = format!("truth/true_pd/part-{chunk:05}.parquet");
+        let path = layout::truth_part(chunk);
         store.write_parquet(&path, truth.schema(), &[truth]).await?;
         summary.files += 1;
         summary.files +=
@@ -717,11 +748,7 @@ async fn write_certificate_types(store: &Store, catalog: &Catalog) -> Result<(),
         ],
     )?;
     store
-        .write_parquet(
-            "reference/certificate_types/part-00000.parquet",
-            batch.schema(),
-            &[batch],
-        )
+        .write_parquet(&layout::certificate_types_file(), batch.schema(), &[batch])
         .await?;
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! synth -> nightly end to end on small worlds.
 
+use redflower::config::Pipelines;
 use redflower::model::DeviceKind;
-use redflower::nightly::{self, Pipelines};
+use redflower::nightly;
 use redflower::publish;
 use redflower::store::Store;
 

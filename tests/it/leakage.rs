@@ -185,7 +185,7 @@ fn features_with(families: &str, t: NaiveDate, events: &[(Event, i64)]) -> Vec<(
         // marked in-process like the nightly's sessions: the events groups share one scan
         let ctx = SessionContext::new_with_config(
             datafusion::prelude::SessionConfig::new()
-                .with_extension(Arc::new(redflower::pipelines::InProcess)),
+                .with_extension(Arc::new(redflower::engine::InProcess)),
         );
         ctx.register_table(
             "profiles",

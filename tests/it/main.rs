@@ -1,8 +1,10 @@
 //! The one integration-test binary (each file under tests/ would link DataFusion and Burn into
 //! a binary of its own). One module per area.
 
+mod architecture;
 mod chain;
 mod cli;
+mod exit_codes;
 mod leakage;
 mod models;
 mod operations;

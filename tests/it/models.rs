@@ -4,8 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::{Float32Type, UInt32Type, UInt64Type};
+use redflower::config::Pipelines;
 use redflower::model::{self, DeviceKind};
-use redflower::nightly::{self, Pipelines};
+use redflower::nightly;
 use redflower::store::Store;
 use redflower::training::{self, Promote};
 
@@ -281,7 +282,7 @@ async fn a_csv_table_trains_a_registered_model_with_a_report() {
 #[tokio::test]
 async fn a_suggested_certificate_raises_the_limit_by_the_amount_shown() {
     use redflower::dataset::Csr;
-    use redflower::limits::{self, LimitPolicy};
+    use redflower::policy::{self, LimitPolicy};
     use redflower::suggestions;
 
     let store = Store::open("memory://suggestions").unwrap();
@@ -315,7 +316,7 @@ async fn a_suggested_certificate_raises_the_limit_by_the_amount_shown() {
         }
     };
 
-    let ctx = redflower::pipelines::session(&pipelines.nightly.engine).unwrap();
+    let ctx = redflower::engine::session(&pipelines.nightly.engine).unwrap();
     redflower::sources::validate_and_register(&ctx, &store, run_date(), 0.01)
         .await
         .unwrap();
@@ -323,7 +324,7 @@ async fn a_suggested_certificate_raises_the_limit_by_the_amount_shown() {
         .await
         .unwrap();
     let policy = LimitPolicy::builtin();
-    let inputs = limits::load_inputs(&ctx, run_date(), snapshot, &policy)
+    let inputs = policy::load_inputs(&ctx, run_date(), snapshot, &policy)
         .await
         .unwrap();
     let candidates = suggestions::representatives(&inputs.certificates);

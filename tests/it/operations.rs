@@ -11,9 +11,12 @@ use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 use datafusion::arrow::array::RecordBatch;
+use redflower::cause::Classify;
+use redflower::config::Pipelines;
+use redflower::engine::Engine;
 use redflower::features::{self, FeatureDictionary};
 use redflower::model::DeviceKind;
-use redflower::nightly::{self, Engine, NightlyError, Pipelines, RunOptions, RunOutcome, Stage};
+use redflower::nightly::{self, NightlyError, RunOptions, RunOutcome, Stage};
 use redflower::publish;
 use redflower::scoring::Shard;
 use redflower::sources;
@@ -273,7 +276,7 @@ async fn transient_store_faults_are_retried_and_an_outage_fails_cleanly() {
     let error = nightly::run_with(&down, run_date(), &pipelines, &options)
         .await
         .expect_err("a run against a dead store cannot succeed");
-    assert_eq!(nightly::exit_code(&error), 1, "{error}");
+    assert_eq!(error.cause().exit_code(), 1, "{error}");
     assert!(error.to_string().contains("injected fault"), "{error}");
     let latest = publish::latest(&flaky_clean).await.unwrap().unwrap();
     assert_eq!(latest.version, 1);
@@ -300,7 +303,7 @@ async fn a_held_lease_refuses_a_second_run_of_the_date() {
     .await
     .expect_err("the date is leased");
     assert!(matches!(error, NightlyError::Lease(_)), "{error}");
-    assert_eq!(nightly::exit_code(&error), 7);
+    assert_eq!(error.cause().exit_code(), 7);
     assert!(
         error.to_string().contains("another run of this date"),
         "{error}"
@@ -318,13 +321,13 @@ async fn ballista_computes_the_same_features_as_the_local_engine() {
 
     let mut sets = Vec::new();
     for kind in [Engine::Local, Engine::BallistaStandalone] {
-        let ctx = nightly::session_for(engine, &kind).await.unwrap();
+        let ctx = redflower::engine::session_for(engine, &kind).await.unwrap();
         // the local engine shares one scan of events among its groups, Ballista does not:
         // this test holds the two paths to the same features
         assert_eq!(
             ctx.state()
                 .config()
-                .get_extension::<redflower::pipelines::InProcess>()
+                .get_extension::<redflower::engine::InProcess>()
                 .is_some(),
             matches!(kind, Engine::Local),
             "{kind:?}"

@@ -1,8 +1,8 @@
 //! The publish protocol: create-only manifests, checksums, readers never see partial tables.
 
 use chrono::NaiveDate;
-use redflower::limits::LimitPolicy;
-use redflower::publish::{self, LimitRow, PublishConfig, PublishError};
+use redflower::policy::LimitPolicy;
+use redflower::publish::{self, LimitRow, PublishError};
 use redflower::store::Store;
 
 pub fn rows(n: u64, pd: f64) -> Vec<LimitRow> {
@@ -12,7 +12,7 @@ pub fn rows(n: u64, pd: f64) -> Vec<LimitRow> {
             user_id,
             pd,
             decision: policy.decide(pd, &Default::default()),
-            suggestions: String::new(),
+            suggestions: Vec::new(),
         })
         .collect()
 }
@@ -86,7 +86,7 @@ fn limits_of(batches: &[datafusion::arrow::array::RecordBatch]) -> Vec<f64> {
 async fn gates_refuse_a_shrunken_or_shifted_table_until_forced() {
     let store = Store::open("memory://gates").unwrap();
     let date = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
-    let config = PublishConfig::default();
+    let config = redflower::config::Pipelines::builtin().nightly.publish;
     publish::publish_gated(
         &store,
         &rows(1000, 0.01),

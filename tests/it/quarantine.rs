@@ -2,7 +2,7 @@
 //! the run with a message that says where they are.
 
 use datafusion::arrow::array::AsArray;
-use redflower::nightly;
+use redflower::config::Pipelines;
 use redflower::sources::{self, SourceError};
 use redflower::store::Store;
 
@@ -12,7 +12,7 @@ use crate::support::{run_date, synth_world};
 async fn bad_rows_are_quarantined_with_reasons_and_counted() {
     let store = Store::open("memory://quarantine").unwrap();
     synth_world(&store, 4_000, 9).await;
-    let ctx = nightly::session(&Default::default()).unwrap();
+    let ctx = redflower::engine::session(&Pipelines::builtin().nightly.engine).unwrap();
     let reports = sources::validate_and_register(&ctx, &store, run_date(), 0.01)
         .await
         .unwrap();
@@ -70,7 +70,7 @@ async fn bad_rows_are_quarantined_with_reasons_and_counted() {
 async fn a_run_stops_when_the_bad_share_passes_the_limit() {
     let store = Store::open("memory://quarantine-limit").unwrap();
     synth_world(&store, 2_000, 9).await;
-    let ctx = nightly::session(&Default::default()).unwrap();
+    let ctx = redflower::engine::session(&Pipelines::builtin().nightly.engine).unwrap();
     let err = sources::validate_and_register(&ctx, &store, run_date(), 0.0)
         .await
         .unwrap_err();

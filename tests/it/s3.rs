@@ -10,9 +10,9 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use redflower::config::Pipelines;
 use redflower::features::{self, FeatureConfig, FeatureDictionary};
-use redflower::limits::LimitPolicy;
-use redflower::nightly;
+use redflower::policy::LimitPolicy;
 use redflower::publish::{self, LimitRow, PublishError};
 use redflower::sources;
 use redflower::store::Store;
@@ -77,7 +77,7 @@ fn create_bucket(endpoint: &str, bucket: &str) {
 }
 
 async fn features_of(store: &Store) -> Vec<(String, u64, f32)> {
-    let ctx = nightly::session(&Default::default()).unwrap();
+    let ctx = redflower::engine::session(&Pipelines::builtin().nightly.engine).unwrap();
     sources::validate_and_register(&ctx, store, run_date(), 0.01)
         .await
         .unwrap();
@@ -138,7 +138,7 @@ async fn the_feature_job_runs_on_s3_and_matches_memory() {
             user_id,
             pd: 0.01,
             decision: policy.decide(0.01, &Default::default()),
-            suggestions: String::new(),
+            suggestions: Vec::new(),
         })
         .collect();
     publish::publish_version(&s3, 1, &rows, run_date(), "m", "p")

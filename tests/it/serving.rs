@@ -17,6 +17,7 @@ use redflower::sink::{self, Redis, RedisTarget, Reply};
 use redflower::store::Store;
 
 use crate::publishing::rows;
+use crate::support::suggestion;
 
 fn date() -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, 11, 1).unwrap()
@@ -299,12 +300,12 @@ async fn answers_match_the_openapi_document() {
     table[0]
         .decision
         .scenarios
-        .push(redflower::limits::ScenarioLimit {
+        .push(redflower::policy::ScenarioGrant {
             category: "furniture".into(),
             amount: 2_000.0,
             valid_days: 30,
         });
-    table[0].suggestions = "language=+800".into();
+    table[0].suggestions = vec![suggestion("language", 800.0)];
     let manifest = publish::publish(&store, &table, date(), "m", "p")
         .await
         .unwrap();

@@ -8,8 +8,10 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
 use redflower::features::{FeatureDictionary, FeatureSet};
+use redflower::policy::HeldCertificate;
 use redflower::publish;
 use redflower::store::Store;
+use redflower::suggestions::Suggestion;
 use redflower::synth::{self, WorldConfig};
 
 /// A named column of a batch, typed; panics with the name when it is missing.
@@ -129,4 +131,19 @@ pub async fn write_text_user_ids(store: &Store) -> &'static str {
     let path = "raw/limit_requests/dt=2026-10-30/part-upstream.parquet";
     store.write_parquet(path, schema, &[batch]).await.unwrap();
     path
+}
+
+/// A suggestion of `family` for `amount` more, as the published table stores it.
+pub fn suggestion(family: &str, amount: f64) -> Suggestion {
+    Suggestion {
+        family: family.into(),
+        certificate: HeldCertificate {
+            cert_type_id: 1,
+            name: format!("a {family} certificate"),
+            family: family.into(),
+            tier: 1,
+            confidence: 1.0,
+        },
+        amount,
+    }
 }

@@ -10,21 +10,24 @@
 //! at an older version's files; retention deletes manifests past the newest N and the data no
 //! kept manifest needs.
 //!
-//! `publish` is the only writer under `published/`.
+//! `publish` is the only writer under `published/`. `table` is the only encoder and decoder
+//! of a limit row; `snapshot` holds a committed table for lookups and renders the answer
+//! document both read paths (the HTTP server and the Redis sink) return.
 
-use std::sync::Arc;
+pub mod snapshot;
+pub mod table;
+
+pub use snapshot::{LimitAnswer, Snapshot};
+pub use table::LimitRow;
 
 use chrono::{NaiveDate, Utc};
-use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::info;
 
-use crate::limits::Decision;
-use crate::schema;
-use crate::store::{Store, StoreError};
-
-pub const MANIFESTS: &str = "published/limits/_manifests";
+use crate::cause::{Cause, Classify};
+use crate::store::{Store, StoreError, layout};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -68,6 +71,22 @@ pub enum PublishError {
     },
 }
 
+impl Classify for PublishError {
+    fn cause(&self) -> Cause {
+        match self {
+            PublishError::Store(e) => e.cause(),
+            PublishError::Conflict { .. } => Cause::Conflict,
+            PublishError::GateRefused { .. } => Cause::GateRefused,
+            // a damaged manifest or data file, or numbers no limit can be: the data is bad
+            PublishError::Manifest { .. }
+            | PublishError::Checksum { .. }
+            | PublishError::NotFinite { .. } => Cause::Input,
+            PublishError::UnknownVersion { .. } => Cause::Configuration,
+            PublishError::Arrow(_) => Cause::Transient,
+        }
+    }
+}
+
 /// `[publish]` in `pipelines/nightly.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,16 +97,6 @@ pub struct PublishConfig {
     pub max_mean_limit_change: f64,
     /// committed versions kept; older manifests, and data no kept manifest needs, are deleted
     pub retain_versions: usize,
-}
-
-impl Default for PublishConfig {
-    fn default() -> Self {
-        PublishConfig {
-            max_row_drop_share: 0.05,
-            max_mean_limit_change: 0.15,
-            retain_versions: 14,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,24 +147,10 @@ pub struct Publication<'a> {
     pub run_id: Option<&'a str>,
 }
 
-/// One user's published row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LimitRow {
-    pub user_id: u64,
-    pub pd: f64,
-    pub decision: Decision,
-    /// certificate families that would raise the limit: `language=+800;professional=+300`
-    pub suggestions: String,
-}
-
-pub fn manifest_path(version: u64) -> String {
-    format!("{MANIFESTS}/{version:020}.json")
-}
-
 /// The newest committed manifest, if any.
 pub async fn latest(store: &Store) -> Result<Option<Manifest>, PublishError> {
     let newest = store
-        .list(MANIFESTS)
+        .list(layout::MANIFESTS)
         .await?
         .into_iter()
         .map(|(path, _)| path)
@@ -179,94 +174,6 @@ async fn read_manifest(store: &Store, path: &str) -> Result<Manifest, PublishErr
         path: path.to_string(),
         problem: e.to_string(),
     })
-}
-
-/// A NaN or infinite number has no JSON form and no meaning as a limit: such a row means a
-/// broken stage upstream, so nothing is published.
-fn refuse_non_finite(rows: &[LimitRow]) -> Result<(), PublishError> {
-    for row in rows {
-        let d = &row.decision;
-        let fields = [
-            ("pd", Some(row.pd)),
-            ("base_limit", Some(d.base_limit)),
-            ("certificate_boost", Some(d.certificate_boost)),
-            ("user_cap", d.user_cap),
-            ("policy_limit", Some(d.policy_limit)),
-            ("credit_limit", Some(d.credit_limit)),
-            ("apr", d.apr),
-        ]
-        .into_iter()
-        .chain(
-            d.scenarios
-                .iter()
-                .map(|s| ("scenario_limits", Some(s.amount))),
-        );
-        for (field, value) in fields {
-            if let Some(value) = value.filter(|v| !v.is_finite()) {
-                return Err(PublishError::NotFinite {
-                    user_id: row.user_id,
-                    field,
-                    value,
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-fn to_batch(rows: &[LimitRow], as_of: NaiveDate) -> Result<RecordBatch, PublishError> {
-    let reasons: Vec<String> = rows.iter().map(|r| r.decision.reasons.join(";")).collect();
-    let scenarios: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            r.decision
-                .scenarios
-                .iter()
-                .map(|s| {
-                    format!(
-                        "{}={} until {}",
-                        s.category,
-                        s.amount,
-                        as_of + chrono::Duration::days(s.valid_days as i64)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(";")
-        })
-        .collect();
-    Ok(RecordBatch::try_new(
-        schema::LIMITS.arrow(),
-        vec![
-            Arc::new(UInt64Array::from_iter_values(
-                rows.iter().map(|r| r.user_id),
-            )),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.pd))),
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.decision.grade.as_str()),
-            )),
-            Arc::new(Float64Array::from_iter_values(
-                rows.iter().map(|r| r.decision.base_limit),
-            )),
-            Arc::new(Float64Array::from_iter_values(
-                rows.iter().map(|r| r.decision.certificate_boost),
-            )),
-            Arc::new(Float64Array::from_iter(
-                rows.iter().map(|r| r.decision.user_cap),
-            )),
-            Arc::new(Float64Array::from_iter_values(
-                rows.iter().map(|r| r.decision.policy_limit),
-            )),
-            Arc::new(Float64Array::from_iter_values(
-                rows.iter().map(|r| r.decision.credit_limit),
-            )),
-            Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.decision.apr))),
-            Arc::new(StringArray::from_iter_values(scenarios.iter())),
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.suggestions.as_str()),
-            )),
-            Arc::new(StringArray::from_iter_values(reasons.iter())),
-        ],
-    )?)
 }
 
 /// Publishes `rows` (sorted by user) as the next version. Returns the committed manifest.
@@ -316,9 +223,9 @@ async fn write_and_commit(
         now.format("%Y%m%dT%H%M%S%.6f"),
         std::process::id()
     );
-    let path = format!("published/limits/data/{run}/part-00000.parquet");
-    refuse_non_finite(rows)?;
-    let batch = to_batch(rows, as_of)?;
+    let path = layout::published_file(&run);
+    table::refuse_non_finite(rows)?;
+    let batch = table::to_batch(rows, as_of)?;
     let size = store.write_parquet(&path, batch.schema(), &[batch]).await?;
     // read back what the store holds: the manifest vouches only for durable bytes
     let written = store
@@ -342,7 +249,7 @@ async fn write_and_commit(
             sha256: format!("{:x}", Sha256::digest(&written)),
         }],
         mean_pd: rows.iter().map(|r| r.pd).sum::<f64>() / rows.len().max(1) as f64,
-        limit_distribution: crate::limits::distribution(
+        limit_distribution: crate::policy::distribution(
             &rows
                 .iter()
                 .map(|r| r.decision.credit_limit)
@@ -365,11 +272,11 @@ fn mean_limit(rows: &[LimitRow]) -> f64 {
 async fn commit(store: &Store, manifest: &Manifest) -> Result<(), PublishError> {
     let version = manifest.version;
     let json = serde_json::to_vec_pretty(manifest).map_err(|e| PublishError::Manifest {
-        path: manifest_path(version),
+        path: layout::manifest(version),
         problem: e.to_string(),
     })?;
     match store
-        .put_if_absent(&manifest_path(version), json.into())
+        .put_if_absent(&layout::manifest(version), json.into())
         .await
     {
         Ok(()) => Ok(()),
@@ -455,7 +362,7 @@ pub async fn published_by_run(
 /// Every committed manifest, oldest first.
 pub async fn versions(store: &Store) -> Result<Vec<Manifest>, PublishError> {
     let mut paths: Vec<String> = store
-        .list(MANIFESTS)
+        .list(layout::MANIFESTS)
         .await?
         .into_iter()
         .map(|(path, _)| path)
@@ -516,14 +423,14 @@ pub async fn retain(store: &Store, keep: usize) -> Result<Retention, PublishErro
     let oldest_kept = kept[0].version;
     let mut report = Retention::default();
     for manifest in old {
-        store.delete(&manifest_path(manifest.version)).await?;
+        store.delete(&layout::manifest(manifest.version)).await?;
         report.manifests_deleted += 1;
     }
     let needed: std::collections::HashSet<&str> = kept
         .iter()
         .flat_map(|m| m.files.iter().map(|f| f.path.as_str()))
         .collect();
-    for (path, _) in store.list("published/limits/data").await? {
+    for (path, _) in store.list(layout::PUBLISHED_DATA).await? {
         let version = path
             .strip_prefix("published/limits/data/v")
             .and_then(|rest| rest.get(..8))
@@ -544,33 +451,15 @@ pub async fn limits_before(
     store: &Store,
     run_date: NaiveDate,
 ) -> Result<std::collections::HashMap<u64, f64>, PublishError> {
-    use datafusion::arrow::array::AsArray;
-    use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
-    let mut out = std::collections::HashMap::new();
     let Some(manifest) = versions(store)
         .await?
         .into_iter()
         .filter(|m| m.as_of < run_date)
         .max_by_key(|m| m.version)
     else {
-        return Ok(out);
+        return Ok(Default::default());
     };
-    for batch in read_table(store, &manifest).await? {
-        let (Some(users), Some(limits)) = (
-            batch.column_by_name("user_id"),
-            batch
-                .column_by_name("policy_limit")
-                .or_else(|| batch.column_by_name("credit_limit")),
-        ) else {
-            continue;
-        };
-        let users = users.as_primitive::<UInt64Type>();
-        let limits = limits.as_primitive::<Float64Type>();
-        for row in 0..batch.num_rows() {
-            out.insert(users.value(row), limits.value(row));
-        }
-    }
-    Ok(out)
+    Ok(table::policy_limits(&read_table(store, &manifest).await?))
 }
 
 /// Reads the table a manifest points at, checking every file's checksum.
@@ -584,7 +473,7 @@ pub async fn read_table(
             .get(&file.path)
             .await?
             .ok_or_else(|| PublishError::Manifest {
-                path: manifest_path(manifest.version),
+                path: layout::manifest(manifest.version),
                 problem: format!("data file {} is missing", file.path),
             })?;
         let found = format!("{:x}", Sha256::digest(&bytes));

@@ -1,0 +1,45 @@
+//! Arguments several commands share, declared once and flattened into each command.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use redflower::config::Pipelines;
+use redflower::model::DeviceKind;
+use redflower::store::Store;
+
+/// `--root`: the store a command works on.
+#[derive(Args, Clone, Debug)]
+pub struct RootArg {
+    /// root URL: a local path, file:///abs/path, s3://bucket/prefix or memory://name
+    #[arg(long)]
+    pub root: String,
+}
+
+impl RootArg {
+    pub fn open(&self) -> Result<Store> {
+        Ok(Store::open(&self.root)?)
+    }
+}
+
+/// `--pipelines`: the configuration a command runs with.
+#[derive(Args, Clone, Debug)]
+pub struct PipelinesArg {
+    /// folder with features.toml, limits.toml and nightly.toml (default: the shipped ones)
+    #[arg(long)]
+    pub pipelines: Option<PathBuf>,
+}
+
+impl PipelinesArg {
+    pub fn load(&self) -> Result<Pipelines> {
+        Ok(Pipelines::load_or_builtin(self.pipelines.as_deref())?)
+    }
+}
+
+/// `--device`: where Burn trains and scores.
+#[derive(Args, Clone, Copy, Debug)]
+pub struct DeviceArg {
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceKind,
+}

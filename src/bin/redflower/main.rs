@@ -1,0 +1,163 @@
+//! The `redflower` command: parses arguments, sets up logging, calls the library, prints a
+//! summary, and exits with the code the error's cause gives (README, "exit codes"). Nothing
+//! here decides anything about data: each command's file only turns flags into library calls.
+
+mod args;
+mod demo;
+mod evaluate;
+mod models;
+mod nightly;
+mod print;
+mod publish;
+mod serve;
+mod show;
+mod synth;
+mod train;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use redflower::cause::{Cause, Classify};
+
+/// Nightly credit limits from fragmented evidence.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// how logs on stderr look: text for people, json (one object per line) for collectors
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a synthetic world of raw fragments (and its true PD) under a root.
+    ///
+    /// Example: redflower synth --users 50000 --days 180 --out ./data
+    Synth(synth::SynthArgs),
+    /// Run the nightly job for one date: validate, features, train, score, limits, publish.
+    ///
+    /// Example: redflower nightly --root ./data --date 2026-11-01
+    Nightly(nightly::NightlyArgs),
+    /// Answer GET /v1/limits/{user_id} over HTTP from the newest published table, following
+    /// new versions as they are committed. Stop with Ctrl-C (or SIGTERM).
+    ///
+    /// Example: redflower serve --root ./data --addr 127.0.0.1:8080
+    Serve(serve::ServeArgs),
+    /// Build a 50,000-user world in ./data and run the nightly job on it.
+    ///
+    /// Example: redflower demo
+    Demo(demo::DemoArgs),
+    /// Train a model on the newest labelled window of a world (or on your own table), register
+    /// it under models/ with its metrics and HTML report.
+    ///
+    /// Examples: redflower train --root ./data --date 2026-11-01 --promote
+    ///           redflower train --root ./byo --table ./loans.csv --label defaulted
+    Train(train::TrainArgs),
+    /// Evaluate a registered model on the holdout of a date's training window, next to the
+    /// champion; writes models/<version>/evaluations/<date>/.
+    ///
+    /// Example: redflower evaluate --root ./data --model 2026-08-03-e10e27e0ff12 --date 2026-11-01
+    Evaluate(evaluate::EvaluateArgs),
+    /// List published versions, roll back to one, apply retention, or load one into Redis.
+    Publish {
+        #[command(subcommand)]
+        action: publish::PublishAction,
+    },
+    /// List, compare and promote registered models.
+    Models {
+        #[command(subcommand)]
+        action: models::ModelsAction,
+    },
+    /// Print a user's answer from the newest published limit table (what `serve` returns).
+    ///
+    /// Example: redflower show --root ./data --user 42
+    Show(show::ShowArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("warn,redflower=info")),
+        )
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(cause_of(&e).exit_code())
+        }
+    }
+}
+
+async fn execute(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Synth(args) => synth::run(args).await,
+        Command::Nightly(args) => nightly::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Train(args) => train::run(args).await,
+        Command::Evaluate(args) => evaluate::run(args).await,
+        Command::Publish { action } => publish::run(action).await,
+        Command::Models { action } => models::run(action).await,
+        Command::Show(args) => show::run(args).await,
+    }
+}
+
+/// The cause of the first error in the chain that knows its cause; anything else (a file
+/// the command itself could not write, say) is taken as transient.
+fn cause_of(error: &anyhow::Error) -> Cause {
+    use redflower::{
+        config, engine, features, model, nightly, policy, publish, sink, sources, store, synth,
+        table, training,
+    };
+    for cause in error.chain() {
+        macro_rules! classified {
+            ($($kind:ty),*) => {
+                $(if let Some(e) = cause.downcast_ref::<$kind>() {
+                    return e.cause();
+                })*
+            };
+        }
+        classified!(
+            nightly::NightlyError,
+            training::TrainingError,
+            publish::PublishError,
+            publish::snapshot::SnapshotError,
+            sink::SinkError,
+            redflower::serve::ServeError,
+            model::ModelError,
+            table::TableError,
+            synth::SynthError,
+            sources::SourceError,
+            features::FeatureError,
+            policy::PolicyError,
+            config::PipelinesError,
+            engine::EngineError,
+            store::StoreError
+        );
+    }
+    Cause::Transient
+}

@@ -1,0 +1,165 @@
+//! The human summaries commands print at the end: a nightly run's and a model evaluation's.
+
+use redflower::model::ModelCard;
+use redflower::model::evaluation::Evaluation;
+use redflower::nightly::NightlyReport;
+use redflower::store::layout;
+
+pub fn evaluation(card: &ModelCard, e: &Evaluation, report: &str) {
+    let m = &e.metrics;
+    println!();
+    println!("model {} ({}) on {}", card.version, card.kind, card.data);
+    println!(
+        "  evaluated   on {} ({} rows, {} defaults)",
+        e.rows_evaluated, m.rows, m.positives
+    );
+    let mut oracle = e.oracle_auc.map_or(String::new(), |o| {
+        format!(", oracle AUC {o:.4} (ratio {:.3})", m.auc / o)
+    });
+    if let Some(v) = e.visible_oracle_auc {
+        oracle.push_str(&format!(
+            ", without hidden risk {v:.4} (ratio {:.3})",
+            m.auc / v
+        ));
+    }
+    println!(
+        "  ranking     AUC {:.4}, Gini {:.4}, KS {:.4}{oracle}",
+        m.auc, m.gini, m.ks
+    );
+    let before = e.uncalibrated.map_or(String::new(), |u| {
+        format!(" (before calibration {:.4})", u.ece)
+    });
+    println!(
+        "  calibration ECE {:.4}{before}; mean PD {:.4} vs default rate {:.4}; log loss {:.4}, Brier {:.4}",
+        m.ece, m.mean_pd, m.default_rate, m.log_loss, m.brier
+    );
+    if let Some(top) = e.deciles.first() {
+        println!(
+            "  lift        riskiest decile: default rate {:.3}, lift {:.2}",
+            top.default_rate, top.lift
+        );
+    }
+    if let Some(c) = &e.champion {
+        println!(
+            "  champion    {}: AUC {:.4}; PSI of PD against it {:.4}",
+            c.version, c.auc, c.score_psi
+        );
+    }
+    println!("  report      {report}");
+}
+
+pub fn nightly_summary(report: &NightlyReport) {
+    println!();
+    println!(
+        "nightly run {} on {} ({:.1}s)",
+        report.run_date, report.root, report.seconds
+    );
+    sources_and_features(report);
+    drift(report);
+    model_and_limits(report);
+    println!(
+        "  published   version {} ({} rows, mean limit {:.0}) at {}/{}",
+        report.manifest.version,
+        report.manifest.row_count,
+        report.manifest.mean_limit,
+        report.root,
+        layout::manifest(report.manifest.version)
+    );
+    let stages: Vec<String> = report
+        .stages
+        .iter()
+        .map(|s| format!("{} {:.1}s", s.stage, s.seconds))
+        .collect();
+    println!("  stages      {}", stages.join(", "));
+    if !report.resumed_stages.is_empty() {
+        println!(
+            "  resumed     run {}: took {} from its checkpoints",
+            report.run_id,
+            report.resumed_stages.join(", ")
+        );
+    }
+}
+
+fn sources_and_features(report: &NightlyReport) {
+    let quarantined: u64 = report.sources.iter().map(|s| s.quarantined).sum();
+    let rows: u64 = report.sources.iter().map(|s| s.rows).sum();
+    println!("  sources     {rows} raw rows, {quarantined} quarantined (see quarantine/)");
+    for source in report.sources.iter().filter(|s| s.quarantined > 0) {
+        let reasons: Vec<String> = source
+            .reasons
+            .iter()
+            .map(|(r, n)| format!("{n} {r}"))
+            .collect();
+        println!("              {}: {}", source.source, reasons.join(", "));
+    }
+    for f in &report.features {
+        println!(
+            "  features    as of {}: {} users, {} non-zeros, {} distinct features ({:.1}s)",
+            f.as_of, f.users, f.rows, f.distinct_features, f.seconds
+        );
+    }
+    if let Some(last) = report.features.last() {
+        println!("  dictionary  {} features", last.dictionary_size);
+    }
+    println!("  strongest   (information value, univariate AUC on the training set)");
+    for s in report.strongest_features.iter().take(5) {
+        println!(
+            "              {:<44} IV {:.3}  AUC {:.3}",
+            s.name, s.information_value, s.univariate_auc
+        );
+    }
+}
+
+fn drift(report: &NightlyReport) {
+    match report.drift_baseline {
+        None => println!(
+            "  drift       no earlier feature stats to compare with (first run on this root)"
+        ),
+        Some(baseline) => {
+            println!("  drift       PSI against the stats of {baseline}, highest first");
+            for d in report.most_drifted.iter().take(5) {
+                println!("              {:<44} PSI {:.3}", d.name, d.psi);
+            }
+        }
+    }
+}
+
+fn model_and_limits(report: &NightlyReport) {
+    println!(
+        "  training    as of {}: {} users, {} defaults ({:.2}%)",
+        report.training_as_of,
+        report.training_rows,
+        report.training_defaults,
+        100.0 * report.training_defaults as f64 / report.training_rows.max(1) as f64
+    );
+    let oracle = match (report.oracle_auc, report.visible_oracle_auc) {
+        (None, _) => "n/a (no truth in this root)".to_string(),
+        (Some(a), Some(v)) => format!("{a:.4} ({v:.4} without hidden risk)"),
+        (Some(a), None) => format!("{a:.4}"),
+    };
+    println!(
+        "  model       {} ({}): holdout AUC {:.4}, oracle AUC {} on {} held-out users; ECE {:.4}, log loss {:.4}",
+        report.model_version,
+        if report.trained_tonight {
+            "no champion yet: trained and promoted tonight"
+        } else {
+            "the champion"
+        },
+        report.holdout.auc,
+        oracle,
+        report.holdout.rows,
+        report.holdout.ece,
+        report.holdout.log_loss
+    );
+    println!(
+        "  limits      {} users scored; {} boosted by certificates ({} withheld by fraud checks); {} capped by their own request; {} with scenario limits",
+        report.scored_users,
+        report.boosted,
+        report.boosts_withheld_for_fraud,
+        report.capped_by_request,
+        report.with_scenario_limits
+    );
+    for (band, count) in &report.limit_distribution {
+        println!("              {band:>14}: {count}");
+    }
+}

@@ -1,0 +1,72 @@
+//! `redflower serve`: the HTTP read path until Ctrl-C or SIGTERM, then a summary.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+
+use redflower::serve::{self, ServeConfig};
+
+use crate::args::RootArg;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    root: RootArg,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// require `Authorization: Bearer TOKEN` on /v1/
+    #[arg(long, env = "REDFLOWER_SERVE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// how often to look for a newer committed version, in milliseconds
+    #[arg(long, default_value_t = 1000)]
+    poll_ms: u64,
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    let store = args.root.open()?;
+    let config = ServeConfig {
+        addr: args.addr,
+        token: args.token,
+        poll: Duration::from_millis(args.poll_ms.max(10)),
+    };
+    let server = serve::start(store.clone(), config).await?;
+    println!(
+        "serving {} on http://{} (table version {}); GET /v1/limits/{{user_id}}, /healthz, /metrics",
+        store.url(),
+        server.addr(),
+        server
+            .version()
+            .map_or("none yet".to_string(), |v| v.to_string())
+    );
+    shutdown_signal().await;
+    let stats = server.stop().await?;
+    println!(
+        "serve stopped after {:.0}s: {} answered, {} unknown users, {} refused; {} table swaps ({} failed); last version {}",
+        stats.seconds,
+        stats.answered,
+        stats.not_found,
+        stats.refused,
+        stats.reloads,
+        stats.reload_failures,
+        stats.version.map_or("none".to_string(), |v| v.to_string())
+    );
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM (what a service manager sends).
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,119 @@
+//! `redflower train`: a model on a world's newest labelled window, or on your own table.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use chrono::NaiveDate;
+use clap::Args;
+
+use redflower::training::{self, Promote, TrainOutcome};
+
+use crate::args::{DeviceArg, PipelinesArg, RootArg};
+use crate::print;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    root: RootArg,
+    /// the run date whose training window to use (features as of date - horizon)
+    #[arg(long, required_unless_present = "table")]
+    date: Option<NaiveDate>,
+    /// train on this Parquet or CSV table instead of the world (path or URL)
+    #[arg(long, requires = "label")]
+    table: Option<String>,
+    /// the 0/1 label column of --table
+    #[arg(long, requires = "table")]
+    label: Option<String>,
+    #[command(flatten)]
+    pipelines: PipelinesArg,
+    #[command(flatten)]
+    device: DeviceArg,
+    /// make the new model the champion the nightly job scores with
+    #[arg(long)]
+    promote: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: TrainArgs) -> Result<()> {
+    let started = Instant::now();
+    let outcome = match (&args.table, &args.label, args.date) {
+        (Some(table), Some(label), _) => train_on_table(&args, table, label).await?,
+        (_, _, Some(date)) => train_on_window(&args, date).await?,
+        _ => anyhow::bail!("train needs --date, or --table with --label"),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+        return Ok(());
+    }
+    print::evaluation(&outcome.card, &outcome.evaluation, &outcome.report);
+    println!(
+        "  champion    {}",
+        if outcome.promoted {
+            "promoted: the nightly job scores with this model from now on"
+        } else {
+            "not promoted (redflower models promote to make it the champion)"
+        }
+    );
+    println!("  took        {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn promote(args: &TrainArgs) -> Promote {
+    if args.promote {
+        Promote::Always
+    } else {
+        Promote::Never
+    }
+}
+
+async fn train_on_table(args: &TrainArgs, table: &str, label: &str) -> Result<TrainOutcome> {
+    let store = args.root.open()?;
+    let pipelines = args.pipelines.load()?;
+    let device = args.device.device.device()?;
+    let byo = redflower::table::training_set(table, label).await?;
+    let skipped = if byo.skipped_columns.is_empty() {
+        String::new()
+    } else {
+        format!("; constant, skipped: {}", byo.skipped_columns.join(", "))
+    };
+    println!(
+        "table {table}: {} rows ({} without a label, left out), {} numeric and {} categorical columns -> {} features{skipped}",
+        byo.rows,
+        byo.unlabelled,
+        byo.numeric_columns.len(),
+        byo.categorical_columns.len(),
+        byo.dictionary.len(),
+    );
+    let (_, outcome) = training::train_and_register(
+        &store,
+        &byo.set,
+        &byo.dictionary,
+        false,
+        format!("table {table}, label column '{label}'"),
+        &pipelines,
+        &device,
+        promote(args),
+    )
+    .await?;
+    Ok(outcome)
+}
+
+async fn train_on_window(args: &TrainArgs, date: NaiveDate) -> Result<TrainOutcome> {
+    let store = args.root.open()?;
+    let pipelines = args.pipelines.load()?;
+    let device = args.device.device.device()?;
+    let window = training::labelled_window(&store, date, &pipelines).await?;
+    let (_, outcome) = training::train_and_register(
+        &store,
+        &window.set,
+        &window.dictionary,
+        true,
+        window.data.clone(),
+        &pipelines,
+        &device,
+        promote(args),
+    )
+    .await?;
+    Ok(outcome)
+}

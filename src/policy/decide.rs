@@ -1,0 +1,543 @@
+//! The policy itself: one user's PD and facts in, a `Decision` out, with the reasons for it.
+//! Pure: no I/O, no clock, no randomness; the same inputs always give the same decision, so
+//! the invariants users rely on are property-tested here.
+//!
+//! Grades, reasons and withheld boosts are enums; their `Display` is the text the published
+//! table stores (`grade:A`, `certificate_boost_withheld:upload_burst`, ...).
+
+use std::collections::HashMap;
+use std::fmt;
+
+use super::{FraudFlag, GradeRule, LimitPolicy};
+
+/// A verified certificate as the policy sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldCertificate {
+    pub cert_type_id: u32,
+    pub name: String,
+    pub family: String,
+    pub tier: i32,
+    pub confidence: f64,
+}
+
+/// Everything about one user the policy weighs besides the PD.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserFacts {
+    /// recognized and verified certificates uploaded before the run date
+    pub certificates: Vec<HeldCertificate>,
+    /// the ceiling the user asked for, until they lift it
+    pub cap: Option<f64>,
+    pub income_band: Option<i32>,
+    /// the policy limit (before the user's cap) in the last published table
+    pub previous_limit: Option<f64>,
+    /// fraud checks this user failed (no boost while any)
+    pub fraud_flags: Vec<FraudFlag>,
+    /// purchases per merchant category in the 90 days before the run
+    pub category_purchases: HashMap<String, u32>,
+}
+
+/// The grade a decision gives: one of the policy's, or a decline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grade {
+    Granted(String),
+    Decline,
+}
+
+impl Grade {
+    /// The stored name of a decline (no policy grade may take it).
+    pub const DECLINE: &'static str = "decline";
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Grade::Granted(name) => name,
+            Grade::Decline => Grade::DECLINE,
+        }
+    }
+}
+
+impl fmt::Display for Grade {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a certificate boost was not given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withheld {
+    Fraud(FraudFlag),
+    PdAboveBoostBound,
+}
+
+/// One reason code of a decision, in the order `decide` adds them; the model's adverse
+/// reasons (`model:<feature>`) follow the policy's.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reason {
+    PdAbovePolicyMax,
+    Grade(String),
+    IncomeBand(i32),
+    BoostWithheld(Withheld),
+    CertificateBoost { family: String, name: String },
+    PolicyCeiling,
+    PolicyFloor,
+    LimitedByNightlyStep,
+    CappedByUserRequest,
+    Scenario(String),
+    Model(String),
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::PdAbovePolicyMax => f.write_str("pd_above_policy_max"),
+            Reason::Grade(name) => write!(f, "grade:{name}"),
+            Reason::IncomeBand(band) => write!(f, "income_band:{band}"),
+            Reason::BoostWithheld(Withheld::Fraud(flag)) => {
+                write!(f, "certificate_boost_withheld:{flag}")
+            }
+            Reason::BoostWithheld(Withheld::PdAboveBoostBound) => {
+                f.write_str("certificate_boost_withheld:pd_above_boost_bound")
+            }
+            Reason::CertificateBoost { family, name } => {
+                write!(f, "certificate_boost:{family}:{name}")
+            }
+            Reason::PolicyCeiling => f.write_str("policy_ceiling"),
+            Reason::PolicyFloor => f.write_str("policy_floor"),
+            Reason::LimitedByNightlyStep => f.write_str("limited_by_nightly_step"),
+            Reason::CappedByUserRequest => f.write_str("capped_by_user_request"),
+            Reason::Scenario(category) => write!(f, "scenario:{category}"),
+            Reason::Model(feature) => write!(f, "model:{feature}"),
+        }
+    }
+}
+
+/// A scenario limit granted to one user: `amount` more in `category` for `valid_days`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScenarioGrant {
+    pub category: String,
+    pub amount: f64,
+    pub valid_days: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub grade: Grade,
+    pub base_limit: f64,
+    pub certificate_boost: f64,
+    pub user_cap: Option<f64>,
+    /// what the policy gives before the user's cap; the next night's step starts from it
+    pub policy_limit: f64,
+    pub credit_limit: f64,
+    /// None for a decline
+    pub apr: Option<f64>,
+    /// category-scoped amounts on top of the credit limit
+    pub scenarios: Vec<ScenarioGrant>,
+    pub reasons: Vec<Reason>,
+}
+
+impl Decision {
+    fn decline(cap: Option<f64>) -> Decision {
+        Decision {
+            grade: Grade::Decline,
+            base_limit: 0.0,
+            certificate_boost: 0.0,
+            user_cap: cap,
+            policy_limit: 0.0,
+            credit_limit: 0.0,
+            apr: None,
+            scenarios: Vec::new(),
+            reasons: vec![Reason::PdAbovePolicyMax],
+        }
+    }
+}
+
+impl LimitPolicy {
+    /// The limit of one user. Pure: the same inputs always give the same decision.
+    pub fn decide(&self, pd: f64, facts: &UserFacts) -> Decision {
+        // a decline applies at once, whatever last night's limit was
+        let Some(grade) = self.grades.iter().find(|g| pd <= g.max_pd) else {
+            return Decision::decline(facts.cap);
+        };
+        let mut reasons = vec![Reason::Grade(grade.name.clone())];
+        let base_limit = grade.base_limit * self.income_multiplier(facts.income_band);
+        if let Some(band) = facts.income_band {
+            reasons.push(Reason::IncomeBand(band));
+        }
+        let boost = self.certificate_boost(pd, facts, &mut reasons);
+        let policy_limit =
+            self.policy_limit(base_limit + boost, facts.previous_limit, &mut reasons);
+        // the step moves the policy's limit; the user's own cap applies (and lifts) at once
+        let mut credit_limit = policy_limit;
+        if let Some(cap) = facts.cap
+            && cap < credit_limit
+        {
+            credit_limit = self.round_down(cap.max(0.0));
+            reasons.push(Reason::CappedByUserRequest);
+        }
+        let scenarios = self.scenarios_for(pd, facts);
+        reasons.extend(
+            scenarios
+                .iter()
+                .map(|s| Reason::Scenario(s.category.clone())),
+        );
+        Decision {
+            grade: Grade::Granted(grade.name.clone()),
+            base_limit,
+            certificate_boost: boost,
+            user_cap: facts.cap,
+            policy_limit,
+            credit_limit,
+            apr: Some(self.apr(grade)),
+            scenarios,
+            reasons,
+        }
+    }
+
+    fn apr(&self, grade: &GradeRule) -> f64 {
+        grade.apr.max(self.apr_floor)
+    }
+
+    /// One boost per certificate type, the best tiers first, up to the cap; none for a
+    /// flagged user or a PD above the bound.
+    fn certificate_boost(&self, pd: f64, facts: &UserFacts, reasons: &mut Vec<Reason>) -> f64 {
+        let rules = &self.certificate_boost;
+        if facts.certificates.is_empty() {
+            return 0.0;
+        }
+        if let Some(flag) = facts.fraud_flags.first() {
+            reasons.push(Reason::BoostWithheld(Withheld::Fraud(*flag)));
+            return 0.0;
+        }
+        if pd > rules.max_pd {
+            reasons.push(Reason::BoostWithheld(Withheld::PdAboveBoostBound));
+            return 0.0;
+        }
+        let mut held: Vec<&HeldCertificate> = facts
+            .certificates
+            .iter()
+            .filter(|c| c.confidence >= rules.min_confidence)
+            .collect();
+        held.sort_by(|a, b| {
+            b.tier
+                .cmp(&a.tier)
+                .then(a.cert_type_id.cmp(&b.cert_type_id))
+        });
+        held.dedup_by_key(|c| c.cert_type_id);
+        let mut boost = 0.0;
+        for cert in held {
+            let room = rules.max_total - boost;
+            let tier_boost = self.tier_boost(cert.tier);
+            if room <= 0.0 || tier_boost <= 0.0 {
+                break;
+            }
+            boost += tier_boost.min(room);
+            reasons.push(Reason::CertificateBoost {
+                family: cert.family.clone(),
+                name: cert.name.clone(),
+            });
+        }
+        boost
+    }
+
+    /// The policy's limit for `wanted` (base plus boosts): within floor and ceiling, at most
+    /// one nightly step from last night's, and never above the ceiling.
+    fn policy_limit(&self, wanted: f64, previous: Option<f64>, reasons: &mut Vec<Reason>) -> f64 {
+        let ceiling = self.round_down(self.ceiling);
+        let mut limit = self.round_down(wanted.clamp(self.floor, self.ceiling));
+        if wanted > self.ceiling {
+            reasons.push(Reason::PolicyCeiling);
+        } else if wanted < self.floor {
+            reasons.push(Reason::PolicyFloor);
+        }
+        if let Some(previous) = previous {
+            let lowest = self.round_up(previous - self.max_nightly_change).max(0.0);
+            let highest = self.round_down(previous + self.max_nightly_change);
+            if limit < lowest || limit > highest {
+                limit = limit.clamp(lowest, highest);
+                reasons.push(Reason::LimitedByNightlyStep);
+            }
+        }
+        // the ceiling is hard: it wins over the step (a previous limit above a lowered ceiling)
+        if limit > ceiling {
+            limit = ceiling;
+            if !reasons.contains(&Reason::PolicyCeiling) {
+                reasons.push(Reason::PolicyCeiling);
+            }
+        }
+        limit
+    }
+
+    /// The scenario limits a user qualifies for. A user who asked for a lower limit gets no
+    /// extra credit in any category.
+    fn scenarios_for(&self, pd: f64, facts: &UserFacts) -> Vec<ScenarioGrant> {
+        if facts.cap.is_some() {
+            return Vec::new();
+        }
+        self.scenarios
+            .iter()
+            .filter(|s| {
+                pd <= s.max_pd
+                    && facts
+                        .category_purchases
+                        .get(&s.category)
+                        .copied()
+                        .unwrap_or(0)
+                        >= s.min_purchases_90d
+            })
+            .map(|s| ScenarioGrant {
+                category: s.category.clone(),
+                amount: s.amount,
+                valid_days: s.valid_days,
+            })
+            .collect()
+    }
+
+    fn round_down(&self, x: f64) -> f64 {
+        (x / self.rounding).floor() * self.rounding
+    }
+
+    fn round_up(&self, x: f64) -> f64 {
+        (x / self.rounding).ceil() * self.rounding
+    }
+
+    fn income_multiplier(&self, band: Option<i32>) -> f64 {
+        let m = &self.income_multipliers;
+        match band {
+            Some(band) if band >= 1 => m[(band as usize - 1).min(m.len() - 1)],
+            Some(_) => m[0],
+            None => 1.0,
+        }
+    }
+
+    fn tier_boost(&self, tier: i32) -> f64 {
+        let tiers = &self.certificate_boost.tier_boosts;
+        if tier < 1 || tiers.is_empty() {
+            return 0.0;
+        }
+        tiers[(tier as usize - 1).min(tiers.len() - 1)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{FraudFlag, LimitPolicy};
+    use proptest::prelude::*;
+
+    fn cert(id: u32, tier: i32, confidence: f64) -> HeldCertificate {
+        HeldCertificate {
+            cert_type_id: id,
+            name: format!("type{id}"),
+            family: "professional".into(),
+            tier,
+            confidence,
+        }
+    }
+
+    fn with_certs(certificates: Vec<HeldCertificate>) -> UserFacts {
+        UserFacts {
+            certificates,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_user_cap_is_a_hard_ceiling_even_with_boosts() {
+        let policy = LimitPolicy::builtin();
+        let facts = UserFacts {
+            cap: Some(1500.0),
+            ..with_certs(vec![cert(1, 5, 0.99)])
+        };
+        let d = policy.decide(0.001, &facts);
+        assert_eq!(d.credit_limit, 1500.0);
+        assert!(d.reasons.contains(&Reason::CappedByUserRequest));
+    }
+
+    #[test]
+    fn lifting_a_cap_restores_what_the_policy_gives_at_once_and_no_more() {
+        let policy = LimitPolicy::builtin();
+        let capped = UserFacts {
+            cap: Some(1000.0),
+            income_band: Some(5),
+            ..Default::default()
+        };
+        let night1 = policy.decide(0.005, &capped);
+        assert_eq!(night1.credit_limit, 1000.0);
+        let lifted = UserFacts {
+            cap: None,
+            previous_limit: Some(night1.policy_limit),
+            ..capped
+        };
+        let night2 = policy.decide(0.005, &lifted);
+        assert_eq!(night2.credit_limit, night1.policy_limit);
+        assert!(!night2.reasons.contains(&Reason::LimitedByNightlyStep));
+    }
+
+    #[test]
+    fn scenario_limits_need_low_pd_recent_purchases_and_no_cap() {
+        let policy = LimitPolicy::builtin();
+        let rule = policy
+            .scenarios
+            .first()
+            .expect("the shipped policy has scenarios");
+        let buyer = UserFacts {
+            category_purchases: [(rule.category.clone(), rule.min_purchases_90d)]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let granted = policy.decide(rule.max_pd, &buyer);
+        assert!(
+            granted
+                .scenarios
+                .iter()
+                .any(|s| s.category == rule.category && s.amount == rule.amount)
+        );
+        assert!(
+            policy
+                .decide(rule.max_pd + 0.001, &buyer)
+                .scenarios
+                .iter()
+                .all(|s| s.category != rule.category)
+        );
+        assert!(
+            policy
+                .decide(0.001, &UserFacts::default())
+                .scenarios
+                .is_empty()
+        );
+        let capped = UserFacts {
+            cap: Some(5000.0),
+            ..buyer
+        };
+        assert!(policy.decide(0.001, &capped).scenarios.is_empty());
+    }
+
+    #[test]
+    fn boosts_need_confidence_are_per_type_and_capped() {
+        let policy = LimitPolicy::builtin();
+        let none = policy.decide(0.001, &with_certs(vec![cert(1, 5, 0.1)]));
+        assert_eq!(none.certificate_boost, 0.0);
+        let many: Vec<_> = (0..10).map(|i| cert(i, 5, 0.99)).collect();
+        let capped = policy.decide(0.001, &with_certs(many));
+        assert_eq!(capped.certificate_boost, policy.certificate_boost.max_total);
+        let twice = policy.decide(0.001, &with_certs(vec![cert(1, 1, 0.99), cert(1, 1, 0.95)]));
+        assert_eq!(
+            twice.certificate_boost,
+            policy.certificate_boost.tier_boosts[0]
+        );
+    }
+
+    #[test]
+    fn flagged_users_and_risky_users_get_no_boost_and_a_reason() {
+        let policy = LimitPolicy::builtin();
+        let flagged = UserFacts {
+            fraud_flags: vec![FraudFlag::UploadBurst],
+            ..with_certs(vec![cert(1, 5, 0.99)])
+        };
+        let d = policy.decide(0.001, &flagged);
+        assert_eq!(d.certificate_boost, 0.0);
+        assert!(d.reasons.contains(&Reason::BoostWithheld(Withheld::Fraud(
+            FraudFlag::UploadBurst
+        ))));
+        assert_eq!(
+            d.reasons.last().unwrap().to_string(),
+            "certificate_boost_withheld:upload_burst"
+        );
+        let risky = policy.decide(
+            policy.certificate_boost.max_pd + 0.001,
+            &with_certs(vec![cert(1, 5, 0.99)]),
+        );
+        assert_eq!(risky.certificate_boost, 0.0);
+    }
+
+    #[test]
+    fn limits_never_rise_with_pd() {
+        let policy = LimitPolicy::builtin();
+        let mut last = f64::INFINITY;
+        for step in 0..=1000 {
+            let limit = policy
+                .decide(step as f64 / 1000.0, &with_certs(vec![cert(1, 3, 0.9)]))
+                .credit_limit;
+            assert!(limit <= last, "limit rose at pd {}", step as f64 / 1000.0);
+            last = limit;
+        }
+        assert_eq!(last, 0.0);
+    }
+
+    fn facts() -> impl Strategy<Value = UserFacts> {
+        (
+            proptest::collection::vec((0u32..20, 1i32..=5, 0.5f64..1.0), 0..5),
+            proptest::option::of(0.0f64..40_000.0),
+            proptest::option::of(1i32..=8),
+            proptest::option::of((0u32..400).prop_map(|x| x as f64 * 100.0)),
+            any::<bool>(),
+        )
+            .prop_map(|(certs, cap, band, previous, flagged)| UserFacts {
+                certificates: certs
+                    .into_iter()
+                    .map(|(id, tier, confidence)| cert(id, tier, confidence))
+                    .collect(),
+                cap,
+                income_band: band,
+                previous_limit: previous,
+                fraud_flags: if flagged {
+                    vec![FraudFlag::UploadBurst]
+                } else {
+                    Vec::new()
+                },
+                category_purchases: [("furniture".to_string(), 2u32)].into_iter().collect(),
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn every_decision_keeps_the_policy_invariants(
+            pd in 0.0f64..0.5,
+            other_pd in 0.0f64..0.5,
+            facts in facts(),
+        ) {
+            let policy = LimitPolicy::builtin();
+            let d = policy.decide(pd, &facts);
+            // a user's cap is a hard ceiling
+            if let Some(cap) = facts.cap {
+                prop_assert!(d.credit_limit <= cap, "{d:?}");
+            }
+            // boosts only for unflagged users with a certificate read confidently enough
+            // (HeldCertificate is already verified and of a recognized type: load_inputs
+            // keeps only those) and a PD under the bound
+            let confident = facts
+                .certificates
+                .iter()
+                .any(|c| c.confidence >= policy.certificate_boost.min_confidence);
+            if !facts.fraud_flags.is_empty() || !confident || pd > policy.certificate_boost.max_pd {
+                prop_assert_eq!(d.certificate_boost, 0.0, "{:?}", d);
+            }
+            prop_assert!(d.certificate_boost <= policy.certificate_boost.max_total);
+            // within the ceiling always; within floor and the nightly step unless the user's
+            // cap, a decline or the ceiling (over a previous limit above it) decides
+            prop_assert!(d.credit_limit <= policy.ceiling);
+            prop_assert!(d.credit_limit <= d.policy_limit);
+            if d.grade != Grade::Decline {
+                if let Some(previous) = facts.previous_limit.filter(|p| *p <= policy.ceiling) {
+                    prop_assert!((d.policy_limit - previous).abs() <= policy.max_nightly_change, "{d:?}");
+                } else {
+                    prop_assert!(d.policy_limit >= policy.floor.min(policy.ceiling) - policy.rounding, "{d:?}");
+                }
+            }
+            // monotone: for the same facts, a higher PD never gets a higher limit
+            let e = policy.decide(other_pd, &facts);
+            if other_pd >= pd {
+                prop_assert!(e.credit_limit <= d.credit_limit, "{d:?} vs {e:?}");
+            }
+            // APR never below the floor
+            if let Some(apr) = d.apr {
+                prop_assert!(apr >= policy.apr_floor);
+            }
+            // scenario limits only for qualifying users, never past a user's own cap
+            for s in &d.scenarios {
+                let rule = policy.scenarios.iter().find(|r| r.category == s.category).unwrap();
+                prop_assert!(pd <= rule.max_pd && facts.cap.is_none());
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! What the policy weighs besides the score, as known before the run date: verified
+//! certificates, each user's newest limit request, income bands from the newest profile
+//! snapshot, fraud flags from every recognized upload, and purchases per scenario category.
+//! Reads the clean tables `sources` registered; writes nothing. The only module that turns
+//! those tables into `UserFacts`.
+
+use std::collections::HashMap;
+
+use chrono::NaiveDate;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{
+    DataType, Date32Type, Float64Type, Int32Type, Int64Type, UInt32Type, UInt64Type,
+};
+use datafusion::prelude::SessionContext;
+
+use super::{FraudFlag, HeldCertificate, LimitPolicy, PolicyError, Upload, UserFacts, fraud_flags};
+
+/// What the policy needs besides the score, as known before the run date.
+#[derive(Debug, Default)]
+pub struct PolicyInputs {
+    pub certificates: HashMap<u64, Vec<HeldCertificate>>,
+    /// ceiling from each user's latest request; a lifted request leaves no entry
+    pub caps: HashMap<u64, f64>,
+    /// from the newest profile snapshot before the run date
+    pub income_bands: HashMap<u64, i32>,
+    /// users the fraud checks flag
+    pub fraud: HashMap<u64, Vec<FraudFlag>>,
+    /// purchases per scenario category in the 90 days before the run
+    pub category_purchases: HashMap<u64, HashMap<String, u32>>,
+}
+
+impl PolicyInputs {
+    pub fn facts(&self, user: u64, previous_limit: Option<f64>) -> UserFacts {
+        UserFacts {
+            certificates: self.certificates.get(&user).cloned().unwrap_or_default(),
+            cap: self.caps.get(&user).copied(),
+            income_band: self.income_bands.get(&user).copied(),
+            previous_limit,
+            fraud_flags: self.fraud.get(&user).cloned().unwrap_or_default(),
+            category_purchases: self
+                .category_purchases
+                .get(&user)
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+pub async fn load_inputs(
+    ctx: &SessionContext,
+    run_date: NaiveDate,
+    profile_snapshot: NaiveDate,
+    policy: &LimitPolicy,
+) -> Result<PolicyInputs, PolicyError> {
+    let uploads = uploads(ctx, run_date).await?;
+    Ok(PolicyInputs {
+        category_purchases: category_purchases(ctx, run_date, policy).await?,
+        certificates: certificates(ctx, run_date).await?,
+        fraud: fraud_flags(
+            &uploads,
+            &policy.fraud,
+            policy.certificate_boost.min_confidence,
+        ),
+        caps: caps(ctx, run_date).await?,
+        income_bands: income_bands(ctx, profile_snapshot).await?,
+    })
+}
+
+fn uploaded_before(run_date: NaiveDate) -> String {
+    format!("uploaded_at < TIMESTAMP '{run_date} 00:00:00'")
+}
+
+/// Purchases per scenario category in the 90 days before the run (none without scenarios).
+async fn category_purchases(
+    ctx: &SessionContext,
+    run_date: NaiveDate,
+    policy: &LimitPolicy,
+) -> Result<HashMap<u64, HashMap<String, u32>>, PolicyError> {
+    let mut out: HashMap<u64, HashMap<String, u32>> = HashMap::new();
+    if policy.scenarios.is_empty() {
+        return Ok(out);
+    }
+    let categories: Vec<String> = policy
+        .scenarios
+        .iter()
+        .map(|s| format!("'{}'", s.category.replace('\'', "''")))
+        .collect();
+    let from = run_date - chrono::Duration::days(90);
+    let sql = format!(
+        "SELECT user_id, category, COUNT(*) FROM events \
+         WHERE kind = 'purchase' AND category IN ({}) \
+         AND event_time >= TIMESTAMP '{from} 00:00:00' AND event_time < TIMESTAMP '{run_date} 00:00:00' \
+         AND dt >= '{from}' AND dt < '{run_date}' GROUP BY user_id, category",
+        categories.join(", ")
+    );
+    for batch in query(ctx, &sql).await? {
+        let users = batch.column(0).as_primitive::<UInt64Type>();
+        let category = utf8(&sql, &batch, 1)?;
+        let category = category.as_string::<i32>();
+        let counts = batch.column(2).as_primitive::<Int64Type>();
+        for row in 0..batch.num_rows() {
+            out.entry(users.value(row))
+                .or_default()
+                .insert(category.value(row).to_string(), counts.value(row) as u32);
+        }
+    }
+    Ok(out)
+}
+
+/// Recognized, verified certificates uploaded before the run, with their type's tier.
+async fn certificates(
+    ctx: &SessionContext,
+    run_date: NaiveDate,
+) -> Result<HashMap<u64, Vec<HeldCertificate>>, PolicyError> {
+    let sql = format!(
+        "SELECT c.user_id, c.cert_type_id, t.name, t.family, t.tier, CAST(c.confidence AS DOUBLE) \
+         FROM certificates c JOIN certificate_types t ON c.cert_type_id = t.cert_type_id \
+         WHERE c.recognized AND c.verified AND c.{} \
+         ORDER BY c.user_id, c.cert_type_id, c.certificate_no",
+        uploaded_before(run_date)
+    );
+    let mut out: HashMap<u64, Vec<HeldCertificate>> = HashMap::new();
+    for batch in query(ctx, &sql).await? {
+        let users = batch.column(0).as_primitive::<UInt64Type>();
+        let types = cast(batch.column(1), &DataType::UInt32).map_err(|e| arrow_error(&sql, e))?;
+        let types = types.as_primitive::<UInt32Type>();
+        let names = utf8(&sql, &batch, 2)?;
+        let families = utf8(&sql, &batch, 3)?;
+        let tiers = batch.column(4).as_primitive::<Int32Type>();
+        let confidence = batch.column(5).as_primitive::<Float64Type>();
+        for row in 0..batch.num_rows() {
+            out.entry(users.value(row))
+                .or_default()
+                .push(HeldCertificate {
+                    cert_type_id: types.value(row),
+                    name: names.as_string::<i32>().value(row).to_string(),
+                    family: families.as_string::<i32>().value(row).to_string(),
+                    tier: tiers.value(row),
+                    confidence: confidence.value(row),
+                });
+        }
+    }
+    Ok(out)
+}
+
+/// Every recognized upload before the run, verified or not: what the fraud checks read.
+async fn uploads(ctx: &SessionContext, run_date: NaiveDate) -> Result<Vec<Upload>, PolicyError> {
+    let sql = format!(
+        "SELECT user_id, certificate_no, CAST(uploaded_at AS DATE) AS day, CAST(confidence AS DOUBLE) \
+         FROM certificates WHERE recognized AND {}",
+        uploaded_before(run_date)
+    );
+    let mut uploads = Vec::new();
+    for batch in query(ctx, &sql).await? {
+        let users = batch.column(0).as_primitive::<UInt64Type>();
+        let numbers = utf8(&sql, &batch, 1)?;
+        let numbers = numbers.as_string::<i32>();
+        let days = batch.column(2).as_primitive::<Date32Type>();
+        let confidence = batch.column(3).as_primitive::<Float64Type>();
+        for row in 0..batch.num_rows() {
+            let Some(day) = days.value_as_date(row) else {
+                continue;
+            };
+            uploads.push(Upload {
+                user_id: users.value(row),
+                certificate_no: numbers.value(row).to_string(),
+                day,
+                confidence: confidence.value(row),
+            });
+        }
+    }
+    Ok(uploads)
+}
+
+/// The ceiling of each user's newest request before the run; a lifted request (no limit)
+/// leaves no cap.
+async fn caps(ctx: &SessionContext, run_date: NaiveDate) -> Result<HashMap<u64, f64>, PolicyError> {
+    let sql = format!(
+        "SELECT user_id, requested_limit FROM ( \
+           SELECT user_id, requested_limit, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY requested_at DESC) AS newest \
+           FROM limit_requests WHERE requested_at < TIMESTAMP '{run_date} 00:00:00') \
+         WHERE newest = 1 AND requested_limit IS NOT NULL"
+    );
+    let mut out = HashMap::new();
+    for batch in query(ctx, &sql).await? {
+        let users = batch.column(0).as_primitive::<UInt64Type>();
+        let caps = batch.column(1).as_primitive::<Float64Type>();
+        for row in (0..batch.num_rows()).filter(|&row| !caps.is_null(row)) {
+            out.insert(users.value(row), caps.value(row));
+        }
+    }
+    Ok(out)
+}
+
+async fn income_bands(
+    ctx: &SessionContext,
+    profile_snapshot: NaiveDate,
+) -> Result<HashMap<u64, i32>, PolicyError> {
+    let sql = format!(
+        "SELECT user_id, CAST(income_band AS INT) FROM profiles WHERE dt = '{profile_snapshot}'"
+    );
+    let mut out = HashMap::new();
+    for batch in query(ctx, &sql).await? {
+        let users = batch.column(0).as_primitive::<UInt64Type>();
+        let bands = batch.column(1).as_primitive::<Int32Type>();
+        for row in (0..batch.num_rows()).filter(|&row| !bands.is_null(row)) {
+            out.insert(users.value(row), bands.value(row));
+        }
+    }
+    Ok(out)
+}
+
+/// Column `index` of `batch` as Utf8 (dictionary-encoded strings come back decoded).
+fn utf8(
+    sql: &str,
+    batch: &RecordBatch,
+    index: usize,
+) -> Result<std::sync::Arc<dyn Array>, PolicyError> {
+    cast(batch.column(index), &DataType::Utf8).map_err(|e| arrow_error(sql, e))
+}
+
+fn arrow_error(sql: &str, e: datafusion::arrow::error::ArrowError) -> PolicyError {
+    PolicyError::Query {
+        sql: sql.to_string(),
+        error: e.into(),
+    }
+}
+
+async fn query(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, PolicyError> {
+    crate::engine::collect(ctx, sql)
+        .await
+        .map_err(|error| PolicyError::Query {
+            sql: sql.to_string(),
+            error,
+        })
+}
