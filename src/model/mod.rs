@@ -172,6 +172,18 @@ fn limitations(trained: &TrainedModel, provenance: &Provenance) -> Vec<String> {
     notes
 }
 
+/// SHA-256 of a model's learned values and calibration: what names a model, and what a
+/// loaded model must still hash to.
+fn values_digest(network: &WideDeep, calibration: &Platt) -> String {
+    let mut hasher = Sha256::new();
+    for value in network.learned_values() {
+        hasher.update(value.to_le_bytes());
+    }
+    hasher.update(calibration.slope.to_le_bytes());
+    hasher.update(calibration.intercept.to_le_bytes());
+    format!("{:x}", hasher.finalize())
+}
+
 /// Saves a trained model as `models/<trained_as_of>-<hash>/` (weights and card). The version
 /// is derived from the learned values (not the file bytes, whose header order may vary), so
 /// retraining on the same data gives the same version.
@@ -182,13 +194,7 @@ pub async fn register(
     provenance: &Provenance<'_>,
 ) -> Result<Model, ModelError> {
     let weights = weights_bytes(&trained.network, "new")?;
-    let mut hasher = Sha256::new();
-    for value in trained.network.learned_values() {
-        hasher.update(value.to_le_bytes());
-    }
-    hasher.update(trained.calibration.slope.to_le_bytes());
-    hasher.update(trained.calibration.intercept.to_le_bytes());
-    let digest = format!("{:x}", hasher.finalize());
+    let digest = values_digest(&trained.network, &trained.calibration);
     let version = format!("{}-{}", provenance.trained_as_of, &digest[..12]);
     let architecture = trained.network.architecture();
     let card = ModelCard {
@@ -286,6 +292,16 @@ pub async fn load(store: &Store, version: &str, device: &Device) -> Result<Model
             version: version.to_string(),
             problem: e.to_string(),
         })?;
+    let found = values_digest(&network, &card.calibration);
+    if found != card.values_sha256 {
+        return Err(ModelError::Artifact {
+            version: version.to_string(),
+            problem: format!(
+                "weights.safetensors holds values hashing to {found}, model.json says {}: the file was changed or damaged; restore it or retrain",
+                card.values_sha256
+            ),
+        });
+    }
     Ok(Model { card, network })
 }
 
@@ -548,6 +564,19 @@ mod tests {
         other.id_or_insert("risky", "t");
         let err = loaded.check_dictionary(&other).unwrap_err().to_string();
         assert!(err.contains("retrain"), "{err}");
+
+        // weights changed after registration (one tensor byte) no longer load as this model
+        let path = layout::model_file(&model.card.version, "weights.safetensors");
+        let mut bytes = store.get(&path).await.unwrap().unwrap().to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        store.put(&path, bytes.into()).await.unwrap();
+        let err = load(&store, &model.card.version, &device)
+            .await
+            .err()
+            .expect("a changed weights file is refused")
+            .to_string();
+        assert!(err.contains("changed or damaged"), "{err}");
     }
 
     #[test]

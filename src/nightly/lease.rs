@@ -141,12 +141,15 @@ pub async fn acquire(store: &Store, folder: &str, ttl: Duration) -> Result<Lease
         Ok(()) => {}
         Err(StoreError::AlreadyExists { .. }) => {
             let winner = read_record(store, &path).await?;
-            return Err(LeaseError::Held {
-                folder: format!("{}/{folder}", store.url()),
-                owner: winner.owner(),
-                acquired_at: winner.acquired_at,
-                expires_in_s: ttl.as_secs() as i64,
-            });
+            // a retried put whose first response was lost finds the record it wrote itself
+            if winner != record {
+                return Err(LeaseError::Held {
+                    folder: format!("{}/{folder}", store.url()),
+                    owner: winner.owner(),
+                    acquired_at: winner.acquired_at,
+                    expires_in_s: ttl.as_secs() as i64,
+                });
+            }
         }
         Err(e) => return Err(e.into()),
     }
@@ -232,6 +235,18 @@ mod tests {
             .unwrap();
         assert!(second.path.ends_with("0000000002.json"), "{}", second.path);
         second.release().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lease_whose_create_response_was_lost_is_still_taken() {
+        let store = Store::open("memory://lease-lost-response").unwrap();
+        let (lossy, counts) =
+            store.with_faults(crate::store::faults::FaultPlan::LoseCreateResponses);
+        let lease = acquire(&lossy, "runs/y/lease", Duration::from_secs(60))
+            .await
+            .expect("the retried create finds its own record");
+        assert!(counts.injected.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        lease.release().await.unwrap();
     }
 
     #[tokio::test]

@@ -275,12 +275,16 @@ async fn commit(store: &Store, manifest: &Manifest) -> Result<(), PublishError> 
         path: layout::manifest(version),
         problem: e.to_string(),
     })?;
-    match store
-        .put_if_absent(&layout::manifest(version), json.into())
-        .await
-    {
+    let path = layout::manifest(version);
+    match store.put_if_absent(&path, json.clone().into()).await {
         Ok(()) => Ok(()),
-        Err(StoreError::AlreadyExists { .. }) => Err(PublishError::Conflict { version }),
+        // a retried put whose first response was lost finds the manifest it wrote itself:
+        // that is this commit, not another writer's (the commit time makes two writers'
+        // manifests differ)
+        Err(StoreError::AlreadyExists { .. }) => match store.get(&path).await? {
+            Some(found) if found[..] == json[..] => Ok(()),
+            _ => Err(PublishError::Conflict { version }),
+        },
         Err(e) => Err(e.into()),
     }
 }
@@ -484,7 +488,8 @@ pub async fn read_table(
                 found,
             });
         }
-        batches.extend(store.read_parquet(&file.path).await?);
+        // decode the bytes just checked: a second download could differ from them
+        batches.extend(store.decode_parquet(&file.path, bytes)?);
     }
     Ok(batches)
 }

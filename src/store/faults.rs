@@ -1,10 +1,12 @@
 //! Fault injection for tests and drills: an `ObjectStore` that fails some of the calls made
-//! to the store it wraps, the way a flaky network or an S3 brown-out would. `Store::with_faults`
-//! puts it under the retry layer, so a run sees exactly what production would see.
+//! to the store it wraps, the way a flaky network or an S3 brown-out would, loses the
+//! response of a write that happened, or hands back damaged bytes. `Store::with_faults` puts
+//! it under the retry layer, so a run sees exactly what production would see.
 
+use std::collections::HashSet;
 use std::ops::Range;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -12,8 +14,9 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
+    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+    Result,
 };
 
 /// Which calls fail.
@@ -23,6 +26,12 @@ pub enum FaultPlan {
     EveryNth(u64),
     /// every call after the first `n` fails (an outage: the run must fail cleanly)
     OutageAfter(u64),
+    /// a create-only put writes, then its response is lost once (the caller retries and
+    /// finds the object it wrote)
+    LoseCreateResponses,
+    /// the first read of an object is whole; every later read of it has one byte flipped
+    /// (a corrupting cache or network between two reads)
+    DamageRereads,
 }
 
 /// Counts shared between a faulty store and whoever watches it.
@@ -37,6 +46,8 @@ pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     plan: FaultPlan,
     counts: Arc<FaultCounts>,
+    /// objects read (`DamageRereads`) or created (`LoseCreateResponses`) once already
+    seen: Mutex<HashSet<Path>>,
 }
 
 impl FaultyStore {
@@ -45,6 +56,7 @@ impl FaultyStore {
             inner,
             plan,
             counts,
+            seen: Mutex::default(),
         }
     }
 
@@ -54,15 +66,38 @@ impl FaultyStore {
         let fail = match self.plan {
             FaultPlan::EveryNth(every) => every > 0 && n % every == 0,
             FaultPlan::OutageAfter(after) => n > after,
+            FaultPlan::LoseCreateResponses | FaultPlan::DamageRereads => false,
         };
         if fail {
-            self.counts.injected.fetch_add(1, Ordering::Relaxed);
-            return Err(object_store::Error::Generic {
-                store: "fault-injection",
-                source: format!("injected fault #{n}: {operation} {location}").into(),
-            });
+            return Err(self.injected(n, operation, location));
         }
         Ok(())
+    }
+
+    fn injected(&self, n: u64, operation: &str, location: &str) -> object_store::Error {
+        self.counts.injected.fetch_add(1, Ordering::Relaxed);
+        object_store::Error::Generic {
+            store: "fault-injection",
+            source: format!("injected fault #{n}: {operation} {location}").into(),
+        }
+    }
+
+    /// True the first time `location` is seen, false after.
+    fn first_time(&self, location: &Path) -> bool {
+        self.seen
+            .lock()
+            .map_or(true, |mut seen| seen.insert(location.clone()))
+    }
+
+    /// `bytes` with its middle byte flipped, counted as an injected fault.
+    fn damaged(&self, bytes: Bytes) -> Bytes {
+        self.counts.injected.fetch_add(1, Ordering::Relaxed);
+        let mut bytes = bytes.to_vec();
+        let middle = bytes.len() / 2;
+        if let Some(byte) = bytes.get_mut(middle) {
+            *byte ^= 0xff;
+        }
+        Bytes::from(bytes)
     }
 }
 
@@ -81,7 +116,13 @@ impl ObjectStore for FaultyStore {
         opts: PutOptions,
     ) -> Result<PutResult> {
         self.check("put", location.as_ref())?;
-        self.inner.put_opts(location, payload, opts).await
+        let create = matches!(opts.mode, PutMode::Create);
+        let result = self.inner.put_opts(location, payload, opts).await?;
+        if create && self.plan == FaultPlan::LoseCreateResponses && self.first_time(location) {
+            let n = self.counts.calls.load(Ordering::Relaxed);
+            return Err(self.injected(n, "response of create", location.as_ref()));
+        }
+        Ok(result)
     }
 
     async fn put_multipart_opts(
@@ -95,12 +136,32 @@ impl ObjectStore for FaultyStore {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         self.check("get", location.as_ref())?;
-        self.inner.get_opts(location, options).await
+        let head = options.head;
+        let result = self.inner.get_opts(location, options).await?;
+        if head || self.plan != FaultPlan::DamageRereads || self.first_time(location) {
+            return Ok(result);
+        }
+        let (meta, range, attributes) = (
+            result.meta.clone(),
+            result.range.clone(),
+            result.attributes.clone(),
+        );
+        let damaged = self.damaged(result.bytes().await?);
+        Ok(GetResult {
+            payload: GetResultPayload::Stream(futures::stream::once(async { Ok(damaged) }).boxed()),
+            meta,
+            range,
+            attributes,
+        })
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         self.check("get_ranges", location.as_ref())?;
-        self.inner.get_ranges(location, ranges).await
+        let parts = self.inner.get_ranges(location, ranges).await?;
+        if self.plan != FaultPlan::DamageRereads || self.first_time(location) {
+            return Ok(parts);
+        }
+        Ok(parts.into_iter().map(|part| self.damaged(part)).collect())
     }
 
     fn delete_stream(

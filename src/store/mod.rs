@@ -27,6 +27,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 // Deprecated in parquet 59 in favour of hand-written AsyncFileReader impls; it still reads
 // footers and row groups with ranged gets, which is what we want from object stores.
 use object_store::buffered::BufWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 #[allow(deprecated)]
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
@@ -461,6 +462,21 @@ impl Store {
             .build()
             .map_err(parquet_error)?;
         stream.try_collect().await.map_err(parquet_error)
+    }
+
+    /// Decodes Parquet `bytes` already read from `rel` (say, after checking their checksum),
+    /// so what is decoded is exactly what was checked.
+    pub fn decode_parquet(&self, rel: &str, bytes: Bytes) -> Result<Vec<RecordBatch>> {
+        let parquet_error = |source| StoreError::Parquet {
+            path: format!("{}{}", self.base, self.path(rel)),
+            source,
+        };
+        ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .map_err(parquet_error)?
+            .build()
+            .map_err(parquet_error)?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| parquet_error(e.into()))
     }
 
     /// Reads every Parquet file under `rel`, in path order.

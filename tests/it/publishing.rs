@@ -4,6 +4,8 @@ use chrono::NaiveDate;
 use redflower::policy::LimitPolicy;
 use redflower::publish::{self, LimitRow, PublishError};
 use redflower::store::Store;
+use redflower::store::faults::FaultPlan;
+use std::sync::atomic::Ordering;
 
 pub fn rows(n: u64, pd: f64) -> Vec<LimitRow> {
     let policy = LimitPolicy::builtin();
@@ -221,4 +223,42 @@ fn publication(as_of: NaiveDate) -> publish::Publication<'static> {
         policy_version: "p",
         run_id: None,
     }
+}
+
+#[tokio::test]
+async fn a_commit_whose_response_was_lost_is_not_taken_for_another_writers() {
+    let store = Store::open("memory://lost-commit-response").unwrap();
+    let (lossy, counts) = store.with_faults(FaultPlan::LoseCreateResponses);
+    let date = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+    let manifest = publish::publish(&lossy, &rows(10, 0.01), date, "m", "p")
+        .await
+        .expect("the retried commit finds its own manifest");
+    assert!(counts.injected.load(Ordering::Relaxed) > 0);
+    assert_eq!(publish::latest(&store).await.unwrap(), Some(manifest));
+    // another writer of the same version still loses
+    let second = publish::publish_version(&lossy, 1, &rows(10, 0.01), date, "m2", "p").await;
+    assert!(
+        matches!(second, Err(PublishError::Conflict { version: 1 })),
+        "{second:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_table_is_decoded_from_the_bytes_its_checksum_checked() {
+    let store = Store::open("memory://damaged-rereads").unwrap();
+    let date = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+    let published = rows(500, 0.02);
+    let manifest = publish::publish(&store, &published, date, "m", "p")
+        .await
+        .unwrap();
+    // every read of a file after its first comes back with a flipped byte
+    let (damaging, _) = store.with_faults(FaultPlan::DamageRereads);
+    let batches = publish::read_table(&damaging, &manifest)
+        .await
+        .expect("the checked bytes are the decoded bytes");
+    let read: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(read, published.len());
+    // a damaged download is refused by its checksum, never decoded
+    let error = publish::read_table(&damaging, &manifest).await.unwrap_err();
+    assert!(matches!(error, PublishError::Checksum { .. }), "{error}");
 }
