@@ -113,12 +113,42 @@ fn parse_nightly(text: &str, file: &str) -> Result<NightlyConfig, PipelinesError
             table.insert(section.to_string(), value.clone());
         }
     }
-    table.try_into().map_err(|e| failed(&e))
+    let config: NightlyConfig = table.try_into().map_err(|e| failed(&e))?;
+    config.check().map_err(|e| failed(&e))?;
+    Ok(config)
+}
+
+impl NightlyConfig {
+    /// Every section's own check, the error naming the section and the key.
+    fn check(&self) -> Result<(), String> {
+        let sections: [(&str, Result<(), String>); 6] = [
+            ("engine", self.engine.check()),
+            ("label", self.label.check()),
+            ("validation", self.validation.check()),
+            ("training", self.training.check()),
+            ("evaluation", self.evaluation.check()),
+            ("publish", self.publish.check()),
+        ];
+        for (section, checked) in sections {
+            checked.map_err(|problem| format!("[{section}] {problem}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl ValidationConfig {
+    fn check(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.max_bad_share) {
+            return Err("max_bad_share must be between 0 and 1".into());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::Strategy;
 
     #[test]
     fn a_left_out_section_takes_the_shipped_one_and_a_wrong_key_names_the_file() {
@@ -149,5 +179,174 @@ mod tests {
             err.contains("n.toml") && err.contains("max_bad_shares"),
             "{err}"
         );
+    }
+
+    /// Numbers a hand-edited file may hold: nothing here may panic a loader or a stage.
+    const ODD_NUMBERS: [&str; 12] = [
+        "nan",
+        "inf",
+        "-inf",
+        "0",
+        "-1",
+        "0.5",
+        "1",
+        "3",
+        "1e-12",
+        "1e300",
+        "4294967296",
+        "-4294967296",
+    ];
+
+    /// `text` with the values of some of its `key = number` lines (counted from 0, only
+    /// those lines) set: `edits` maps a line's count to its new value.
+    fn with_numbers(text: &str, edits: &[(usize, &str)]) -> String {
+        let mut seen = 0;
+        let lines: Vec<String> = text
+            .lines()
+            .map(|line| {
+                let Some((key, old)) = line.split_once(" = ") else {
+                    return line.to_string();
+                };
+                if key.starts_with('#') || old.trim().parse::<f64>().is_err() {
+                    return line.to_string();
+                }
+                seen += 1;
+                match edits.iter().find(|(which, _)| *which == seen - 1) {
+                    Some((_, value)) => format!("{key} = {value}"),
+                    None => line.to_string(),
+                }
+            })
+            .collect();
+        lines.join("\n")
+    }
+
+    fn number_lines(text: &str) -> usize {
+        text.lines()
+            .filter_map(|line| line.split_once(" = "))
+            .filter(|(key, value)| !key.starts_with('#') && value.trim().parse::<f64>().is_ok())
+            .count()
+    }
+
+    const SHIPPED_LIMITS: &str = include_str!("../pipelines/limits.toml");
+
+    /// Loads `text` as `file`; when it loads, runs what its numbers feed. A refusal must name
+    /// the file; nothing may panic.
+    fn load_and_run(nightly: bool, text: &str) -> Result<(), String> {
+        let file = if nightly {
+            "nightly.toml"
+        } else {
+            "limits.toml"
+        };
+        let refused = |error: String| match error.contains(file) {
+            true => Ok(()),
+            false => Err(format!("an error that does not name {file}: {error}")),
+        };
+        match nightly {
+            true => match parse_nightly(text, file) {
+                Ok(config) => Ok(exercise_nightly(&config)),
+                Err(error) => refused(error.to_string()),
+            },
+            false => match LimitPolicy::parse(text, file) {
+                Ok(policy) => Ok(exercise_policy(&policy)),
+                Err(error) => refused(error.to_string()),
+            },
+        }
+    }
+
+    fn exercise_policy(policy: &LimitPolicy) {
+        use crate::policy::{HeldCertificate, UserFacts};
+        let certificate = HeldCertificate {
+            cert_type_id: 1,
+            name: "c".into(),
+            family: "professional".into(),
+            tier: 2,
+            confidence: 1.0,
+        };
+        for pd in [0.0, 0.01, 0.2, 1.0] {
+            for previous in [None, Some(0.0), Some(1050.0), Some(1e6)] {
+                for cap in [None, Some(0.0), Some(500.0)] {
+                    let facts = UserFacts {
+                        certificates: vec![certificate.clone()],
+                        cap,
+                        income_band: Some(3),
+                        previous_limit: previous,
+                        ..Default::default()
+                    };
+                    let decision = policy.decide(pd, &facts);
+                    assert!(decision.credit_limit.is_finite(), "{decision:?}");
+                }
+            }
+        }
+    }
+
+    fn exercise_nightly(nightly: &NightlyConfig) {
+        use crate::dataset::{Csr, TrainingSet};
+        crate::engine::session(&nightly.engine).expect("a checked [engine] makes a session");
+        let run_date = chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        crate::dataset::training_as_of(run_date, &nightly.label);
+        for pd in [1e-12, 0.3, 1.0 - 1e-12] {
+            let points = nightly.evaluation.scorecard.points(pd);
+            assert!(points.is_finite(), "{:?}", nightly.evaluation.scorecard);
+        }
+        let mut rows = Csr {
+            offsets: vec![0],
+            ..Default::default()
+        };
+        let mut labels = Vec::new();
+        for user in 0..400u64 {
+            rows.users.push(user);
+            rows.ids.push((user % 3 == 0) as u32);
+            rows.values.push(1.0);
+            rows.offsets.push(rows.ids.len());
+            labels.push(if user % 5 == 0 { 1.0 } else { 0.0 });
+        }
+        let set = TrainingSet {
+            as_of: run_date,
+            rows,
+            labels,
+        };
+        let training = crate::model::TrainingConfig {
+            epochs: nightly.training.epochs.min(2),
+            ..nightly.training.clone()
+        };
+        let device = crate::model::DeviceKind::Cpu.device().unwrap();
+        crate::model::train(&set, &[1.0, 1.0], &training, &device);
+    }
+
+    #[test]
+    fn every_odd_number_in_every_place_loads_or_is_refused_by_name() {
+        for (nightly, text) in [(true, SHIPPED_NIGHTLY), (false, SHIPPED_LIMITS)] {
+            for which in 0..number_lines(text) {
+                for odd in ODD_NUMBERS {
+                    let changed = with_numbers(text, &[(which, odd)]);
+                    if let Err(problem) = load_and_run(nightly, &changed) {
+                        panic!("number {which} = {odd}: {problem}");
+                    }
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Several numbers changed at once, to values drawn from the odd ones and from
+        /// anywhere: a combination may break what no single edit does.
+        #[test]
+        fn numbers_changed_together_load_or_are_refused_by_name(
+            nightly in proptest::prelude::any::<bool>(),
+            edits in proptest::collection::vec(
+                (0usize..30, proptest::prop_oneof![
+                    (0..ODD_NUMBERS.len()).prop_map(|i| ODD_NUMBERS[i].to_string()),
+                    (-1e6f64..1e6).prop_map(|x| format!("{x:?}")),
+                    (0u32..5000).prop_map(|x| x.to_string()),
+                ]),
+                1..4,
+            ),
+        ) {
+            let text = if nightly { SHIPPED_NIGHTLY } else { SHIPPED_LIMITS };
+            let edits: Vec<(usize, &str)> = edits.iter().map(|(w, v)| (*w, v.as_str())).collect();
+            let outcome = load_and_run(nightly, &with_numbers(text, &edits));
+            proptest::prop_assert!(outcome.is_ok(), "{edits:?}: {outcome:?}");
+        }
     }
 }

@@ -50,6 +50,17 @@ pub struct LabelConfig {
     pub days_past_due: u32,
 }
 
+impl LabelConfig {
+    /// A horizon of at least a day (labels as of the run date would be empty) and at most
+    /// ten years (dates further back do not exist in any world).
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=3650).contains(&self.horizon_days) {
+            return Err("horizon_days must be between 1 and 3650".into());
+        }
+        Ok(())
+    }
+}
+
 /// Sparse rows, one per user, in the order of `users`.
 #[derive(Debug, Clone, Default)]
 pub struct Csr {

@@ -32,6 +32,22 @@ pub struct EngineConfig {
     pub spill_dir: String,
 }
 
+impl EngineConfig {
+    /// The most memory `[engine]` may give (1 PiB): its byte count cannot overflow.
+    const MAX_MEMORY_MB: usize = 1 << 30;
+
+    /// What `nightly.toml` must hold for sessions to be built; the error names the key.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=Self::MAX_MEMORY_MB).contains(&self.memory_limit_mb) {
+            return Err(format!(
+                "memory_limit_mb must be between 1 and {}",
+                Self::MAX_MEMORY_MB
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("nightly.toml [engine]: {0}")]
@@ -155,8 +171,9 @@ fn local_parts(engine: &EngineConfig) -> Result<(SessionConfig, Arc<RuntimeEnv>)
         // pass the clean-view predicates, so decoding in two passes costs more than it saves.
         // Row groups are still pruned by their statistics either way.
         .set_bool("datafusion.execution.parquet.pushdown_filters", false);
-    let mut runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(FairSpillPool::new(engine.memory_limit_mb << 20)));
+    let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(FairSpillPool::new(
+        engine.memory_limit_mb.saturating_mul(1 << 20),
+    )));
     if !engine.spill_dir.is_empty() {
         runtime = runtime.with_temp_file_path(&engine.spill_dir);
     }

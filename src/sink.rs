@@ -241,14 +241,26 @@ impl Redis {
                     if length < 0 {
                         return Ok(Reply::Bulk(None));
                     }
-                    let mut data = vec![0; length as usize + 2];
-                    self.reader
-                        .read_exact(&mut data)
+                    if length > MAX_BULK_BYTES {
+                        return Err(refused(&format!(
+                            "a bulk reply of {length} bytes, more than Redis sends ({MAX_BULK_BYTES})"
+                        )));
+                    }
+                    // grown as bytes arrive: a length the server states is never allocated
+                    // up front
+                    let mut data = Vec::new();
+                    let wanted = length as u64 + 2;
+                    let read = (&mut self.reader)
+                        .take(wanted)
+                        .read_to_end(&mut data)
                         .await
                         .map_err(|source| SinkError::Io {
                             address: self.address.clone(),
                             source,
                         })?;
+                    if (read as u64) < wanted {
+                        return Err(refused("a bulk reply cut short"));
+                    }
                     data.truncate(length as usize);
                     Ok(Reply::Bulk(Some(data)))
                 }
@@ -265,6 +277,9 @@ impl Redis {
         })
     }
 }
+
+/// The largest bulk reply Redis sends (its `proto-max-bulk-len` default, 512 MB).
+const MAX_BULK_BYTES: i64 = 512 << 20;
 
 /// The key prefix when none is given (`--prefix`).
 pub const DEFAULT_PREFIX: &str = "redflower:limits";

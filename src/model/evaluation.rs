@@ -23,6 +23,29 @@ pub struct EvaluationConfig {
     pub suggestions_per_user: usize,
 }
 
+impl EvaluationConfig {
+    /// Scorecard numbers that give finite points, and reason and suggestion counts a table
+    /// row can hold; the error names the key.
+    pub fn check(&self) -> Result<(), String> {
+        let card = &self.scorecard;
+        if !(card.base_points.is_finite()
+            && card.base_odds.is_finite()
+            && card.base_odds > 0.0
+            && card.points_to_double.is_finite()
+            && card.points_to_double != 0.0)
+        {
+            return Err(
+                "scorecard: base_points must be a number, base_odds above 0 and points_to_double not 0"
+                    .into(),
+            );
+        }
+        if self.reasons_per_user > 100 || self.suggestions_per_user > 100 {
+            return Err("reasons_per_user and suggestions_per_user must be at most 100".into());
+        }
+        Ok(())
+    }
+}
+
 fn three() -> usize {
     3
 }

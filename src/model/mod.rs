@@ -123,8 +123,14 @@ pub struct ModelCard {
     pub visible_oracle_auc: Option<f64>,
     pub epochs_run: usize,
     pub training: TrainingConfig,
-    /// SHA-256 of the learned values in `WideDeep::learned_values` order
+    /// SHA-256 of the learned values in `WideDeep::learned_values` order, then the
+    /// calibration: what names the model
     pub values_sha256: String,
+    /// SHA-256 of the learned values alone: what `weights.safetensors` must still hold when
+    /// loaded (the calibration comes back from this JSON, whose floats are parsed to the
+    /// nearest few bits, so it cannot be part of that check); absent from older cards
+    #[serde(default)]
+    pub weights_sha256: Option<String>,
     pub limitations: Vec<String>,
 }
 
@@ -172,15 +178,16 @@ fn limitations(trained: &TrainedModel, provenance: &Provenance) -> Vec<String> {
     notes
 }
 
-/// SHA-256 of a model's learned values and calibration: what names a model, and what a
-/// loaded model must still hash to.
-fn values_digest(network: &WideDeep, calibration: &Platt) -> String {
+/// SHA-256 of a model's learned values, then its calibration when given.
+fn values_digest(network: &WideDeep, calibration: Option<&Platt>) -> String {
     let mut hasher = Sha256::new();
     for value in network.learned_values() {
         hasher.update(value.to_le_bytes());
     }
-    hasher.update(calibration.slope.to_le_bytes());
-    hasher.update(calibration.intercept.to_le_bytes());
+    if let Some(calibration) = calibration {
+        hasher.update(calibration.slope.to_le_bytes());
+        hasher.update(calibration.intercept.to_le_bytes());
+    }
     format!("{:x}", hasher.finalize())
 }
 
@@ -194,7 +201,7 @@ pub async fn register(
     provenance: &Provenance<'_>,
 ) -> Result<Model, ModelError> {
     let weights = weights_bytes(&trained.network, "new")?;
-    let digest = values_digest(&trained.network, &trained.calibration);
+    let digest = values_digest(&trained.network, Some(&trained.calibration));
     let version = format!("{}-{}", provenance.trained_as_of, &digest[..12]);
     let architecture = trained.network.architecture();
     let card = ModelCard {
@@ -214,6 +221,7 @@ pub async fn register(
         epochs_run: trained.epochs_run,
         training: provenance.training.clone(),
         values_sha256: digest,
+        weights_sha256: Some(values_digest(&trained.network, None)),
         limitations: limitations(trained, provenance),
     };
     store
@@ -292,15 +300,16 @@ pub async fn load(store: &Store, version: &str, device: &Device) -> Result<Model
             version: version.to_string(),
             problem: e.to_string(),
         })?;
-    let found = values_digest(&network, &card.calibration);
-    if found != card.values_sha256 {
-        return Err(ModelError::Artifact {
-            version: version.to_string(),
-            problem: format!(
-                "weights.safetensors holds values hashing to {found}, model.json says {}: the file was changed or damaged; restore it or retrain",
-                card.values_sha256
-            ),
-        });
+    if let Some(expected) = &card.weights_sha256 {
+        let found = values_digest(&network, None);
+        if &found != expected {
+            return Err(ModelError::Artifact {
+                version: version.to_string(),
+                problem: format!(
+                    "weights.safetensors holds values hashing to {found}, model.json says {expected}: the file was changed or damaged; restore it or retrain"
+                ),
+            });
+        }
     }
     Ok(Model { card, network })
 }

@@ -54,7 +54,66 @@ fn one() -> f64 {
     1.0
 }
 
+fn positive(x: f64) -> bool {
+    x.is_finite() && x > 0.0
+}
+
+fn share(x: f64) -> bool {
+    x > 0.0 && x < 1.0
+}
+
 impl TrainingConfig {
+    /// What training needs of `[training]`; the error names the key.
+    pub fn check(&self) -> Result<(), String> {
+        let checks: [(bool, &str); 11] = [
+            (
+                (1..=10_000).contains(&self.epochs),
+                "epochs must be between 1 and 10000",
+            ),
+            (
+                (1..=1 << 20).contains(&self.batch_size),
+                "batch_size must be between 1 and 1048576",
+            ),
+            (
+                positive(self.learning_rate),
+                "learning_rate must be a positive number",
+            ),
+            (
+                self.l2.is_finite() && self.l2 >= 0.0,
+                "l2 must be a number >= 0",
+            ),
+            (
+                self.l2_scale.values().all(|s| s.is_finite() && *s >= 0.0),
+                "every l2_scale must be a number >= 0",
+            ),
+            (
+                share(self.holdout_share),
+                "holdout_share must be above 0 and below 1",
+            ),
+            (
+                share(self.validation_share),
+                "validation_share must be above 0 and below 1",
+            ),
+            (self.patience >= 1, "patience must be at least 1"),
+            (
+                positive(self.positive_weight),
+                "positive_weight must be a positive number",
+            ),
+            (
+                self.embedding_dim <= 1024,
+                "embedding_dim must be at most 1024",
+            ),
+            (
+                (1..=4096).contains(&self.hidden) || self.embedding_dim == 0,
+                "hidden must be between 1 and 4096 when embedding_dim is above 0",
+            ),
+        ];
+        match checks.into_iter().find(|(ok, _)| !ok) {
+            Some((_, problem)) => Err(problem.to_string()),
+            None => Ok(()),
+        }
+    }
+
     /// Each feature's multiple of `l2`, in id order, given each id's family.
     pub fn l2_scales<'a>(&self, families: impl IntoIterator<Item = &'a str>) -> Vec<f32> {
         families

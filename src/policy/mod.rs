@@ -156,6 +156,15 @@ impl LimitPolicy {
     /// What the policy must hold for `decide`'s guarantees (limits never rise with PD, boosts
     /// in 100..=3000) to be true.
     fn check(&self) -> Result<(), String> {
+        if let Some(name) = self.non_finite() {
+            return Err(format!("{name} must be a number"));
+        }
+        if self.max_nightly_change < self.rounding {
+            return Err(
+                "max_nightly_change must be at least rounding: a smaller step cannot move a rounded limit"
+                    .into(),
+            );
+        }
         if self.grades.is_empty() {
             return Err("at least one [[grade]] is needed".into());
         }
@@ -213,6 +222,57 @@ impl LimitPolicy {
             return Err("min_confidence must be in [0, 1], max_total >= 0 and rounding > 0".into());
         }
         Ok(())
+    }
+
+    /// The first number of the policy that is NaN or infinite (TOML allows `nan` and `inf`),
+    /// by its key. The ceiling may not be infinite either: limits are rounded from it.
+    fn non_finite(&self) -> Option<String> {
+        let boost = &self.certificate_boost;
+        let fraud = &self.fraud;
+        let mut numbers: Vec<(String, f64)> = vec![
+            ("rounding".into(), self.rounding),
+            ("floor".into(), self.floor),
+            ("ceiling".into(), self.ceiling),
+            ("max_nightly_change".into(), self.max_nightly_change),
+            ("apr_floor".into(), self.apr_floor),
+            (
+                "certificate_boost.min_confidence".into(),
+                boost.min_confidence,
+            ),
+            ("certificate_boost.max_total".into(), boost.max_total),
+            ("certificate_boost.max_pd".into(), boost.max_pd),
+            (
+                "fraud.near_threshold_margin".into(),
+                fraud.near_threshold_margin,
+            ),
+            (
+                "fraud.near_threshold_share".into(),
+                fraud.near_threshold_share,
+            ),
+        ];
+        numbers.extend(
+            self.income_multipliers
+                .iter()
+                .map(|m| ("income_multipliers".into(), *m)),
+        );
+        for grade in &self.grades {
+            for (key, value) in [
+                ("max_pd", grade.max_pd),
+                ("base_limit", grade.base_limit),
+                ("apr", grade.apr),
+            ] {
+                numbers.push((format!("grade '{}' {key}", grade.name), value));
+            }
+        }
+        for scenario in &self.scenarios {
+            for (key, value) in [("amount", scenario.amount), ("max_pd", scenario.max_pd)] {
+                numbers.push((format!("scenario '{}' {key}", scenario.category), value));
+            }
+        }
+        numbers
+            .into_iter()
+            .find(|(_, value)| !value.is_finite())
+            .map(|(name, _)| name)
     }
 }
 

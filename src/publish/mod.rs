@@ -71,6 +71,22 @@ pub enum PublishError {
     },
 }
 
+impl PublishConfig {
+    /// Gate shares that compare, and at least one kept version; the error names the key.
+    pub fn check(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.max_row_drop_share) {
+            return Err("max_row_drop_share must be between 0 and 1".into());
+        }
+        if !(self.max_mean_limit_change.is_finite() && self.max_mean_limit_change >= 0.0) {
+            return Err("max_mean_limit_change must be a number >= 0".into());
+        }
+        if self.retain_versions == 0 {
+            return Err("retain_versions must be at least 1: the newest version is served".into());
+        }
+        Ok(())
+    }
+}
+
 impl Classify for PublishError {
     fn cause(&self) -> Cause {
         match self {
