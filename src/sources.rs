@@ -15,6 +15,7 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -41,10 +42,12 @@ pub enum SourceError {
         error: DataFusionError,
     },
     #[error(
-        "{source_name}: {bad} of {total} rows ({share:.3}%) failed validation, above the limit of {limit:.3}%; see {quarantine}"
+        "{source_name}: {counted} of {total} rows ({share:.3}%) failed validation, above the limit of {limit:.3}%; see {quarantine}"
     )]
     TooManyBadRows {
         source_name: String,
+        /// the bad rows counted, and "at least" when counting stopped past the limit
+        counted: String,
         bad: u64,
         total: u64,
         share: f64,
@@ -240,7 +243,6 @@ async fn stage(
     table: &str,
     checked_sql: &str,
 ) -> Result<(), SourceError> {
-    use futures::StreamExt;
     let failed = |error| SourceError::Query {
         source_name: name.to_string(),
         error,
@@ -518,6 +520,39 @@ async fn register_source(
     })
 }
 
+/// The rows of `checked` that validation refuses, read as they come until more than
+/// `allowed` have come (the run stops then, and counting the rest would only cost time and
+/// memory): the batches read, and whether they are all of them.
+async fn bad_rows(
+    ctx: &SessionContext,
+    source: &str,
+    checked: &str,
+    allowed: u64,
+) -> Result<(Vec<RecordBatch>, bool), SourceError> {
+    let sql = format!("SELECT * FROM ({checked}) WHERE quarantine_reason IS NOT NULL");
+    let failed = |error| SourceError::Query {
+        source_name: source.to_string(),
+        error,
+    };
+    let mut stream = ctx
+        .sql(&sql)
+        .await
+        .map_err(failed)?
+        .execute_stream()
+        .await
+        .map_err(failed)?;
+    let (mut batches, mut rows) = (Vec::new(), 0u64);
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(failed)?;
+        rows += batch.num_rows() as u64;
+        batches.push(batch);
+        if rows > allowed {
+            return Ok((batches, false));
+        }
+    }
+    Ok((batches, true))
+}
+
 /// Replaces `folder` with the refused rows (each with its reason), and counts the reasons.
 async fn quarantine(
     store: &Store,
@@ -559,12 +594,6 @@ pub async fn validate_and_register(
             raw,
             checked,
         } = source;
-        let bad = query(
-            ctx,
-            &name,
-            &format!("SELECT * FROM ({checked}) WHERE quarantine_reason IS NOT NULL"),
-        )
-        .await?;
         let total = query(
             ctx,
             &name,
@@ -580,6 +609,9 @@ pub async fn validate_and_register(
             })
             .map(|a| a.value(0) as u64)
             .unwrap_or(0);
+        // more bad rows than this stop the run: no need to count (or hold) the rest
+        let allowed = (max_bad_share * total as f64).floor() as u64;
+        let (bad, complete) = bad_rows(ctx, &name, &checked, allowed).await?;
         let quarantined: u64 = bad.iter().map(|b| b.num_rows() as u64).sum();
         let quarantine_folder = layout::quarantine(&name, run_date);
         let reasons = quarantine(store, &quarantine_folder, &bad).await?;
@@ -594,6 +626,11 @@ pub async fn validate_and_register(
         if share > max_bad_share {
             return Err(SourceError::TooManyBadRows {
                 source_name: name,
+                counted: if complete {
+                    quarantined.to_string()
+                } else {
+                    format!("at least {quarantined}")
+                },
                 bad: quarantined,
                 total,
                 share: share * 100.0,

@@ -81,3 +81,53 @@ async fn a_run_stops_when_the_bad_share_passes_the_limit() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn counting_bad_rows_stops_once_the_run_must_stop() {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{
+        Float64Array, RecordBatch, TimestampMicrosecondArray, UInt64Array,
+    };
+
+    let store = Store::open("memory://quarantine-early-stop").unwrap();
+    synth_world(&store, 1_000, 4).await;
+    // an upstream sends 30,000 requests with negative limits
+    let bad_rows = 30_000u64;
+    let schema = redflower::schema::LIMIT_REQUESTS.arrow();
+    let at = 1_780_000_000_000_000i64; // 2026-05-28, before the run date
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(UInt64Array::from_iter_values(0..bad_rows)),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values((0..bad_rows as i64).map(|i| at + i))
+                    .with_timezone_opt(Some("UTC")),
+            ),
+            Arc::new(Float64Array::from_iter_values((0..bad_rows).map(|_| -1.0))),
+        ],
+    )
+    .unwrap();
+    store
+        .write_parquet(
+            "raw/limit_requests/dt=2026-05-28/part-negative.parquet",
+            schema,
+            &[batch],
+        )
+        .await
+        .unwrap();
+    let ctx = redflower::engine::session(&Pipelines::builtin().nightly.engine).unwrap();
+    let err = sources::validate_and_register(&ctx, &store, run_date(), 0.01)
+        .await
+        .unwrap_err();
+    let SourceError::TooManyBadRows {
+        source_name, bad, ..
+    } = &err
+    else {
+        panic!("{err}");
+    };
+    assert_eq!(source_name, "limit_requests");
+    // stopped after the batch that passed the limit, and says the count is a floor
+    assert!(*bad < bad_rows, "counted all {bad} bad rows: {err}");
+    assert!(err.to_string().contains("at least"), "{err}");
+}
