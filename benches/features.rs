@@ -14,7 +14,6 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use redflower::config::Pipelines;
 use redflower::features::{self, FeatureConfig, FeatureDictionary};
-use redflower::nightly;
 use redflower::sources;
 use redflower::store::Store;
 use redflower::synth::{self, WorldConfig};

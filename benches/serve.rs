@@ -235,6 +235,8 @@ fn main() -> anyhow::Result<()> {
             addr: "127.0.0.1:0".parse()?,
             token: None,
             poll: Duration::from_secs(3600),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
         },
     ))?;
     let base = format!("http://{}", server.addr());

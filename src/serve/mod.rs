@@ -34,10 +34,10 @@ use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
@@ -82,6 +82,11 @@ pub struct ServeConfig {
     pub token: Option<String>,
     /// how often the manifests are checked for a newer version
     pub poll: Duration,
+    /// a client must send a whole request header within this, or its connection is closed
+    /// (a slow client holds no connection for long)
+    pub header_read_timeout: Duration,
+    /// connections served at once; more wait in the listen queue until one closes
+    pub max_connections: usize,
 }
 
 /// Latency buckets (seconds) of the request histogram.
@@ -195,8 +200,15 @@ pub async fn start(store: Store, config: ServeConfig) -> Result<Server, ServeErr
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
         .with_state(state.clone());
+    if state.token.is_none() && !addr.ip().is_loopback() {
+        warn!(%addr, "serving beyond this machine without a token: anyone who reaches this address reads every limit");
+    }
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(accept(listener, state.clone(), router, stopped));
+    let limits = ConnectionLimits {
+        header_read_timeout: config.header_read_timeout,
+        slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
+    };
+    let server = tokio::spawn(accept(listener, state.clone(), router, limits, stopped));
     info!(%addr, "listening");
     Ok(Server {
         addr,
@@ -312,8 +324,22 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
         .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
 }
 
+/// Compares the two strings' SHA-256 digests, every byte: the time taken says nothing about
+/// where they differ, nor about the token's length.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// What one client may hold of the server.
+struct ConnectionLimits {
+    header_read_timeout: Duration,
+    /// one permit per open connection
+    slots: Arc<Semaphore>,
 }
 
 /// Accepts connections until `stopped`, then lets each finish its request in flight.
@@ -321,12 +347,24 @@ async fn accept(
     listener: TcpListener,
     state: Arc<AppState>,
     router: Router,
+    limits: ConnectionLimits,
     mut stopped: oneshot::Receiver<()>,
 ) -> Result<(), std::io::Error> {
     let (closing, close) = watch::channel(false);
     // every connection task holds a sender; recv() is None once all of them have ended
     let (open, mut all_closed) = mpsc::channel::<()>(1);
+    let header_read_timeout = limits.header_read_timeout;
     loop {
+        if limits.slots.available_permits() == 0 {
+            warn!("at the connection cap: new connections wait until one closes");
+        }
+        let slot = tokio::select! {
+            slot = limits.slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break, // never closed
+            },
+            _ = &mut stopped => break,
+        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -359,6 +397,8 @@ async fn accept(
             let connection = hyper::server::conn::http1::Builder::new()
                 // a client may end its side after the request and still wait for the answer
                 .half_close(true)
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             let result = tokio::select! {
@@ -371,7 +411,7 @@ async fn accept(
             if let Err(error) = result {
                 debug!(%error, "connection ended with an error");
             }
-            drop(open);
+            drop((open, slot));
         });
     }
     drop(listener);

@@ -53,6 +53,8 @@ async fn serve_keeps_answering_while_a_new_table_is_published_and_switches_to_it
             addr: "127.0.0.1:0".parse().unwrap(),
             token: Some("s3cret".into()),
             poll: Duration::from_millis(20),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
         },
     )
     .await
@@ -408,6 +410,8 @@ async fn serve_answers_split_pipelined_and_half_closed_requests() {
             addr: "127.0.0.1:0".parse().unwrap(),
             token: None,
             poll: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
         },
     )
     .await
@@ -457,5 +461,82 @@ async fn serve_answers_split_pipelined_and_half_closed_requests() {
     assert_eq!(answers.len(), 1, "{answers:?}");
     assert!(answers[0].contains("\"user_id\":7"), "{answers:?}");
 
+    server.stop().await.unwrap();
+}
+
+async fn small_server(
+    name: &str,
+    header_read_timeout: Duration,
+    max_connections: usize,
+) -> serve::Server {
+    let store = Store::open(&format!("memory://{name}")).unwrap();
+    publish::publish(&store, &rows(10, 0.01), date(), "m", "p")
+        .await
+        .unwrap();
+    serve::start(
+        store,
+        ServeConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            token: None,
+            poll: Duration::from_secs(60),
+            header_read_timeout,
+            max_connections,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+// A client that sends its header a byte at a time (slowloris) holds no connection for long.
+#[tokio::test]
+async fn a_client_that_never_finishes_its_header_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = small_server("serve-slow-header", Duration::from_millis(300), 100).await;
+    let mut slow = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    slow.write_all(b"GET /v1/limits/3 HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 256];
+    let ended = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buffer))
+        .await
+        .expect("the server closes a connection whose header never ends");
+    // closed, reset, or told 408 before closing
+    if let Ok(read) = ended {
+        let answer = String::from_utf8_lossy(&buffer[..read]);
+        assert!(read == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    // everyone else is still served
+    let mut normal = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    normal
+        .write_all(b"GET /v1/limits/4 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answers = read_answers(&mut normal, 1).await;
+    assert!(answers[0].contains("\"user_id\":4"), "{answers:?}");
+    server.stop().await.unwrap();
+}
+
+// Past the cap, a connection waits for a slot instead of taking memory and a task.
+#[tokio::test]
+async fn connections_past_the_cap_wait_for_one_to_close() {
+    use tokio::io::AsyncWriteExt;
+    let server = small_server("serve-cap", Duration::from_secs(10), 1).await;
+    let request = b"GET /v1/limits/5 HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut first = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    first.write_all(request).await.unwrap();
+    assert_eq!(read_answers(&mut first, 1).await.len(), 1);
+    // the first connection stays open: the second is not served yet
+    let mut second = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    second.write_all(request).await.unwrap();
+    let mut buffer = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(500), async {
+        use tokio::io::AsyncReadExt;
+        second.read(&mut buffer).await
+    })
+    .await;
+    assert!(early.is_err(), "answered past the cap: {early:?}");
+    drop(first);
+    let answers = read_answers(&mut second, 1).await;
+    assert!(answers[0].contains("\"user_id\":5"), "{answers:?}");
     server.stop().await.unwrap();
 }

@@ -22,6 +22,12 @@ pub struct ServeArgs {
     /// how often to look for a newer committed version, in milliseconds
     #[arg(long, default_value_t = 1000)]
     poll_ms: u64,
+    /// a client must send a whole request header within this many milliseconds
+    #[arg(long, default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// connections served at once; more wait until one closes
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
@@ -30,6 +36,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         addr: args.addr,
         token: args.token,
         poll: Duration::from_millis(args.poll_ms.max(10)),
+        header_read_timeout: Duration::from_millis(args.header_timeout_ms.max(1)),
+        max_connections: args.max_connections.max(1),
     };
     let server = serve::start(store.clone(), config).await?;
     println!(
