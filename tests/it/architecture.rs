@@ -110,3 +110,54 @@ fn a_backwards_use_is_found() {
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains("store uses nightly"), "{problems:?}");
 }
+
+/// Functions longer than this are several named steps waiting to be split.
+const MAX_FUNCTION_LINES: usize = 85;
+
+/// `(file, line, name, length)` of every function under `src/` longer than the limit, found
+/// by indentation: a `fn` line and the first later line that closes it at the same depth.
+fn long_functions(src: &Path) -> Vec<(String, usize, String, usize)> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    let mut long = Vec::new();
+    for file in files {
+        // the synthetic world's generators are tables of effects, read top to bottom
+        if file.strip_prefix(src).unwrap().starts_with("synth") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (start, line) in lines.iter().enumerate() {
+            let code = line.trim_start();
+            let indent = &line[..line.len() - code.len()];
+            let signature = ["pub ", "pub(super) ", "pub(crate) ", "async ", "const "]
+                .iter()
+                .fold(code, |rest, prefix| {
+                    rest.strip_prefix(prefix).unwrap_or(rest)
+                });
+            let signature = signature.strip_prefix("async ").unwrap_or(signature);
+            let Some(name) = signature.strip_prefix("fn ") else {
+                continue;
+            };
+            let closing = format!("{indent}}}");
+            let Some(end) = lines[start + 1..].iter().position(|l| *l == closing) else {
+                continue; // a declaration without a body
+            };
+            if end + 2 > MAX_FUNCTION_LINES {
+                let name: String = name
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                long.push((file.display().to_string(), start + 1, name, end + 2));
+            }
+        }
+    }
+    long
+}
+
+#[test]
+fn no_function_outside_the_generator_is_longer_than_the_limit() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let long = long_functions(&src);
+    assert!(long.is_empty(), "split these: {long:?}");
+}
