@@ -158,10 +158,17 @@ impl Snapshot {
         }
     }
 
-    /// Reads the table `manifest` commits (checksums verified) and indexes it.
+    /// Reads the table `manifest` commits (checksums verified) and indexes it. Indexing and
+    /// rendering run on a blocking thread, off the async workers that answer requests.
     pub async fn load(store: &Store, manifest: Manifest) -> Result<Snapshot, SnapshotError> {
+        let version = manifest.version;
         let batches = super::read_table(store, &manifest).await?;
-        Snapshot::from_batches(manifest, &batches)
+        tokio::task::spawn_blocking(move || Snapshot::from_batches(manifest, &batches))
+            .await
+            .map_err(|error| SnapshotError::Table {
+                version,
+                problem: format!("indexing stopped: {error}"),
+            })?
     }
 
     pub fn from_batches(

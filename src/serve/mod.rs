@@ -261,6 +261,8 @@ impl Server {
 
 /// Polls the manifests and swaps in each newer committed version.
 async fn follow(store: Store, state: Arc<AppState>, poll: Duration) {
+    // a version that failed to load is not tried again every poll: a newer one is
+    let mut failed: Option<u64> = None;
     loop {
         tokio::time::sleep(poll).await;
         let serving = state.snapshot().map(|s| s.version());
@@ -275,7 +277,9 @@ async fn follow(store: Store, state: Arc<AppState>, poll: Duration) {
                 continue;
             }
         };
-        let Some(manifest) = newest.filter(|m| Some(m.version) != serving) else {
+        let Some(manifest) =
+            newest.filter(|m| Some(m.version) != serving && Some(m.version) != failed)
+        else {
             continue;
         };
         let version = manifest.version;
@@ -287,11 +291,12 @@ async fn follow(store: Store, state: Arc<AppState>, poll: Duration) {
                 info!(version, rows, "now serving");
             }
             Err(error) => {
+                failed = Some(version);
                 state
                     .counters
                     .reload_failures
                     .fetch_add(1, Ordering::Relaxed);
-                warn!(version, %error, "cannot load the new table; still serving version {serving:?}");
+                warn!(version, %error, "cannot load the new table; still serving version {serving:?} (not retried until a newer version is committed)");
             }
         }
     }

@@ -540,3 +540,37 @@ async fn connections_past_the_cap_wait_for_one_to_close() {
     assert!(answers[0].contains("\"user_id\":5"), "{answers:?}");
     server.stop().await.unwrap();
 }
+
+// A version whose table does not load is tried once; the server keeps serving the last good
+// one and does not hammer the store every poll.
+#[tokio::test]
+async fn a_version_that_fails_to_load_is_not_retried_every_poll() {
+    let store = Store::open("memory://serve-failed-version").unwrap();
+    publish::publish(&store, &rows(10, 0.01), date(), "m", "p")
+        .await
+        .unwrap();
+    let server = serve::start(
+        store.clone(),
+        ServeConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            token: None,
+            poll: Duration::from_millis(20),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 100,
+        },
+    )
+    .await
+    .unwrap();
+    let second = publish::publish(&store, &rows(10, 0.02), date(), "m", "p")
+        .await
+        .unwrap();
+    // damage the new version's data after its commit
+    let path = &second.files[0].path;
+    let mut bytes = store.get(path).await.unwrap().unwrap().to_vec();
+    bytes[100] ^= 0xff;
+    store.put(path, bytes.into()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // ~25 polls
+    assert_eq!(server.version(), Some(1));
+    let stats = server.stop().await.unwrap();
+    assert_eq!(stats.reload_failures, 1, "{stats:?}");
+}
