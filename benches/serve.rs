@@ -237,6 +237,7 @@ fn main() -> anyhow::Result<()> {
             poll: Duration::from_secs(3600),
             header_read_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            max_table_age: None,
         },
     ))?;
     let base = format!("http://{}", server.addr());

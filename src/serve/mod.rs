@@ -87,6 +87,9 @@ pub struct ServeConfig {
     pub header_read_timeout: Duration,
     /// connections served at once; more wait in the listen queue until one closes
     pub max_connections: usize,
+    /// `/healthz` answers 503 once the table served was published longer ago than this
+    /// (a missed night), when set
+    pub max_table_age: Option<Duration>,
 }
 
 /// Latency buckets (seconds) of the request histogram.
@@ -113,6 +116,7 @@ struct AppState {
     token: Option<String>,
     counters: Counters,
     started: Instant,
+    max_table_age: Option<Duration>,
 }
 
 impl AppState {
@@ -172,6 +176,7 @@ pub async fn start(store: Store, config: ServeConfig) -> Result<Server, ServeErr
         token: config.token.clone(),
         counters: Counters::default(),
         started: Instant::now(),
+        max_table_age: config.max_table_age,
     });
     if let Some(manifest) = publish::latest(&store).await? {
         let snapshot = Snapshot::load(&store, manifest).await?;
@@ -526,24 +531,42 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         status: &'static str,
         table_version: Option<u64>,
         rows: usize,
+        /// seconds since the table served was published
+        table_age_seconds: Option<u64>,
     }
-    match state.snapshot() {
-        Some(snapshot) => axum::Json(Health {
-            status: "ok",
-            table_version: Some(snapshot.version()),
-            rows: snapshot.len(),
-        })
-        .into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(Health {
-                status: "no table published yet",
-                table_version: None,
-                rows: 0,
-            }),
-        )
-            .into_response(),
-    }
+    let Some(snapshot) = state.snapshot() else {
+        let health = Health {
+            status: "no table published yet",
+            table_version: None,
+            rows: 0,
+            table_age_seconds: None,
+        };
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(health)).into_response();
+    };
+    let age = chrono::DateTime::parse_from_rfc3339(&snapshot.manifest.published_at)
+        .ok()
+        .and_then(|at| {
+            (chrono::Utc::now() - at.with_timezone(&chrono::Utc))
+                .to_std()
+                .ok()
+        });
+    let stale = matches!((age, state.max_table_age), (Some(age), Some(max)) if age > max);
+    let health = Health {
+        status: if stale {
+            "stale: the table is older than the maximum age"
+        } else {
+            "ok"
+        },
+        table_version: Some(snapshot.version()),
+        rows: snapshot.len(),
+        table_age_seconds: age.map(|age| age.as_secs()),
+    };
+    let status = if stale {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, axum::Json(health)).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

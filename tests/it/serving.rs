@@ -55,6 +55,7 @@ async fn serve_keeps_answering_while_a_new_table_is_published_and_switches_to_it
             poll: Duration::from_millis(20),
             header_read_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            max_table_age: None,
         },
     )
     .await
@@ -412,6 +413,7 @@ async fn serve_answers_split_pipelined_and_half_closed_requests() {
             poll: Duration::from_secs(60),
             header_read_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            max_table_age: None,
         },
     )
     .await
@@ -481,6 +483,7 @@ async fn small_server(
             poll: Duration::from_secs(60),
             header_read_timeout,
             max_connections,
+            max_table_age: None,
         },
     )
     .await
@@ -557,6 +560,7 @@ async fn a_version_that_fails_to_load_is_not_retried_every_poll() {
             poll: Duration::from_millis(20),
             header_read_timeout: Duration::from_secs(10),
             max_connections: 100,
+            max_table_age: None,
         },
     )
     .await
@@ -573,4 +577,52 @@ async fn a_version_that_fails_to_load_is_not_retried_every_poll() {
     assert_eq!(server.version(), Some(1));
     let stats = server.stop().await.unwrap();
     assert_eq!(stats.reload_failures, 1, "{stats:?}");
+}
+
+// A missed night shows on /healthz: past the maximum age the server says it is stale.
+#[tokio::test]
+async fn healthz_turns_unhealthy_when_the_table_is_older_than_the_maximum() {
+    use tokio::io::AsyncWriteExt;
+    let store = Store::open("memory://serve-table-age").unwrap();
+    publish::publish(&store, &rows(10, 0.01), date(), "m", "p")
+        .await
+        .unwrap();
+    let server = serve::start(
+        store,
+        ServeConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            token: None,
+            poll: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 100,
+            max_table_age: Some(Duration::from_millis(300)),
+        },
+    )
+    .await
+    .unwrap();
+    let health = async || {
+        let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        read_answers(&mut stream, 1).await.remove(0)
+    };
+    let fresh = health().await;
+    assert!(fresh.starts_with("HTTP/1.1 200"), "{fresh}");
+    assert!(fresh.contains("\"table_age_seconds\":0"), "{fresh}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let stale = health().await;
+    assert!(
+        stale.starts_with("HTTP/1.1 503") && stale.contains("stale"),
+        "{stale}"
+    );
+    // lookups are still answered from the table held
+    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    stream
+        .write_all(b"GET /v1/limits/2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_answers(&mut stream, 1).await[0].starts_with("HTTP/1.1 200"));
+    server.stop().await.unwrap();
 }

@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// connections served at once; more wait until one closes
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// /healthz answers 503 once the table served is older than this many hours (a missed
+    /// night); 0 turns the check off
+    #[arg(long, default_value_t = 36)]
+    max_table_age_hours: u64,
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
@@ -38,6 +42,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         poll: Duration::from_millis(args.poll_ms.max(10)),
         header_read_timeout: Duration::from_millis(args.header_timeout_ms.max(1)),
         max_connections: args.max_connections.max(1),
+        max_table_age: (args.max_table_age_hours > 0)
+            .then(|| Duration::from_secs(args.max_table_age_hours * 3600)),
     };
     let server = serve::start(store.clone(), config).await?;
     println!(
