@@ -401,23 +401,7 @@ async fn read_answers(stream: &mut tokio::net::TcpStream, answers: usize) -> Vec
 #[tokio::test]
 async fn serve_answers_split_pipelined_and_half_closed_requests() {
     use tokio::io::AsyncWriteExt;
-    let store = Store::open("memory://serve-socket").unwrap();
-    publish::publish(&store, &rows(10, 0.01), date(), "m", "p")
-        .await
-        .unwrap();
-    let server = serve::start(
-        store,
-        ServeConfig {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            token: None,
-            poll: Duration::from_secs(60),
-            header_read_timeout: Duration::from_secs(10),
-            max_connections: 10_000,
-            max_table_age: None,
-        },
-    )
-    .await
-    .unwrap();
+    let (_, server) = small_server("serve-socket", test_config()).await;
     let connect = || tokio::net::TcpStream::connect(server.addr());
 
     // one request in three writes, pauses between them
@@ -466,35 +450,37 @@ async fn serve_answers_split_pipelined_and_half_closed_requests() {
     server.stop().await.unwrap();
 }
 
-async fn small_server(
-    name: &str,
-    header_read_timeout: Duration,
-    max_connections: usize,
-) -> serve::Server {
+/// Serving settings for tests: a free loopback port, no token, limits that do not bind.
+fn test_config() -> ServeConfig {
+    ServeConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        token: None,
+        poll: Duration::from_secs(60),
+        header_read_timeout: Duration::from_secs(10),
+        max_connections: 100,
+        max_table_age: None,
+    }
+}
+
+/// A server over a fresh memory root that holds one published table of ten users.
+async fn small_server(name: &str, config: ServeConfig) -> (Store, serve::Server) {
     let store = Store::open(&format!("memory://{name}")).unwrap();
     publish::publish(&store, &rows(10, 0.01), date(), "m", "p")
         .await
         .unwrap();
-    serve::start(
-        store,
-        ServeConfig {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            token: None,
-            poll: Duration::from_secs(60),
-            header_read_timeout,
-            max_connections,
-            max_table_age: None,
-        },
-    )
-    .await
-    .unwrap()
+    let server = serve::start(store.clone(), config).await.unwrap();
+    (store, server)
 }
 
 // A client that sends its header a byte at a time (slowloris) holds no connection for long.
 #[tokio::test]
 async fn a_client_that_never_finishes_its_header_is_disconnected() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = small_server("serve-slow-header", Duration::from_millis(300), 100).await;
+    let config = ServeConfig {
+        header_read_timeout: Duration::from_millis(300),
+        ..test_config()
+    };
+    let (_, server) = small_server("serve-slow-header", config).await;
     let mut slow = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
     slow.write_all(b"GET /v1/limits/3 HTTP/1.1\r\nHo")
         .await
@@ -523,7 +509,11 @@ async fn a_client_that_never_finishes_its_header_is_disconnected() {
 #[tokio::test]
 async fn connections_past_the_cap_wait_for_one_to_close() {
     use tokio::io::AsyncWriteExt;
-    let server = small_server("serve-cap", Duration::from_secs(10), 1).await;
+    let config = ServeConfig {
+        max_connections: 1,
+        ..test_config()
+    };
+    let (_, server) = small_server("serve-cap", config).await;
     let request = b"GET /v1/limits/5 HTTP/1.1\r\nHost: x\r\n\r\n";
     let mut first = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
     first.write_all(request).await.unwrap();
@@ -548,23 +538,11 @@ async fn connections_past_the_cap_wait_for_one_to_close() {
 // one and does not hammer the store every poll.
 #[tokio::test]
 async fn a_version_that_fails_to_load_is_not_retried_every_poll() {
-    let store = Store::open("memory://serve-failed-version").unwrap();
-    publish::publish(&store, &rows(10, 0.01), date(), "m", "p")
-        .await
-        .unwrap();
-    let server = serve::start(
-        store.clone(),
-        ServeConfig {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            token: None,
-            poll: Duration::from_millis(20),
-            header_read_timeout: Duration::from_secs(10),
-            max_connections: 100,
-            max_table_age: None,
-        },
-    )
-    .await
-    .unwrap();
+    let config = ServeConfig {
+        poll: Duration::from_millis(20),
+        ..test_config()
+    };
+    let (store, server) = small_server("serve-failed-version", config).await;
     let second = publish::publish(&store, &rows(10, 0.02), date(), "m", "p")
         .await
         .unwrap();
@@ -583,23 +561,11 @@ async fn a_version_that_fails_to_load_is_not_retried_every_poll() {
 #[tokio::test]
 async fn healthz_turns_unhealthy_when_the_table_is_older_than_the_maximum() {
     use tokio::io::AsyncWriteExt;
-    let store = Store::open("memory://serve-table-age").unwrap();
-    publish::publish(&store, &rows(10, 0.01), date(), "m", "p")
-        .await
-        .unwrap();
-    let server = serve::start(
-        store,
-        ServeConfig {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            token: None,
-            poll: Duration::from_secs(60),
-            header_read_timeout: Duration::from_secs(10),
-            max_connections: 100,
-            max_table_age: Some(Duration::from_millis(300)),
-        },
-    )
-    .await
-    .unwrap();
+    let config = ServeConfig {
+        max_table_age: Some(Duration::from_millis(300)),
+        ..test_config()
+    };
+    let (_, server) = small_server("serve-table-age", config).await;
     let health = async || {
         let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
         stream
