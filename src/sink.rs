@@ -26,7 +26,7 @@ pub enum SinkError {
     Snapshot(#[from] SnapshotError),
     #[error("nothing is published under {root}: nothing to load")]
     NothingPublished { root: String },
-    #[error("'{0}' is not a Redis URL: use redis://[:PASSWORD@]HOST[:PORT][/DB]")]
+    #[error("'{0}' is not a Redis URL: use redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]")]
     Url(String),
     #[error("Redis at {address}: {source}")]
     Io {
@@ -55,18 +55,65 @@ impl Classify for SinkError {
     }
 }
 
-/// Where and under which key prefix to load.
-#[derive(Debug, Clone, PartialEq)]
+/// Where and under which key prefix to load. `Debug` never shows the password.
+#[derive(Clone, PartialEq)]
 pub struct RedisTarget {
     pub address: String,
+    /// a Redis 6 ACL user; `AUTH user password` when set, `AUTH password` otherwise
+    username: Option<String>,
     password: Option<String>,
     database: Option<u32>,
     pub prefix: String,
+    /// how long one connect, write or reply may take before the load fails
+    pub timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTarget")
+            .field("address", &self.address)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("database", &self.database)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// `url` with its user and password replaced, for messages.
+fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
+        _ => url.to_string(),
+    }
+}
+
+/// `%XX` escapes decoded (a password may hold `@`, `:` or `/` written that way).
+fn percent_decoded(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 impl RedisTarget {
+    /// The time a connect, a write or a reply may take, unless set otherwise.
+    pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+    /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`; the user and password may be
+    /// percent-encoded. Errors never repeat the password.
     pub fn parse(url: &str, prefix: &str) -> Result<RedisTarget, SinkError> {
-        let bad = || SinkError::Url(url.to_string());
+        let bad = || SinkError::Url(redacted(url));
         let rest = url.strip_prefix("redis://").ok_or_else(bad)?;
         let (auth, rest) = match rest.rsplit_once('@') {
             Some((auth, rest)) => (Some(auth), rest),
@@ -85,14 +132,21 @@ impl RedisTarget {
         } else {
             format!("{host_port}:6379")
         };
-        let password = auth
-            .map(|a| a.rsplit_once(':').map_or(a, |(_, p)| p).to_string())
-            .filter(|p| !p.is_empty());
+        // the user ends at the first ':'; the password may hold more of them
+        let (username, password) = match auth.map(|a| a.split_once(':').unwrap_or(("", a))) {
+            Some((user, password)) => (
+                Some(percent_decoded(user).ok_or_else(bad)?).filter(|u| !u.is_empty()),
+                Some(percent_decoded(password).ok_or_else(bad)?).filter(|p| !p.is_empty()),
+            ),
+            None => (None, None),
+        };
         Ok(RedisTarget {
             address,
+            username,
             password,
             database,
             prefix: prefix.to_string(),
+            timeout: Self::TIMEOUT,
         })
     }
 
@@ -128,6 +182,7 @@ pub struct Redis {
     address: String,
     reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
     writer: tokio::net::tcp::OwnedWriteHalf,
+    timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -153,16 +208,27 @@ impl Redis {
             address: target.address.clone(),
             source,
         };
-        let stream = TcpStream::connect(&target.address).await.map_err(io)?;
+        let stream = timed(target.timeout, TcpStream::connect(&target.address))
+            .await
+            .map_err(io)?;
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
         let mut redis = Redis {
             address: target.address.clone(),
             reader: BufReader::new(read),
             writer: write,
+            timeout: target.timeout,
         };
-        if let Some(password) = &target.password {
-            redis.call(&[b"AUTH", password.as_bytes()]).await?;
+        match (&target.username, &target.password) {
+            (Some(user), Some(password)) => {
+                redis
+                    .call(&[b"AUTH", user.as_bytes(), password.as_bytes()])
+                    .await?;
+            }
+            (None, Some(password)) => {
+                redis.call(&[b"AUTH", password.as_bytes()]).await?;
+            }
+            _ => {}
         }
         if let Some(db) = target.database {
             redis.call(&[b"SELECT", db.to_string().as_bytes()]).await?;
@@ -181,7 +247,9 @@ impl Redis {
     pub async fn call(&mut self, command: &[&[u8]]) -> Result<Reply, SinkError> {
         let mut out = Vec::new();
         encode(command, &mut out);
-        self.writer.write_all(&out).await.map_err(self.io())?;
+        timed(self.timeout, self.writer.write_all(&out))
+            .await
+            .map_err(self.io())?;
         let name = String::from_utf8_lossy(command[0]).into_owned();
         self.read_reply(&name).await
     }
@@ -193,7 +261,9 @@ impl Redis {
             let parts: Vec<&[u8]> = command.iter().map(Vec::as_slice).collect();
             encode(&parts, &mut out);
         }
-        self.writer.write_all(&out).await.map_err(self.io())?;
+        timed(self.timeout, self.writer.write_all(&out))
+            .await
+            .map_err(self.io())?;
         for command in commands {
             let name = String::from_utf8_lossy(&command[0]).into_owned();
             self.read_reply(&name).await?;
@@ -203,9 +273,7 @@ impl Redis {
 
     async fn read_line(&mut self) -> Result<String, SinkError> {
         let mut line = String::new();
-        let read = self
-            .reader
-            .read_line(&mut line)
+        let read = timed(self.timeout, self.reader.read_line(&mut line))
             .await
             .map_err(|source| SinkError::Io {
                 address: self.address.clone(),
@@ -250,14 +318,16 @@ impl Redis {
                     // up front
                     let mut data = Vec::new();
                     let wanted = length as u64 + 2;
-                    let read = (&mut self.reader)
-                        .take(wanted)
-                        .read_to_end(&mut data)
-                        .await
-                        .map_err(|source| SinkError::Io {
-                            address: self.address.clone(),
-                            source,
-                        })?;
+                    let timeout = self.timeout;
+                    let read = timed(
+                        timeout,
+                        (&mut self.reader).take(wanted).read_to_end(&mut data),
+                    )
+                    .await
+                    .map_err(|source| SinkError::Io {
+                        address: self.address.clone(),
+                        source,
+                    })?;
                     if (read as u64) < wanted {
                         return Err(refused("a bulk reply cut short"));
                     }
@@ -276,6 +346,16 @@ impl Redis {
             }
         })
     }
+}
+
+/// `io`, failing with `TimedOut` past `limit`.
+async fn timed<T>(
+    limit: std::time::Duration,
+    io: impl Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(limit, io)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 /// The largest bulk reply Redis sends (its `proto-max-bulk-len` default, 512 MB).
@@ -440,6 +520,44 @@ mod tests {
         );
         assert!(RedisTarget::parse("http://x", "p").is_err());
         assert_eq!(t.key(3, 42), "p:v3:000000000042");
+    }
+
+    #[test]
+    fn acl_users_and_passwords_with_colons_and_escapes_parse_and_never_show() {
+        let t = RedisTarget::parse("redis://loader:pa:ss%40word@cache:6380/1", "p").unwrap();
+        assert_eq!(
+            (
+                t.username.as_deref(),
+                t.password.as_deref(),
+                t.address.as_str()
+            ),
+            (Some("loader"), Some("pa:ss@word"), "cache:6380")
+        );
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("pa:ss") && shown.contains("***"), "{shown}");
+        let err = RedisTarget::parse("redis://loader:s3cret@cache/notadb", "p")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cret") && err.contains("cache"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        // accepts, reads nothing, answers nothing, for as long as the test runs
+        let silent = tokio::spawn(async move {
+            let (_socket, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        });
+        let mut target = RedisTarget::parse(&format!("redis://:pw@{address}"), "p").unwrap();
+        target.timeout = std::time::Duration::from_millis(200);
+        let err = Redis::connect(&target)
+            .await
+            .err()
+            .expect("no answer to AUTH");
+        assert!(err.to_string().contains("timed out"), "{err}");
+        silent.abort();
     }
 
     #[test]

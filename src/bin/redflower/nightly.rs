@@ -58,8 +58,9 @@ pub struct NightlyArgs {
     /// print the run report as JSON instead of the summary
     #[arg(long)]
     json: bool,
-    /// also load the published table into Redis (redis://[:PASSWORD@]HOST[:PORT][/DB])
-    #[arg(long)]
+    /// also load the published table into Redis (redis://[[USER]:PASSWORD@]HOST[:PORT][/DB];
+    /// or from REDFLOWER_SINK_URL, which keeps the password off the command line)
+    #[arg(long, env = "REDFLOWER_SINK_URL", hide_env_values = true)]
     sink: Option<String>,
 }
 

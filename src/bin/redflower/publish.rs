@@ -39,7 +39,8 @@ pub enum PublishAction {
     Sink {
         #[command(flatten)]
         root: RootArg,
-        #[arg(long)]
+        /// redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], or REDFLOWER_SINK_URL
+        #[arg(long, env = "REDFLOWER_SINK_URL", hide_env_values = true)]
         sink: String,
         #[arg(long, default_value = sink::DEFAULT_PREFIX)]
         prefix: String,
