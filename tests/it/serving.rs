@@ -50,12 +50,10 @@ async fn serve_keeps_answering_while_a_new_table_is_published_and_switches_to_it
     let server = serve::start(
         store.clone(),
         ServeConfig {
-            addr: "127.0.0.1:0".parse().unwrap(),
             token: Some("s3cret".into()),
             poll: Duration::from_millis(20),
-            header_read_timeout: Duration::from_secs(10),
             max_connections: 10_000,
-            max_table_age: None,
+            ..test_config()
         },
     )
     .await
@@ -462,6 +460,15 @@ fn test_config() -> ServeConfig {
     }
 }
 
+/// One GET of `path` on a new connection: the answer's status line and body.
+async fn ask(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    read_answers(&mut stream, 1).await.remove(0)
+}
+
 /// A server over a fresh memory root that holds one published table of ten users.
 async fn small_server(name: &str, config: ServeConfig) -> (Store, serve::Server) {
     let store = Store::open(&format!("memory://{name}")).unwrap();
@@ -495,13 +502,8 @@ async fn a_client_that_never_finishes_its_header_is_disconnected() {
         assert!(read == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
     }
     // everyone else is still served
-    let mut normal = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
-    normal
-        .write_all(b"GET /v1/limits/4 HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let answers = read_answers(&mut normal, 1).await;
-    assert!(answers[0].contains("\"user_id\":4"), "{answers:?}");
+    let answer = ask(server.addr(), "/v1/limits/4").await;
+    assert!(answer.contains("\"user_id\":4"), "{answer}");
     server.stop().await.unwrap();
 }
 
@@ -560,35 +562,25 @@ async fn a_version_that_fails_to_load_is_not_retried_every_poll() {
 // A missed night shows on /healthz: past the maximum age the server says it is stale.
 #[tokio::test]
 async fn healthz_turns_unhealthy_when_the_table_is_older_than_the_maximum() {
-    use tokio::io::AsyncWriteExt;
     let config = ServeConfig {
         max_table_age: Some(Duration::from_millis(300)),
         ..test_config()
     };
     let (_, server) = small_server("serve-table-age", config).await;
-    let health = async || {
-        let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        read_answers(&mut stream, 1).await.remove(0)
-    };
-    let fresh = health().await;
+    let fresh = ask(server.addr(), "/healthz").await;
     assert!(fresh.starts_with("HTTP/1.1 200"), "{fresh}");
     assert!(fresh.contains("\"table_age_seconds\":0"), "{fresh}");
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let stale = health().await;
+    let stale = ask(server.addr(), "/healthz").await;
     assert!(
         stale.starts_with("HTTP/1.1 503") && stale.contains("stale"),
         "{stale}"
     );
     // lookups are still answered from the table held
-    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
-    stream
-        .write_all(b"GET /v1/limits/2 HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    assert!(read_answers(&mut stream, 1).await[0].starts_with("HTTP/1.1 200"));
+    assert!(
+        ask(server.addr(), "/v1/limits/2")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
     server.stop().await.unwrap();
 }
