@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod network;
 pub mod reasons;
 pub mod report;
+pub mod step_profile;
 pub mod train;
 
 use burn::tensor::Device;

@@ -13,7 +13,7 @@
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::{log_sigmoid, relu};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -156,6 +156,52 @@ impl WideDeep {
         wide + deep
     }
 
+    /// Logits `[B]` of a flat batch: the same sums as [`WideDeep::forward`], written as a
+    /// gather of each entry's parameters and a scatter-add into its row. Autodiff turns the
+    /// gather into a scatter-add and the scatter into a gather, both one unit per entry (the
+    /// adds atomic on GPUs). `forward`'s embedding lookup differentiates into Burn's
+    /// `select_assign`, which on the cubecl backends runs one unit per embedding column
+    /// walking every id of the batch in turn: one GPU thread for the wide part.
+    pub fn forward_flat(&self, batch: FlatBatch) -> Tensor<1> {
+        let FlatBatch {
+            ids,
+            rows,
+            values,
+            batch_rows,
+        } = batch;
+        let [entries, _] = ids.dims();
+        let bias = self.bias.val();
+        let device = bias.device();
+        let weights: Tensor<2> = self.wide.weight.val().gather(0, ids.clone());
+        let wide = Tensor::<2>::zeros([batch_rows, 1], &device)
+            .scatter(
+                0,
+                rows.clone(),
+                weights * values.clone(),
+                IndexingUpdateOp::Add,
+            )
+            .squeeze_dim(1)
+            + bias;
+        match &self.deep {
+            Some(deep) => {
+                let [_, dim] = deep.embedding.weight.shape().dims();
+                let vectors: Tensor<2> = deep
+                    .embedding
+                    .weight
+                    .val()
+                    .gather(0, ids.expand([entries, dim]));
+                let bag = Tensor::<2>::zeros([batch_rows, dim], &device).scatter(
+                    0,
+                    rows.expand([entries, dim]),
+                    vectors * values,
+                    IndexingUpdateOp::Add,
+                );
+                wide + deep.head(bag)
+            }
+            None => wide,
+        }
+    }
+
     /// The network arranged for scoring many batches (see [`Scorer`]).
     pub fn scorer(&self) -> Scorer<'_> {
         let table = match &self.deep {
@@ -289,10 +335,25 @@ pub struct PaddedBatch {
 }
 
 impl PaddedBatch {
+    /// [`PaddedRows::new`] uploaded to `device`.
+    pub fn new(csr: &Csr, rows: &[usize], n_features: usize, device: &Device) -> PaddedBatch {
+        PaddedRows::new(csr, rows, n_features).upload(device)
+    }
+}
+
+/// A padded batch still on the host: `rows x width` ids and values, row-major.
+pub struct PaddedRows {
+    pub ids: Vec<i32>,
+    pub values: Vec<f32>,
+    pub rows: usize,
+    pub width: usize,
+}
+
+impl PaddedRows {
     /// Rows are copied into the padded buffers in parallel (rayon), a slice of each per row.
     /// The width is the longest row's length, read from the offsets; a row's unknown ids
     /// leave padding at its end.
-    pub fn new(csr: &Csr, rows: &[usize], n_features: usize, device: &Device) -> PaddedBatch {
+    pub fn new(csr: &Csr, rows: &[usize], n_features: usize) -> PaddedRows {
         let known = |r: usize| {
             let (ids, values) = csr.row(r);
             ids.iter()
@@ -317,9 +378,245 @@ impl PaddedBatch {
                     value_slots[slot] = *value;
                 }
             });
-        PaddedBatch {
-            ids: Tensor::from_data(TensorData::new(ids, [rows.len(), width]), device),
-            values: Tensor::from_data(TensorData::new(values, [rows.len(), width]), device),
+        PaddedRows {
+            ids,
+            values,
+            rows: rows.len(),
+            width,
         }
+    }
+
+    pub fn upload(self, device: &Device) -> PaddedBatch {
+        let shape = [self.rows, self.width];
+        PaddedBatch {
+            ids: Tensor::from_data(TensorData::new(self.ids, shape), device),
+            values: Tensor::from_data(TensorData::new(self.values, shape), device),
+        }
+    }
+}
+
+/// A batch of CSR rows as its entries alone, without padding: each known entry's id (feature
+/// id + 1, as in [`PaddedBatch`]), its row within the batch and its value, all `[entries, 1]`.
+/// A batch without a known entry holds one padding entry, so no tensor is empty.
+pub struct FlatBatch {
+    pub ids: Tensor<2, Int>,
+    pub rows: Tensor<2, Int>,
+    pub values: Tensor<2>,
+    pub batch_rows: usize,
+}
+
+/// A flat batch still on the host.
+pub struct FlatRows {
+    pub ids: Vec<i32>,
+    pub rows: Vec<i32>,
+    pub values: Vec<f32>,
+    pub batch_rows: usize,
+}
+
+impl FlatRows {
+    /// Features the model does not know (ids >= n_features) are dropped, as in
+    /// [`PaddedRows::new`].
+    pub fn new(csr: &Csr, rows: &[usize], n_features: usize) -> FlatRows {
+        let capacity: usize = rows
+            .iter()
+            .map(|&r| csr.offsets[r + 1] - csr.offsets[r])
+            .sum();
+        let mut flat = FlatRows {
+            ids: Vec::with_capacity(capacity),
+            rows: Vec::with_capacity(capacity),
+            values: Vec::with_capacity(capacity),
+            batch_rows: rows.len(),
+        };
+        for (position, &r) in rows.iter().enumerate() {
+            let (ids, values) = csr.row(r);
+            for (id, value) in ids.iter().zip(values) {
+                if (*id as usize) < n_features {
+                    // fits: ids are below n_features <= MAX_FEATURES, rows below a batch's
+                    // size (at most 2^20, see TrainingConfig::check)
+                    flat.ids.push(*id as i32 + 1);
+                    flat.rows.push(position as i32);
+                    flat.values.push(*value);
+                }
+            }
+        }
+        if flat.ids.is_empty() {
+            flat.ids.push(0);
+            flat.rows.push(0);
+            flat.values.push(0.0);
+        }
+        flat
+    }
+
+    pub fn upload(self, device: &Device) -> FlatBatch {
+        let shape = [self.ids.len(), 1];
+        FlatBatch {
+            ids: Tensor::from_data(TensorData::new(self.ids, shape), device),
+            rows: Tensor::from_data(TensorData::new(self.rows, shape), device),
+            values: Tensor::from_data(TensorData::new(self.values, shape), device),
+            batch_rows: self.batch_rows,
+        }
+    }
+}
+
+/// How training batches reach the device. Padded rows suit the CPU backend, whose embedding
+/// gradient walks them directly; GPUs train on flat entries (see [`WideDeep::forward_flat`]).
+/// Both give the same logits and gradients up to float rounding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchLayout {
+    Padded,
+    Flat,
+}
+
+impl BatchLayout {
+    /// The layout measured faster on `device` (benches/README.md); `REDFLOWER_BATCH_LAYOUT`
+    /// = `padded` or `flat` overrides it, so the models bench can compare the two.
+    pub fn for_device(device: &Device) -> BatchLayout {
+        match std::env::var("REDFLOWER_BATCH_LAYOUT").as_deref() {
+            Ok("padded") => BatchLayout::Padded,
+            Ok("flat") => BatchLayout::Flat,
+            _ if *device == Device::flex() => BatchLayout::Padded,
+            _ => BatchLayout::Flat,
+        }
+    }
+
+    pub fn build(self, csr: &Csr, rows: &[usize], n_features: usize) -> HostBatch {
+        match self {
+            BatchLayout::Padded => HostBatch::Padded(PaddedRows::new(csr, rows, n_features)),
+            BatchLayout::Flat => HostBatch::Flat(FlatRows::new(csr, rows, n_features)),
+        }
+    }
+}
+
+/// A training batch built on the host, in either layout.
+pub enum HostBatch {
+    Padded(PaddedRows),
+    Flat(FlatRows),
+}
+
+impl HostBatch {
+    pub fn upload(self, device: &Device) -> Batch {
+        match self {
+            HostBatch::Padded(rows) => Batch::Padded(rows.upload(device)),
+            HostBatch::Flat(rows) => Batch::Flat(rows.upload(device)),
+        }
+    }
+}
+
+/// A training batch on the device, in either layout.
+pub enum Batch {
+    Padded(PaddedBatch),
+    Flat(FlatBatch),
+}
+
+impl WideDeep {
+    /// Logits `[B]` of a batch in either layout.
+    pub fn forward_batch(&self, batch: Batch) -> Tensor<1> {
+        match batch {
+            Batch::Padded(batch) => self.forward(batch.ids, batch.values),
+            Batch::Flat(batch) => self.forward_flat(batch),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows of 0 to 11 entries over 30 known features, some with an id the network does not
+    /// know (30 or above), which both layouts must drop.
+    fn ragged_rows() -> Csr {
+        let mut csr = Csr {
+            offsets: vec![0],
+            ..Default::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for user in 0..64u64 {
+            csr.users.push(user);
+            for _ in 0..(user % 12) {
+                csr.ids.push(rng.random_range(0..33));
+                csr.values.push(rng.random_range(0.1..2.0));
+            }
+            csr.offsets.push(csr.ids.len());
+        }
+        csr
+    }
+
+    fn close(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + x.abs()))
+    }
+
+    fn flat(tensor: Tensor<2>) -> Vec<f32> {
+        to_vec(tensor.reshape([-1]))
+    }
+
+    #[test]
+    fn flat_batches_give_the_padded_logits_and_gradients() {
+        let device = Device::flex().autodiff();
+        let architecture = Architecture {
+            n_features: 30,
+            embedding_dim: 3,
+            hidden: 5,
+        };
+        let network = WideDeep::new(architecture, 3, &device);
+        // non-zero wide weights, so the wide part's sums are checked too
+        let mut network = network;
+        network.wide.weight = Param::from_tensor(random(
+            &mut ChaCha8Rng::seed_from_u64(9),
+            [31, 1],
+            0.5,
+            false,
+            &device,
+        ));
+        let csr = ragged_rows();
+        let rows: Vec<usize> = (0..csr.len()).rev().collect();
+        let mut results = Vec::new();
+        for layout in [BatchLayout::Padded, BatchLayout::Flat] {
+            let batch = layout.build(&csr, &rows, 30).upload(&device);
+            let logits = network.forward_batch(batch);
+            let values = to_vec(logits.clone());
+            // a loss that weighs each row differently, so a row mix-up shows in the gradients
+            let weights: Vec<f32> = (0..rows.len()).map(|i| i as f32 - 20.0).collect();
+            let weights = Tensor::<1>::from_data(TensorData::new(weights, [rows.len()]), &device);
+            let grads = (logits * weights).sum().backward();
+            let deep = network.deep.as_ref().expect("a deep part");
+            let wide_grad = network.wide.weight.grad(&grads).expect("wide gradient");
+            let embedding_grad = deep
+                .embedding
+                .weight
+                .grad(&grads)
+                .expect("embedding gradient");
+            results.push((values, flat(wide_grad), flat(embedding_grad)));
+        }
+        let (padded, flat_layout) = (&results[0], &results[1]);
+        assert!(close(&padded.0, &flat_layout.0), "logits differ");
+        assert!(close(&padded.1, &flat_layout.1), "wide gradients differ");
+        assert!(
+            close(&padded.2, &flat_layout.2),
+            "embedding gradients differ"
+        );
+        // the unknown ids were dropped, not folded into another feature's gradient
+        assert!(padded.1.iter().any(|g| *g != 0.0));
+    }
+
+    #[test]
+    fn a_flat_batch_without_known_features_scores_the_bias() {
+        let device = Device::flex();
+        let architecture = Architecture {
+            n_features: 2,
+            embedding_dim: 0,
+            hidden: 0,
+        };
+        let network = WideDeep::new(architecture, 1, &device);
+        let csr = Csr {
+            users: vec![1, 2],
+            offsets: vec![0, 1, 1],
+            ids: vec![5],
+            values: vec![1.0],
+        };
+        let batch = BatchLayout::Flat.build(&csr, &[0, 1], 2).upload(&device);
+        assert_eq!(to_vec(network.forward_batch(batch)), vec![0.0, 0.0]);
     }
 }

@@ -1,12 +1,14 @@
 //! The trainer: Adam over shuffled minibatches of padded CSR rows, defaults weighted against
 //! class imbalance, L2 on the per-feature parameters, early stopping on validation AUC, then
-//! Platt calibration on the same validation slice. Same data and seed give the same model:
-//! the wide weights start at zero, the deep part and the shuffles come from seeded generators.
+//! Platt calibration on the same validation slice. Same data and seed give the same model on
+//! the CPU: the wide weights start at zero, the deep part and the shuffles come from seeded
+//! generators. (On a GPU the order of atomic adds in the gradients varies from run to run,
+//! so two runs agree up to float rounding.) Batches are built a step ahead on their own thread.
 
 use std::collections::BTreeMap;
 
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
@@ -17,7 +19,10 @@ use tracing::{debug, info};
 
 use super::calibration::Platt;
 use super::metrics::{self, Metrics};
-use super::network::{Architecture, PaddedBatch, WideDeep, bce_with_logits};
+use super::network::{
+    Architecture, BatchLayout, HostBatch, PaddedBatch, WideDeep, bce_with_logits,
+};
+use super::step_profile::{Phase, StepProfile};
 use crate::dataset::{Csr, TrainingSet, is_holdout};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,26 +233,22 @@ pub fn train(
     let mut stop = EarlyStop::default();
     let mut epochs_run = 0;
     let progress = progress_bar(config, fit.len());
-    let l2 = config.l2 / fit.len().max(1) as f64 * config.batch_size as f64;
-    let penalty = penalty(l2_scales, &train_device);
+    let steps = Steps {
+        set,
+        config,
+        n_features,
+        layout: BatchLayout::for_device(device),
+        l2: config.l2 / fit.len().max(1) as f64 * config.batch_size as f64,
+        penalty: penalty(l2_scales, &train_device),
+        device: train_device.clone(),
+    };
+    debug!(layout = ?steps.layout, "training batch layout");
     let mut fit_seconds = 0.0;
+    let mut profile = StepProfile::from_env(&train_device);
     for epoch in 0..config.epochs {
         let epoch_started = std::time::Instant::now();
         order.shuffle(&mut rng);
-        for chunk in order.chunks(config.batch_size) {
-            let batch = PaddedBatch::new(&set.rows, chunk, n_features, &train_device);
-            let labels: Vec<f32> = chunk.iter().map(|&i| set.labels[i]).collect();
-            let labels =
-                Tensor::<1>::from_data(TensorData::new(labels, [chunk.len()]), &train_device);
-            let logits = network.forward(batch.ids, batch.values);
-            let loss = bce_with_logits(logits, labels, config.positive_weight)
-                + network
-                    .l2(penalty.clone())
-                    .mul_scalar(l2 / config.batch_size as f64);
-            let grads = GradientsParams::from_grads(loss.backward(), &network);
-            network = optimizer.step(config.learning_rate, network, grads);
-            progress.inc(1);
-        }
+        network = steps.epoch(network, &mut optimizer, &order, &mut profile, &progress);
         // GPU backends queue work: wait for it so the fit time is the real one
         let _ = train_device.sync();
         fit_seconds += epoch_started.elapsed().as_secs_f64();
@@ -264,6 +265,7 @@ pub fn train(
         }
     }
     progress.finish_and_clear();
+    profile.log();
     info!(
         epochs = epochs_run,
         best_validation_auc = stop.best.as_ref().map(|b| b.0),
@@ -283,6 +285,101 @@ pub fn train(
         fit_seconds,
     };
     evaluate_on_holdout(set, &holdout, fitted, device)
+}
+
+/// What every gradient step of a training run shares.
+struct Steps<'a> {
+    set: &'a TrainingSet,
+    config: &'a TrainingConfig,
+    n_features: usize,
+    layout: BatchLayout,
+    /// `[training] l2` spread over the fit rows, times the batch size (a step's loss carries
+    /// `l2 / batch size` of it)
+    l2: f64,
+    /// each feature's multiple of `l2`
+    penalty: Tensor<1>,
+    /// the autodiff device
+    device: Device,
+}
+
+impl Steps<'_> {
+    /// One pass over `order`'s rows, a gradient step per batch; the network after the last.
+    /// Nothing is read back from the device: the loss is never looked at, only its gradient.
+    fn epoch(
+        &self,
+        mut network: WideDeep,
+        optimizer: &mut ModuleOptimizer,
+        order: &[usize],
+        profile: &mut StepProfile,
+        progress: &ProgressBar,
+    ) -> WideDeep {
+        let config = self.config;
+        let batches = Prefetch {
+            set: self.set,
+            order,
+            batch_size: config.batch_size,
+            n_features: self.n_features,
+            layout: self.layout,
+        };
+        profile.restart();
+        std::thread::scope(|scope| {
+            for (batch, labels) in batches.spawn(scope) {
+                profile.mark(Phase::Build);
+                let batch = batch.upload(&self.device);
+                let rows = labels.len();
+                let labels = Tensor::<1>::from_data(TensorData::new(labels, [rows]), &self.device);
+                profile.mark(Phase::Upload);
+                let logits = network.forward_batch(batch);
+                let loss = bce_with_logits(logits, labels, config.positive_weight)
+                    + network
+                        .l2(self.penalty.clone())
+                        .mul_scalar(self.l2 / config.batch_size as f64);
+                profile.mark(Phase::Forward);
+                let grads = GradientsParams::from_grads(loss.backward(), &network);
+                profile.mark(Phase::Backward);
+                network = optimizer.step(config.learning_rate, network, grads);
+                profile.mark(Phase::Optimizer);
+                progress.inc(1);
+            }
+            network
+        })
+    }
+}
+
+/// One epoch's batches, built on a thread of their own while the device trains on the one
+/// before: the host's copying overlaps the device's work instead of adding to it.
+struct Prefetch<'a> {
+    set: &'a TrainingSet,
+    order: &'a [usize],
+    batch_size: usize,
+    n_features: usize,
+    layout: BatchLayout,
+}
+
+impl<'a> Prefetch<'a> {
+    /// Batches ahead of the device: two, so one is ready while the next is built.
+    const AHEAD: usize = 2;
+
+    fn spawn<'scope>(
+        self,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+    ) -> std::sync::mpsc::Receiver<(HostBatch, Vec<f32>)>
+    where
+        'a: 'scope,
+    {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(Self::AHEAD);
+        scope.spawn(move || {
+            for chunk in self.order.chunks(self.batch_size) {
+                let batch = self.layout.build(&self.set.rows, chunk, self.n_features);
+                let labels = chunk.iter().map(|&i| self.set.labels[i]).collect();
+                if sender.send((batch, labels)).is_err() {
+                    // the trainer stopped early
+                    return;
+                }
+            }
+        });
+        receiver
+    }
 }
 
 fn progress_bar(config: &TrainingConfig, fit_rows: usize) -> ProgressBar {
