@@ -47,6 +47,12 @@ struct Args {
     /// skip the Python baselines (e.g. on a machine without them)
     #[arg(long)]
     no_baselines: bool,
+    /// train for this many epochs instead of `[training] epochs` (for profiling runs)
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// also write the results as JSON here (benches/vulkan_check.sh compares devices by it)
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
     /// cargo bench passes --bench; accept and ignore it
     #[arg(long, hide = true)]
     bench: bool,
@@ -77,7 +83,10 @@ fn main() -> anyhow::Result<()> {
         Some(dir) => Pipelines::load(dir)?,
         None => Pipelines::builtin(),
     };
-    let config = pipelines.nightly.training.clone();
+    let mut config = pipelines.nightly.training.clone();
+    if let Some(epochs) = args.epochs {
+        config.epochs = epochs;
+    }
     let device = args.device.device()?;
     let store = Store::open(&args.root)?;
     let window = runtime.block_on(async {
@@ -128,10 +137,36 @@ fn main() -> anyhow::Result<()> {
         trained.fit_seconds,
         trained.holdout.ece
     );
-    if args.no_baselines {
-        return Ok(());
+    let mut results = vec![serde_json::json!({
+        "trainer": format!("redflower (Burn {:?})", args.device),
+        "train_samples_per_s": samples_per_second,
+        "score_users_per_s": users_per_second,
+        "holdout_auc": trained.holdout.auc,
+        "ece": trained.holdout.ece,
+        "epochs": trained.epochs_run,
+    })];
+    if !args.no_baselines {
+        results.extend(baselines(
+            &args, set, &l2_scales, &config, &trained, n_features,
+        )?);
     }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::Value::from(results).to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
 
+/// Exports the training set, runs benches/model_baselines.py on it, prints its rows and
+/// returns them.
+fn baselines(
+    args: &Args,
+    set: &redflower::dataset::TrainingSet,
+    l2_scales: &[f32],
+    config: &model::TrainingConfig,
+    trained: &model::TrainedModel,
+    n_features: usize,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let folder = std::env::temp_dir().join("redflower-model-bench");
     std::fs::create_dir_all(&folder)?;
     let offsets: Vec<u64> = set.rows.offsets.iter().map(|&o| o as u64).collect();
@@ -139,12 +174,12 @@ fn main() -> anyhow::Result<()> {
     write_raw(&folder.join("ids.u32"), &set.rows.ids)?;
     write_raw(&folder.join("values.f32"), &set.rows.values)?;
     write_raw(&folder.join("labels.f32"), &set.labels)?;
-    write_raw(&folder.join("l2_scales.f32"), &l2_scales)?;
+    write_raw(&folder.join("l2_scales.f32"), l2_scales)?;
     let split: Vec<u8> = set
         .rows
         .users
         .iter()
-        .map(|&u| match Split::of(u, &config) {
+        .map(|&u| match Split::of(u, config) {
             Split::Fit => 0,
             Split::Validation => 1,
             Split::Holdout => 2,
@@ -166,7 +201,13 @@ fn main() -> anyhow::Result<()> {
         "score_passes": args.score_passes.max(1),
     });
     std::fs::write(folder.join("settings.json"), settings.to_string())?;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/model_baselines.py");
+    // the checkout it was built in, else the working directory's (a binary carried to
+    // another machine runs from that machine's checkout)
+    let built_in = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/model_baselines.py");
+    let script = match std::path::Path::new(built_in).exists() {
+        true => built_in,
+        false => "benches/model_baselines.py",
+    };
     let output = Command::new(&args.python)
         .args([script, &folder.display().to_string()])
         .output()
@@ -178,7 +219,8 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let results: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    for row in results.as_array().context("a list of results")? {
+    let rows = results.as_array().context("a list of results")?;
+    for row in rows {
         let number = |key: &str| {
             row[key]
                 .as_f64()
@@ -193,5 +235,5 @@ fn main() -> anyhow::Result<()> {
             row["notes"].as_str().unwrap_or("")
         );
     }
-    Ok(())
+    Ok(rows.clone())
 }

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The models bench on a lent GPU, in one call, so the device time goes to measuring.
+#
+#     bash benches/gpu_run.sh pack    # here: build with --features vulkan, strip, compress
+#                                     # into .carry/ (git-ignored)
+#     bash benches/gpu_run.sh run     # there: through the tool library's `device` entry,
+#                                     # carrying .carry and .gl (the Vulkan loader, see its
+#                                     # README); results land in $OUT
+#
+# `run` trains and scores on the shipped settings through Vulkan next to PyTorch on CUDA
+# (same rows, split, epochs and batch size), then on the CPU backend of the same binary for
+# the AUC reference, then profiles the steps of both batch layouts for an epoch or two
+# (LAYOUTS="flat" for one) and records cubecl's per-kernel times for an epoch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+users=${USERS:-200000}
+
+case "${1:-}" in
+pack)
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/redflower/target}
+    bench=$(cargo build --profile dev --features vulkan --bench models --message-format=json |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    message = json.loads(line)
+    if message.get("executable") and message["target"]["name"] == "models":
+        print(message["executable"])')
+    mkdir -p .carry
+    strip -o .carry/models "$bench"
+    xz -f -T0 -6 .carry/models
+    ls -l .carry
+    ;;
+run)
+    out=${OUT:-/tmp/gpu-run}
+    mkdir -p "$out"
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+    if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
+        export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    fi
+    xz -dc .carry/models.xz >/tmp/models
+    chmod +x /tmp/models
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+    python3 -c 'import torch; print("torch", torch.__version__)' | tee -a "$out/gpu.txt"
+    common=(--users "$users" --root /tmp/world)
+    echo "== vulkan, shipped settings, next to PyTorch on CUDA"
+    /tmp/models "${common[@]}" --device vulkan --torch-device cuda \
+        --json "$out/vulkan.json" 2>&1 | tee "$out/vulkan.log"
+    echo "== cpu backend of the same binary (the AUC reference)"
+    /tmp/models "${common[@]}" --device cpu --no-baselines \
+        --json "$out/cpu.json" 2>&1 | tee "$out/cpu.log"
+    echo "== step profiles (a device sync after each phase)"
+    layouts=${LAYOUTS:-flat padded}
+    for layout in $layouts; do
+        epochs=2
+        [ "$layout" = padded ] && epochs=1
+        REDFLOWER_BATCH_LAYOUT=$layout REDFLOWER_PROFILE_STEPS=1 RUST_LOG=redflower=info \
+            /tmp/models "${common[@]}" --device vulkan --no-baselines --epochs "$epochs" \
+            --score-passes 1 2>&1 | grep -E "step profile|redflower \(Burn" |
+            tee "$out/profile-$layout.log"
+    done
+    echo "== kernel times, one epoch (cubecl's profiler)"
+    CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG=/tmp/kernels.log \
+        /tmp/models "${common[@]}" --device vulkan --no-baselines --epochs 1 --score-passes 1 \
+        2>&1 | grep -E "redflower \(Burn"
+    gzip -c /tmp/kernels.log >"$out/kernels.log.gz"
+    ;;
+*)
+    echo "usage: $0 pack|run" >&2
+    exit 2
+    ;;
+esac
