@@ -253,7 +253,7 @@ pub async fn run_with(
             {
                 tracing::warn!(%error, "could not sweep stale staged sources");
             }
-            let run = stages::Run::new(&ctx, store, run_date, pipelines, options)?;
+            let run = stages::Run::new(&ctx, store, run_date, pipelines, options, &lease)?;
             let outcome = stages::run_stages(&run).await;
             // whether the run published, stopped or failed: a resumed run stages its own
             if let Err(error) = sources::drop_staging(store, &ctx).await {

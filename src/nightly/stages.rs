@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::checkpoint::Checkpoints;
+use super::lease::Lease;
 use super::report::{self, Stopwatch};
 use super::{NightlyError, RunOptions, RunOutcome, Stage, shard};
 use crate::config::Pipelines;
@@ -39,6 +40,8 @@ pub(super) struct Run<'a> {
     pub pipelines: &'a Pipelines,
     pub options: &'a RunOptions,
     pub device: Device,
+    /// the date's lease: checked before every stage and right before the publish commits
+    pub lease: &'a Lease,
 }
 
 impl<'a> Run<'a> {
@@ -48,6 +51,7 @@ impl<'a> Run<'a> {
         run_date: NaiveDate,
         pipelines: &'a Pipelines,
         options: &'a RunOptions,
+        lease: &'a Lease,
     ) -> Result<Run<'a>, NightlyError> {
         Ok(Run {
             ctx,
@@ -57,7 +61,13 @@ impl<'a> Run<'a> {
             pipelines,
             options,
             device: options.device.device()?,
+            lease,
         })
+    }
+
+    /// Ok while the run still holds its lease (see `lease`'s fencing).
+    fn still_leased(&self) -> Result<(), NightlyError> {
+        Ok(self.lease.check()?)
     }
 
     fn stops_after(&self, stage: Stage) -> bool {
@@ -140,12 +150,14 @@ struct Built {
 
 /// Every stage of `run`, in order, from its checkpoints where a resumed run has them.
 pub(super) async fn run_stages(run: &Run<'_>) -> Result<RunOutcome, NightlyError> {
+    run.still_leased()?;
     let mut progress = start(run).await?;
     let sources = validate(run, &mut progress).await?;
     if run.stops_after(Stage::Validate) {
         return Ok(progress.stopped(Stage::Validate));
     }
     let mut built = None;
+    run.still_leased()?;
     let (featured, _) = progress
         .checkpointed(Stage::Features, features_stage(run, &mut built))
         .await?;
@@ -156,6 +168,7 @@ pub(super) async fn run_stages(run: &Run<'_>) -> Result<RunOutcome, NightlyError
         Some(built) => built.dictionary.clone(),
         None => FeatureDictionary::load(run.store).await?,
     };
+    run.still_leased()?;
     let (trained, _) = progress
         .checkpointed(Stage::Train, train_stage(run, &dictionary, built.as_ref()))
         .await?;
@@ -168,15 +181,18 @@ pub(super) async fn run_stages(run: &Run<'_>) -> Result<RunOutcome, NightlyError
         Some(built) => built.scoring,
         None => features::read(run.store, run.run_date).await?,
     });
+    run.still_leased()?;
     let scores = score(run, &mut progress, &model, &scoring_rows, &dictionary).await?;
     if run.stops_after(Stage::Score) {
         return Ok(progress.stopped(Stage::Score));
     }
+    run.still_leased()?;
     let (inputs, facts, decisions) = limits(run, &scores).await?;
     progress.clock.lap(Stage::Limits.name());
     if run.stops_after(Stage::Limits) {
         return Ok(progress.stopped(Stage::Limits));
     }
+    run.still_leased()?;
     let rows = suggest(
         run,
         &model,
@@ -191,6 +207,7 @@ pub(super) async fn run_stages(run: &Run<'_>) -> Result<RunOutcome, NightlyError
     if run.stops_after(Stage::Suggest) {
         return Ok(progress.stopped(Stage::Suggest));
     }
+    run.still_leased()?;
     let manifest = publish(run, &mut progress, &rows, &model).await?;
     let report =
         report::NightlyReport::new(run, sources, featured, trained, &rows, manifest, progress);
@@ -496,11 +513,13 @@ async fn publish(
             recovered = true;
             return Ok::<_, NightlyError>(manifest);
         }
+        let fence = || run.lease.check().map_err(|e| e.to_string());
         let publication = publish::Publication {
             as_of: run.run_date,
             model_version: &model.card.version,
             policy_version: &run.pipelines.policy.version,
             run_id: Some(&run_id),
+            fence: Some(&fence),
         };
         let config = &run.pipelines.nightly.publish;
         Ok(publish::publish_gated(store, rows, &publication, config, run.options.force).await?)

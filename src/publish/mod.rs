@@ -63,6 +63,8 @@ pub enum PublishError {
         field: &'static str,
         value: f64,
     },
+    #[error("not publishing: {0}; the published table is unchanged")]
+    Fenced(String),
     #[error("no published version {version} under {root} (latest is {latest})")]
     UnknownVersion {
         version: u64,
@@ -92,6 +94,8 @@ impl Classify for PublishError {
         match self {
             PublishError::Store(e) => e.cause(),
             PublishError::Conflict { .. } => Cause::Conflict,
+            // the writer's lease is gone: another run of the date took over
+            PublishError::Fenced(_) => Cause::Busy,
             PublishError::GateRefused { .. } => Cause::GateRefused,
             // a damaged manifest or data file, or numbers no limit can be: the data is bad
             PublishError::Manifest { .. }
@@ -155,13 +159,19 @@ pub struct Manifest {
 }
 
 /// What a published table is, besides its rows.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Publication<'a> {
     pub as_of: NaiveDate,
     pub model_version: &'a str,
     pub policy_version: &'a str,
     pub run_id: Option<&'a str>,
+    /// asked right before the manifest is committed: an error (why this writer may no longer
+    /// publish, e.g. its lease was lost) stops the commit, so nothing becomes visible
+    pub fence: Option<Fence<'a>>,
 }
+
+/// A writer's last check before its commit; see [`Publication::fence`].
+pub type Fence<'a> = &'a (dyn Fn() -> Result<(), String> + Send + Sync);
 
 /// The newest committed manifest, if any.
 pub async fn latest(store: &Store) -> Result<Option<Manifest>, PublishError> {
@@ -219,6 +229,7 @@ pub async fn publish_version(
         model_version,
         policy_version,
         run_id: None,
+        fence: None,
     };
     write_and_commit(store, version, rows, &publication, Vec::new()).await
 }
@@ -275,6 +286,15 @@ async fn write_and_commit(
         rollback_of: None,
         run_id: publication.run_id.map(str::to_string),
     };
+    if let Some(fence) = publication.fence
+        && let Err(why) = fence()
+    {
+        // unreferenced, so never visible; retention would remove it later if this fails
+        if let Err(error) = store.delete(&manifest.files[0].path).await {
+            tracing::warn!(%error, "could not remove a fenced writer's data file");
+        }
+        return Err(PublishError::Fenced(why));
+    }
     commit(store, &manifest).await?;
     info!(version, rows = rows.len(), "limit table published");
     Ok(manifest)

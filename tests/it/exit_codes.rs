@@ -93,6 +93,7 @@ async fn refused_gates_are_4_and_a_second_writer_is_5() {
         model_version: "m",
         policy_version: "p",
         run_id: None,
+        fence: None,
     };
     let config = Pipelines::builtin().nightly.publish;
     let error = publish::publish_gated(&store, &rows(10, 0.01), &publication, &config, false)

@@ -129,8 +129,10 @@ async fn killed_runs_resume_and_sharded_scoring_publish_the_same_table_as_one_cl
         "--pipelines",
         pipelines_dir.to_str().unwrap(),
     ];
+    // a short lease: the resumed run may take it over once it expires, not before
     let mut child = Command::new(env!("CARGO_BIN_EXE_redflower"))
         .args(args)
+        .args(["--lease-seconds", "3"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -160,6 +162,20 @@ async fn killed_runs_resume_and_sharded_scoring_publish_the_same_table_as_one_cl
     assert_eq!(latest.version, 1);
     publish::read_table(&killed, &latest).await.unwrap();
 
+    // the killed run's lease is still live: the resume is refused as busy (7), not run
+    let busy = Command::new(env!("CARGO_BIN_EXE_redflower"))
+        .args(args)
+        .args(["--resume", "--json"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(
+        busy.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+    std::thread::sleep(Duration::from_secs(3));
     let output = Command::new(env!("CARGO_BIN_EXE_redflower"))
         .args(args)
         .args(["--resume", "--json"])

@@ -222,6 +222,7 @@ fn publication(as_of: NaiveDate) -> publish::Publication<'static> {
         model_version: "m",
         policy_version: "p",
         run_id: None,
+        fence: None,
     }
 }
 
