@@ -53,6 +53,8 @@ fn three() -> usize {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChampionComparison {
     pub version: String,
+    /// NaN (`null` in JSON) when the rows hold one class only
+    #[serde(deserialize_with = "super::metrics::nan_as_null::read")]
     pub auc: f64,
     /// PSI of this model's PD against the champion's on the same rows
     pub score_psi: f64,

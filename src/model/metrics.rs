@@ -8,27 +8,41 @@ use serde::{Deserialize, Serialize};
 /// PDs crowd near zero and equal-width bins would put almost everyone in the first.
 pub const CALIBRATION_BINS: usize = 10;
 
+/// Every number can be NaN (an AUC of a holdout without defaults, say): JSON has no NaN, so
+/// serde_json writes `null`, and each field reads `null` back as NaN (see `nan_as_null`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
+    #[serde(deserialize_with = "nan_as_null::read")]
     pub auc: f64,
     /// 2 AUC - 1
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nan_as_null::read")]
     pub gini: f64,
     /// largest gap between the cumulative score distributions of defaults and non-defaults
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nan_as_null::read")]
     pub ks: f64,
+    #[serde(deserialize_with = "nan_as_null::read")]
     pub log_loss: f64,
+    #[serde(deserialize_with = "nan_as_null::read")]
     pub brier: f64,
     /// expected calibration error over `CALIBRATION_BINS` equal-count bins
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nan_as_null::read")]
     pub ece: f64,
     /// mean predicted PD and observed default rate
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nan_as_null::read")]
     pub mean_pd: f64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nan_as_null::read")]
     pub default_rate: f64,
     pub rows: usize,
     pub positives: usize,
+}
+
+/// Reads a number written by serde_json, which writes a non-finite one as `null`.
+pub(super) mod nan_as_null {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn read<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
+    }
 }
 
 /// Area under the ROC curve by ranks, ties sharing their average rank.
@@ -279,6 +293,18 @@ pub fn by_segment(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nan_metric_survives_being_written_as_json_and_read_back() {
+        // a holdout without a default: no AUC
+        let metrics = evaluate(&[0.1, 0.2, 0.3], &[0.0, 0.0, 0.0]);
+        assert!(metrics.auc.is_nan());
+        let json = serde_json::to_string(&metrics).unwrap();
+        assert!(json.contains("\"auc\":null"), "{json}");
+        let back: Metrics = serde_json::from_str(&json).unwrap();
+        assert!(back.auc.is_nan());
+        assert_eq!(back.rows, 3);
+    }
 
     #[test]
     fn auc_of_perfect_random_and_inverted_rankings() {
