@@ -3,6 +3,7 @@
 //! stores, so both read paths agree).
 
 use bytes::Bytes;
+use chrono::NaiveDate;
 use datafusion::arrow::array::{Array, Float64Array, RecordBatch};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -96,13 +97,25 @@ pub struct Snapshot {
     answers: Bytes,
     /// where row `r`'s answer ends in `answers`; it starts where row `r - 1`'s ends
     answer_ends: Vec<usize>,
+    /// the day the answers were rendered for: scenario limits that end on or before it
+    /// are left out
+    rendered_for: NaiveDate,
+    /// the first day after `rendered_for` on which some user's scenario limit ends, when the
+    /// answers must be rendered again (see [`Snapshot::stale_on`])
+    next_expiry: Option<NaiveDate>,
 }
 
 /// Rows rendered per parallel task at load.
 const RENDER_CHUNK: usize = 16 * 1024;
 
-/// `LimitAnswer` of the table's `row`-th row, borrowing from its columns.
-fn view<'a>(columns: &'a LimitColumns, row: usize, versions: &'a Versions) -> AnswerView<'a> {
+/// `LimitAnswer` of the table's `row`-th row on `day` (`YYYY-MM-DD`), borrowing from its
+/// columns.
+fn view<'a>(
+    columns: &'a LimitColumns,
+    row: usize,
+    versions: &'a Versions,
+    day: &'a str,
+) -> AnswerView<'a> {
     let optional = |a: &Float64Array| (!a.is_null(row)).then(|| a.value(row));
     AnswerView {
         user_id: columns.users[row],
@@ -114,16 +127,19 @@ fn view<'a>(columns: &'a LimitColumns, row: usize, versions: &'a Versions) -> An
         grade: columns.grade.value(row),
         apr: optional(&columns.apr),
         pd: columns.pd.value(row),
-        scenario_limits: Listed(columns.scenario_limits.value(row), table::parse_scenario),
+        scenario_limits: Scenarios {
+            text: columns.scenario_limits.value(row),
+            day,
+        },
         suggestions: Listed(columns.suggestions.value(row), table::parse_suggestion),
         reasons: Listed(columns.reasons.value(row), Some),
         versions,
     }
 }
 
-/// Every row's answer as JSON, one after another, and where each ends. Rendered in parallel
-/// chunks, then laid end to end.
-fn render(columns: &LimitColumns, versions: &Versions) -> (Vec<u8>, Vec<usize>) {
+/// Every row's answer on `day` as JSON, one after another, and where each ends. Rendered in
+/// parallel chunks, then laid end to end.
+fn render(columns: &LimitColumns, versions: &Versions, day: &str) -> (Vec<u8>, Vec<usize>) {
     let rows = columns.users.len();
     let chunks: Vec<(Vec<u8>, Vec<usize>)> = (0..rows.div_ceil(RENDER_CHUNK))
         .into_par_iter()
@@ -133,7 +149,7 @@ fn render(columns: &LimitColumns, versions: &Versions) -> (Vec<u8>, Vec<usize>) 
             let mut ends = Vec::with_capacity(rows.len());
             for row in rows {
                 // a struct of numbers and strings always serializes into a Vec
-                let _ = serde_json::to_writer(&mut json, &view(columns, row, versions));
+                let _ = serde_json::to_writer(&mut json, &view(columns, row, versions, day));
                 ends.push(json.len());
             }
             (json, ends)
@@ -149,6 +165,21 @@ fn render(columns: &LimitColumns, versions: &Versions) -> (Vec<u8>, Vec<usize>) 
     (answers, answer_ends)
 }
 
+/// The first end of a scenario limit after `day` (`YYYY-MM-DD`), over every row.
+fn next_expiry(columns: &LimitColumns, day: &str) -> Option<NaiveDate> {
+    (0..columns.users.len())
+        .into_par_iter()
+        .filter_map(|row| {
+            table::items(columns.scenario_limits.value(row))
+                .filter_map(table::parse_scenario)
+                .map(|item| item.valid_until)
+                .filter(|until| *until > day)
+                .min()
+        })
+        .min()
+        .and_then(|until| until.parse().ok())
+}
+
 impl Snapshot {
     /// The newest committed table, loaded; None when nothing is published yet.
     pub async fn latest(store: &Store) -> Result<Option<Snapshot>, SnapshotError> {
@@ -158,12 +189,23 @@ impl Snapshot {
         }
     }
 
-    /// Reads the table `manifest` commits (checksums verified) and indexes it. Indexing and
-    /// rendering run on a blocking thread, off the async workers that answer requests.
+    /// Reads the table `manifest` commits (checksums verified) and indexes it, rendered for
+    /// today (UTC). Indexing and rendering run on a blocking thread, off the async workers
+    /// that answer requests.
     pub async fn load(store: &Store, manifest: Manifest) -> Result<Snapshot, SnapshotError> {
+        Snapshot::load_for(store, manifest, chrono::Utc::now().date_naive()).await
+    }
+
+    /// [`Snapshot::load`] rendered for `day`: scenario limits that end on or before it are
+    /// not in the answers.
+    pub async fn load_for(
+        store: &Store,
+        manifest: Manifest,
+        day: NaiveDate,
+    ) -> Result<Snapshot, SnapshotError> {
         let version = manifest.version;
         let batches = super::read_table(store, &manifest).await?;
-        tokio::task::spawn_blocking(move || Snapshot::from_batches(manifest, &batches))
+        tokio::task::spawn_blocking(move || Snapshot::from_batches_for(manifest, &batches, day))
             .await
             .map_err(|error| SnapshotError::Table {
                 version,
@@ -171,9 +213,18 @@ impl Snapshot {
             })?
     }
 
+    /// The table in `batches`, rendered for today (UTC).
     pub fn from_batches(
         manifest: Manifest,
         batches: &[RecordBatch],
+    ) -> Result<Snapshot, SnapshotError> {
+        Snapshot::from_batches_for(manifest, batches, chrono::Utc::now().date_naive())
+    }
+
+    pub fn from_batches_for(
+        manifest: Manifest,
+        batches: &[RecordBatch],
+        day: NaiveDate,
     ) -> Result<Snapshot, SnapshotError> {
         let version = manifest.version;
         let problem = |problem: String| SnapshotError::Table { version, problem };
@@ -192,14 +243,24 @@ impl Snapshot {
             model: manifest.model_version.clone(),
             policy: manifest.policy_version.clone(),
         };
-        let (answers, answer_ends) = render(&columns, &versions);
+        let day_text = day.to_string();
+        let (answers, answer_ends) = render(&columns, &versions, &day_text);
+        let next_expiry = next_expiry(&columns, &day_text);
         Ok(Snapshot {
             users: columns.users,
             index,
             answers: Bytes::from(answers),
             answer_ends,
             manifest,
+            rendered_for: day,
+            next_expiry,
         })
+    }
+
+    /// Whether some answer shows a scenario limit that has ended by `day`, so the table must
+    /// be rendered again for it (the server does, with [`Snapshot::load_for`]).
+    pub fn stale_on(&self, day: NaiveDate) -> bool {
+        day > self.rendered_for && self.next_expiry.is_some_and(|expiry| expiry <= day)
     }
 
     pub fn version(&self) -> u64 {
@@ -260,10 +321,27 @@ struct AnswerView<'a> {
     grade: &'a str,
     apr: Option<f64>,
     pd: f64,
-    scenario_limits: Listed<'a, ScenarioItem<'a>>,
+    scenario_limits: Scenarios<'a>,
     suggestions: Listed<'a, SuggestionItem<'a>>,
     reasons: Listed<'a, &'a str>,
     versions: &'a Versions,
+}
+
+/// A row's scenario limits that still apply on `day`, serialized as a JSON array.
+struct Scenarios<'a> {
+    text: &'a str,
+    day: &'a str,
+}
+
+impl Serialize for Scenarios<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // ISO dates order as text; `valid_until` is the first day a limit no longer applies
+        serializer.collect_seq(
+            table::items(self.text)
+                .filter_map(table::parse_scenario)
+                .filter(|item: &ScenarioItem| item.valid_until > self.day),
+        )
+    }
 }
 
 /// A `;`-separated published list, serialized as a JSON array of its parsed items.

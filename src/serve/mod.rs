@@ -282,13 +282,15 @@ async fn follow(store: Store, state: Arc<AppState>, poll: Duration) {
                 continue;
             }
         };
-        let Some(manifest) =
-            newest.filter(|m| Some(m.version) != serving && Some(m.version) != failed)
+        let today = chrono::Utc::now().date_naive();
+        let Some(manifest) = newest
+            .filter(|m| Some(m.version) != serving && Some(m.version) != failed)
+            .or_else(|| rerender_for(&state, today))
         else {
             continue;
         };
         let version = manifest.version;
-        match Snapshot::load(&store, manifest).await {
+        match Snapshot::load_for(&store, manifest, today).await {
             Ok(snapshot) => {
                 let rows = snapshot.len();
                 state.swap(snapshot);
@@ -305,6 +307,16 @@ async fn follow(store: Store, state: Arc<AppState>, poll: Duration) {
             }
         }
     }
+}
+
+/// The served table's manifest when a scenario limit in its answers has ended by `today`:
+/// the same version is rendered again without it.
+fn rerender_for(state: &AppState, today: chrono::NaiveDate) -> Option<publish::Manifest> {
+    let snapshot = state.snapshot()?;
+    snapshot.stale_on(today).then(|| {
+        info!(version = snapshot.version(), %today, "a scenario limit ended: rendering the table again");
+        snapshot.manifest.clone()
+    })
 }
 
 fn json_error(status: StatusCode, message: String, version: Option<u64>) -> Response {

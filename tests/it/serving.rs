@@ -310,7 +310,10 @@ async fn answers_match_the_openapi_document() {
     let manifest = publish::publish(&store, &table, date(), "m", "p")
         .await
         .unwrap();
-    let snapshot = Snapshot::load(&store, manifest).await.unwrap();
+    // rendered for the table's own date, while the scenario limit (until 2026-12-01) runs
+    let snapshot = Snapshot::load_for(&store, manifest.clone(), date())
+        .await
+        .unwrap();
     let answer = serde_json::to_value(snapshot.answer(1).unwrap()).unwrap();
     // the server's zero-copy path writes the same bytes as the documented answer
     for user in [1, 2, 50] {
@@ -323,6 +326,23 @@ async fn answers_match_the_openapi_document() {
     assert_eq!(answer["scenario_limits"][0]["valid_until"], "2026-12-01");
     assert_eq!(answer["suggestions"][0]["adds"], 800.0);
     check_against_openapi(&answer, "LimitAnswer", &spec);
+
+    // an ended scenario limit is not served: the day before its end it is, from its end on
+    // the answers must be rendered again, and then it is gone
+    let day = |d: u32| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+    assert!(!snapshot.stale_on(day(30)));
+    let end = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
+    assert!(snapshot.stale_on(end));
+    let last_day = Snapshot::load_for(&store, manifest.clone(), day(30))
+        .await
+        .unwrap();
+    assert_eq!(last_day.answer(1).unwrap().scenario_limits.len(), 1);
+    let ended = Snapshot::load_for(&store, manifest, end).await.unwrap();
+    assert!(ended.answer(1).unwrap().scenario_limits.is_empty());
+    assert!(
+        !ended.stale_on(end + chrono::Days::new(365)),
+        "nothing left to end"
+    );
     assert!(spec["paths"]["/v1/limits/{user_id}"]["get"]["responses"]["404"].is_object());
 
     // JSON cannot carry a NaN: publishing refuses one, naming user and field, and a table
