@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The models bench on a lent GPU, in one call, so the device time goes to measuring.
 #
-#     bash benches/gpu_run.sh pack    # here: build with --features vulkan, strip, compress
+#     bash benches/gpu_run.sh build   # here: build with --features vulkan, print the path
+#     bash benches/gpu_run.sh pack    # here: build, strip, compress
 #                                     # into .carry/ (git-ignored)
 #     bash benches/gpu_run.sh run     # there: through the tool library's `device` entry,
 #                                     # carrying .carry and .gl (the Vulkan loader, see its
@@ -16,14 +17,19 @@ cd "$(dirname "$0")/.."
 users=${USERS:-200000}
 
 case "${1:-}" in
-pack)
+build)
+    # prints the path of the models bench built with --features vulkan (PROFILE: dev, or
+    # release for the numbers a production build gives)
     export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/redflower/target}
-    bench=$(cargo build --profile dev --features vulkan --bench models --message-format=json |
+    cargo build --profile "${PROFILE:-dev}" --features vulkan --bench models --message-format=json |
         python3 -c 'import json, sys
 for line in sys.stdin:
     message = json.loads(line)
     if message.get("executable") and message["target"]["name"] == "models":
-        print(message["executable"])')
+        print(message["executable"])'
+    ;;
+pack)
+    bench=$(bash "$0" build)
     mkdir -p .carry
     strip -o .carry/models "$bench"
     xz -f -T0 -6 .carry/models
@@ -65,7 +71,7 @@ run)
     gzip -c /tmp/kernels.log >"$out/kernels.log.gz"
     ;;
 *)
-    echo "usage: $0 pack|run" >&2
+    echo "usage: $0 build|pack|run" >&2
     exit 2
     ;;
 esac

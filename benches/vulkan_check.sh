@@ -20,12 +20,7 @@ if [ -z "${VK_DRIVER_FILES:-}" ] && [ -n "$lavapipe" ]; then
 fi
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
 
-bench=$(cargo build --profile dev --features vulkan --bench models --message-format=json |
-    python3 -c 'import json, sys
-for line in sys.stdin:
-    message = json.loads(line)
-    if message.get("executable") and message["target"]["name"] == "models":
-        print(message["executable"])')
+bench=$(bash benches/gpu_run.sh build)
 out=$(mktemp -d)
 for device in cpu vulkan; do
     echo "== $device"

@@ -163,12 +163,15 @@ async fn killed_runs_resume_and_sharded_scoring_publish_the_same_table_as_one_cl
     publish::read_table(&killed, &latest).await.unwrap();
 
     // the killed run's lease is still live: the resume is refused as busy (7), not run
-    let busy = Command::new(env!("CARGO_BIN_EXE_redflower"))
-        .args(args)
-        .args(["--resume", "--json"])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let resume = || {
+        Command::new(env!("CARGO_BIN_EXE_redflower"))
+            .args(args)
+            .args(["--resume", "--json"])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let busy = resume();
     assert_eq!(
         busy.status.code(),
         Some(7),
@@ -176,12 +179,7 @@ async fn killed_runs_resume_and_sharded_scoring_publish_the_same_table_as_one_cl
         String::from_utf8_lossy(&busy.stderr)
     );
     std::thread::sleep(Duration::from_secs(3));
-    let output = Command::new(env!("CARGO_BIN_EXE_redflower"))
-        .args(args)
-        .args(["--resume", "--json"])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
+    let output = resume();
     assert!(
         output.status.success(),
         "resume failed: {}",
