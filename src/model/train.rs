@@ -302,7 +302,7 @@ struct Steps<'a> {
     device: Device,
 }
 
-impl Steps<'_> {
+impl<'a> Steps<'a> {
     /// One pass over `order`'s rows, a gradient step per batch; the network after the last.
     /// Nothing is read back from the device: the loss is never looked at, only its gradient.
     fn epoch(
@@ -314,16 +314,9 @@ impl Steps<'_> {
         progress: &ProgressBar,
     ) -> WideDeep {
         let config = self.config;
-        let batches = Prefetch {
-            set: self.set,
-            order,
-            batch_size: config.batch_size,
-            n_features: self.n_features,
-            layout: self.layout,
-        };
         profile.restart();
         std::thread::scope(|scope| {
-            for (batch, labels) in batches.spawn(scope) {
+            for (batch, labels) in self.prefetch(order, scope) {
                 profile.mark(Phase::Build);
                 let batch = batch.upload(&self.device);
                 let rows = labels.len();
@@ -344,34 +337,25 @@ impl Steps<'_> {
             network
         })
     }
-}
 
-/// One epoch's batches, built on a thread of their own while the device trains on the one
-/// before: the host's copying overlaps the device's work instead of adding to it.
-struct Prefetch<'a> {
-    set: &'a TrainingSet,
-    order: &'a [usize],
-    batch_size: usize,
-    n_features: usize,
-    layout: BatchLayout,
-}
-
-impl<'a> Prefetch<'a> {
-    /// Batches ahead of the device: two, so one is ready while the next is built.
-    const AHEAD: usize = 2;
-
-    fn spawn<'scope>(
-        self,
+    /// `order`'s batches, built on a thread of their own while the device trains on the one
+    /// before: the host's copying overlaps the device's work instead of adding to it.
+    fn prefetch<'scope>(
+        &self,
+        order: &'scope [usize],
         scope: &'scope std::thread::Scope<'scope, '_>,
     ) -> std::sync::mpsc::Receiver<(HostBatch, Vec<f32>)>
     where
         'a: 'scope,
     {
-        let (sender, receiver) = std::sync::mpsc::sync_channel(Self::AHEAD);
+        // two ahead, so one is ready while the next is built
+        let (sender, receiver) = std::sync::mpsc::sync_channel(2);
+        let (set, layout, n_features) = (self.set, self.layout, self.n_features);
+        let batch_size = self.config.batch_size;
         scope.spawn(move || {
-            for chunk in self.order.chunks(self.batch_size) {
-                let batch = self.layout.build(&self.set.rows, chunk, self.n_features);
-                let labels = chunk.iter().map(|&i| self.set.labels[i]).collect();
+            for chunk in order.chunks(batch_size) {
+                let batch = layout.build(&set.rows, chunk, n_features);
+                let labels = chunk.iter().map(|&i| set.labels[i]).collect();
                 if sender.send((batch, labels)).is_err() {
                     // the trainer stopped early
                     return;
