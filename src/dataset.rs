@@ -4,7 +4,8 @@
 //! A training set is features as of T0 and, for each user with a statement due in the label
 //! window, whether one went `days_past_due`+ late within `horizon_days` of T0. Everything it
 //! uses is known by T0 + horizon (the run date): no feature row after T0, no label before it.
-//! Reads the clean `repayments` table; writes nothing.
+//! Reads the clean `repayments` table, each statement as its newest version known by the
+//! label's cut; writes nothing.
 
 use std::collections::HashMap;
 
@@ -145,29 +146,42 @@ pub fn training_as_of(run_date: NaiveDate, label: &LabelConfig) -> NaiveDate {
     run_date - Duration::days(label.horizon_days as i64)
 }
 
+/// The last due date (exclusive) whose statements can show `days_past_due` days late by the
+/// label's knowledge cut, as_of + horizon: a delinquency of N days is learned N days after the
+/// due date, and only versions learned strictly before the cut count.
+fn due_before(as_of: NaiveDate, label: &LabelConfig) -> NaiveDate {
+    as_of + Duration::days(label.horizon_days as i64 - label.days_past_due as i64)
+}
+
 /// The data window of a training set in words, for model cards.
 pub fn describe_window(as_of: NaiveDate, label: &LabelConfig) -> String {
-    let last_due = as_of + Duration::days(label.horizon_days as i64 - label.days_past_due as i64);
     format!(
-        "features as of {as_of} (rows known before it); label: a statement due {as_of}..{last_due} went {}+ days past due (known by {})",
+        "features as of {as_of} (rows known before it); label: a statement due {as_of} to before {} went {}+ days past due (versions known before {})",
+        due_before(as_of, label),
         label.days_past_due,
         as_of + Duration::days(label.horizon_days as i64)
     )
 }
 
-/// For each user with a statement due in [as_of, as_of + horizon - dpd], 1 if one of those
-/// statements reached `days_past_due`. Those outcomes are all known by as_of + horizon.
+/// For each user with a statement due in [as_of, as_of + horizon - dpd), 1 if one of those
+/// statements reached `days_past_due`, as each statement's newest version known before
+/// as_of + horizon says (a statement's days past due grow version by version).
 pub async fn labels(
     ctx: &SessionContext,
     as_of: NaiveDate,
     label: &LabelConfig,
 ) -> Result<HashMap<u64, bool>, DatasetError> {
-    let last_due = as_of + Duration::days(label.horizon_days as i64 - label.days_past_due as i64);
+    let known = crate::sources::known_before(
+        "repayments",
+        as_of + Duration::days(label.horizon_days as i64),
+    );
     let sql = format!(
         "SELECT user_id, MAX(CASE WHEN days_past_due >= {dpd} THEN 1 ELSE 0 END) AS defaulted \
-         FROM repayments WHERE due_date >= DATE '{as_of}' AND due_date <= DATE '{last_due}' \
-         AND user_id IS NOT NULL GROUP BY user_id",
-        dpd = label.days_past_due
+         FROM repayments WHERE due_date >= DATE '{as_of}' AND due_date < DATE '{due_before}' \
+         AND user_id IS NOT NULL AND {known} GROUP BY user_id",
+        dpd = label.days_past_due,
+        due_before = due_before(as_of, label),
+        known = known.join(" AND ")
     );
     let batches = crate::engine::collect(ctx, &sql)
         .await

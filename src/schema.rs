@@ -8,8 +8,18 @@ use std::sync::{Arc, LazyLock};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::Deserialize;
 
+/// The column every raw source carries: when the bank learned the row (its second timeline;
+/// the source's `time_column` is when the fact happened).
+pub const KNOWN_AT: &str = "known_at";
+
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
+    #[error(
+        "{file}: no '{KNOWN_AT}' column: schemas/{table}.json needs the time each row became known. \
+         A synthetic root made by an older redflower: run `redflower synth` again (it rewrites an \
+         older world); an upstream export: add its ingestion time as {KNOWN_AT} (see README, Inputs)"
+    )]
+    NoKnownAt { file: String, table: String },
     #[error("{file}: column '{column}' is missing (expected {expected} by schemas/{table}.json)")]
     MissingColumn {
         file: String,
@@ -120,6 +130,12 @@ impl TableSchema {
         for spec in &self.fields {
             let expected = spec.data_type.arrow();
             match found.field_with_name(&spec.name) {
+                Err(_) if spec.name == KNOWN_AT => {
+                    return Err(SchemaError::NoKnownAt {
+                        file: file.to_string(),
+                        table: self.name.clone(),
+                    });
+                }
                 Err(_) => {
                     return Err(SchemaError::MissingColumn {
                         file: file.to_string(),
@@ -224,5 +240,39 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("UInt64") && err.contains("Utf8"), "{err}");
+    }
+
+    #[test]
+    fn a_file_without_known_at_says_how_to_regenerate() {
+        // a generator-2 events file: every column but the second timeline
+        let fields: Vec<Field> = EVENTS
+            .arrow()
+            .fields()
+            .iter()
+            .filter(|f| f.name() != KNOWN_AT)
+            .map(|f| f.as_ref().clone())
+            .collect();
+        let err = EVENTS
+            .check("raw/events/dt=2026-01-01/a.parquet", &Schema::new(fields))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("dt=2026-01-01/a.parquet") && err.contains("known_at"),
+            "{err}"
+        );
+        assert!(err.contains("redflower synth"), "{err}");
+        for table in [
+            &PROFILES,
+            &EVENTS,
+            &CERTIFICATES,
+            &REPAYMENTS,
+            &LIMIT_REQUESTS,
+        ] {
+            assert!(
+                table.fields.iter().any(|f| f.name == KNOWN_AT),
+                "{}",
+                table.name
+            );
+        }
     }
 }

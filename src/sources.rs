@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::cause::{Cause, Classify};
-use crate::schema::{self, SchemaError, TableSchema};
+use crate::schema::{self, KNOWN_AT, SchemaError, TableSchema, TypeName};
 use crate::store::{Store, StoreError, layout};
 
 #[derive(Debug, thiserror::Error)]
@@ -72,11 +72,12 @@ impl Classify for SourceError {
 pub struct Source {
     pub table: &'static TableSchema,
     /// SQL CASE arms (`WHEN cond THEN 'reason'`), tried in order over the raw columns.
-    rules: &'static [(&'static str, &'static str)],
+    rules: Vec<(String, String)>,
     /// joined after the raw table, for rules that look up reference data
     lookup: &'static str,
-    /// columns that identify a row; later copies of a key are quarantined as duplicates.
-    /// Events have none: two identical purchases can both be real.
+    /// Columns that name one fact. Each `known_at` of a key is a version of that fact that
+    /// supersedes the versions known before it; a repeat of a key *and* its `known_at` is a
+    /// duplicate. Events have none: two identical purchases can both be real.
     unique_key: Option<&'static str>,
 }
 
@@ -84,40 +85,49 @@ impl Source {
     pub fn name(&self) -> &str {
         &self.table.name
     }
+
+    /// Facts with versions: as of a date, each key reads its newest version known before it.
+    pub fn versioned(&self) -> bool {
+        self.unique_key.is_some()
+    }
 }
 
-pub fn sources() -> Vec<Source> {
-    vec![
-        Source {
-            table: &schema::PROFILES,
-            rules: &[
-                ("user_id IS NULL", "null user_id"),
-                ("signup_date IS NULL", "null signup_date"),
-                (
-                    "income_band NOT BETWEEN 1 AND 8",
-                    "income_band outside 1..8",
-                ),
-            ],
-            lookup: "",
-            unique_key: Some("user_id, dt"),
-        },
-        Source {
-            table: &schema::EVENTS,
-            rules: &[
-                ("user_id IS NULL", "null user_id"),
-                ("event_time IS NULL", "null event_time"),
-                (
-                    "kind IS NULL OR kind NOT IN ('purchase', 'visit', 'transfer', 'rent', 'utility')",
-                    "unknown kind",
-                ),
-                ("amount < 0", "negative amount"),
-            ],
-            lookup: "",
-            unique_key: None,
-        },
-        Source {
-            table: &schema::CERTIFICATES,
-            rules: &[
+/// The rules every source shares, tried before its own: a row must say when it was learned,
+/// never before it happened, and carry only finite numbers (NaN and infinities pass every
+/// comparison rule below and would reach features, then stop every publish).
+fn common_rules(table: &TableSchema) -> Vec<(String, String)> {
+    let mut rules = vec![(format!("{KNOWN_AT} IS NULL"), format!("null {KNOWN_AT}"))];
+    for field in &table.fields {
+        if matches!(field.data_type, TypeName::Float32 | TypeName::Float64) {
+            let c = &field.name;
+            rules.push((
+                format!("isnan({c}) OR abs({c}) = CAST('Infinity' AS DOUBLE)"),
+                format!("non-finite {c}"),
+            ));
+        }
+    }
+    if let Some(time) = &table.time_column {
+        rules.push((
+            format!("{time} > {KNOWN_AT}"),
+            format!("{time} after {KNOWN_AT}"),
+        ));
+    }
+    rules
+}
+
+fn rules_of(table: &TableSchema, own: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut rules = common_rules(table);
+    rules.extend(own.iter().map(|(c, r)| (c.to_string(), r.to_string())));
+    rules
+}
+
+/// Certificates: versions of one upload as it is verified and, now and then, revoked.
+fn certificates() -> Source {
+    Source {
+        table: &schema::CERTIFICATES,
+        rules: rules_of(
+            &schema::CERTIFICATES,
+            &[
                 ("user_id IS NULL", "null user_id"),
                 ("uploaded_at IS NULL", "null uploaded_at"),
                 ("known_type_id IS NULL", "unknown certificate type"),
@@ -125,34 +135,106 @@ pub fn sources() -> Vec<Source> {
                     "confidence NOT BETWEEN 0 AND 1",
                     "confidence outside [0, 1]",
                 ),
+                ("verified_at > known_at", "verified_at after known_at"),
+                ("revoked_at > known_at", "revoked_at after known_at"),
+                (
+                    "revoked_at IS NOT NULL AND (revoked_reason IS NULL OR revoked_reason NOT IN ('forged', 'withdrawn'))",
+                    "revoked_reason not forged or withdrawn",
+                ),
             ],
-            lookup: "LEFT JOIN (SELECT cert_type_id AS known_type_id FROM certificate_types) known \
-                     ON cert_type_id = known.known_type_id",
-            unique_key: Some("user_id, certificate_no"),
+        ),
+        lookup: "LEFT JOIN (SELECT cert_type_id AS known_type_id FROM certificate_types) known \
+                 ON cert_type_id = known.known_type_id",
+        unique_key: Some("user_id, certificate_no"),
+    }
+}
+
+pub fn sources() -> Vec<Source> {
+    vec![
+        Source {
+            table: &schema::PROFILES,
+            rules: rules_of(
+                &schema::PROFILES,
+                &[
+                    ("user_id IS NULL", "null user_id"),
+                    ("signup_date IS NULL", "null signup_date"),
+                    (
+                        "income_band NOT BETWEEN 1 AND 8",
+                        "income_band outside 1..8",
+                    ),
+                ],
+            ),
+            lookup: "",
+            // a snapshot's row of a user, corrected by a later known_at
+            unique_key: Some("user_id, dt"),
         },
         Source {
+            table: &schema::EVENTS,
+            rules: rules_of(
+                &schema::EVENTS,
+                &[
+                    ("user_id IS NULL", "null user_id"),
+                    ("event_time IS NULL", "null event_time"),
+                    (
+                        "kind IS NULL OR kind NOT IN ('purchase', 'visit', 'transfer', 'rent', 'utility')",
+                        "unknown kind",
+                    ),
+                    ("amount < 0", "negative amount"),
+                ],
+            ),
+            lookup: "",
+            unique_key: None,
+        },
+        certificates(),
+        Source {
             table: &schema::REPAYMENTS,
-            rules: &[
-                ("user_id IS NULL", "null user_id"),
-                ("due_date IS NULL", "null due_date"),
-                ("amount_due < 0 OR amount_paid < 0", "negative amount"),
-                ("days_past_due < 0", "negative days_past_due"),
-            ],
+            rules: rules_of(
+                &schema::REPAYMENTS,
+                &[
+                    ("user_id IS NULL", "null user_id"),
+                    ("due_date IS NULL", "null due_date"),
+                    ("amount_due < 0 OR amount_paid < 0", "negative amount"),
+                    ("days_past_due < 0", "negative days_past_due"),
+                ],
+            ),
             lookup: "",
             unique_key: Some("user_id, due_date"),
         },
         Source {
             table: &schema::LIMIT_REQUESTS,
-            rules: &[
-                ("user_id IS NULL", "null user_id"),
-                ("requested_at IS NULL", "null requested_at"),
-                ("requested_limit < 0", "negative requested_limit"),
-            ],
+            rules: rules_of(
+                &schema::LIMIT_REQUESTS,
+                &[
+                    ("user_id IS NULL", "null user_id"),
+                    ("requested_at IS NULL", "null requested_at"),
+                    ("requested_limit < 0", "negative requested_limit"),
+                ],
+            ),
             lookup: "",
             unique_key: Some("user_id, requested_at"),
         },
     ]
 }
+
+/// The conditions that pick, from a source's clean view, what was known strictly before
+/// `as_of`: rows learned before it and, of a versioned fact, only the version no row learned
+/// before `as_of` supersedes (an as-of join, precomputed as `superseded_at` when staged).
+pub fn known_before(source: &str, as_of: NaiveDate) -> Vec<String> {
+    let bound = format!("TIMESTAMP '{as_of} 00:00:00'");
+    let mut conditions = vec![format!("{KNOWN_AT} < {bound}")];
+    if sources()
+        .iter()
+        .any(|s| s.name() == source && s.versioned())
+    {
+        conditions.push(format!(
+            "({SUPERSEDED_AT} IS NULL OR {SUPERSEDED_AT} >= {bound})"
+        ));
+    }
+    conditions
+}
+
+/// Column of a versioned source's clean view: when the next version of its key became known.
+pub const SUPERSEDED_AT: &str = "superseded_at";
 
 /// Counts for one source, for the run report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -436,7 +518,7 @@ fn checks(source: &Source, raw: &str, run_date: NaiveDate) -> Checks {
     let mut arms: String = source
         .rules
         .iter()
-        .map(|(cond, reason)| format!(" WHEN {cond} THEN '{reason}'"))
+        .map(|(cond, reason)| format!(" WHEN {cond} THEN '{}'", reason.replace('\'', "''")))
         .collect();
     // the clean view is read by every feature query: plain predicates, no CASE strings,
     // so the Parquet reader can evaluate them while decoding
@@ -445,20 +527,20 @@ fn checks(source: &Source, raw: &str, run_date: NaiveDate) -> Checks {
         .iter()
         .map(|(cond, _)| format!("NOT COALESCE(({cond}), FALSE)"))
         .collect();
-    if let (Some(time), Some(bound)) = (
-        &source.table.time_column,
-        source.table.time_literal(run_date),
-    ) {
-        arms.push_str(&format!(
-            " WHEN {time} >= {bound} THEN '{time} on or after the run date'"
-        ));
-        clean_conditions.push(format!("NOT COALESCE({time} >= {bound}, FALSE)"));
-    }
-    // numbering copies in a fixed order keeps the same copy every night
+    // dt is the day a row landed, so a row learned on or after the run date under an earlier
+    // partition has a broken clock: it can never be read as of any date, so it is kept aside
+    let bound = format!("TIMESTAMP '{run_date} 00:00:00'");
+    arms.push_str(&format!(
+        " WHEN {KNOWN_AT} >= {bound} THEN '{KNOWN_AT} on or after the run date'"
+    ));
+    clean_conditions.push(format!("NOT COALESCE({KNOWN_AT} >= {bound}, FALSE)"));
+    // numbering copies of a version in a fixed order keeps the same copy every night
     let copy_no = match source.unique_key {
         Some(key) => {
             arms.push_str(" WHEN copy_no > 1 THEN 'duplicate of an earlier row'");
-            format!(", ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY dt, {columns}) AS copy_no")
+            format!(
+                ", ROW_NUMBER() OVER (PARTITION BY {key}, {KNOWN_AT} ORDER BY dt, {columns}) AS copy_no"
+            )
         }
         None => String::new(),
     };
@@ -494,12 +576,20 @@ async fn register_source(
         candidates,
         clean_conditions,
     } = checks(source, &raw, run_date);
-    let clean = if source.unique_key.is_some() {
-        // numbered once, into staged files that both validation and the clean view read
+    let clean = if let Some(key) = source.unique_key {
+        // numbered once, into staged files that both validation and the clean view read;
+        // each clean version carries when the next clean version of its key became known
         let staged = format!("{name}_checked");
-        stage(ctx, store, &name, &staged, &checked).await?;
-        checked = format!("SELECT * FROM {staged}");
-        format!("SELECT {columns}, dt FROM {staged} WHERE quarantine_reason IS NULL")
+        let versioned = format!(
+            "SELECT {columns}, dt, CASE WHEN quarantine_reason IS NULL THEN \
+             LEAD({KNOWN_AT}) OVER (PARTITION BY {key}, quarantine_reason IS NULL ORDER BY {KNOWN_AT}) \
+             END AS {SUPERSEDED_AT}, quarantine_reason FROM ({checked})"
+        );
+        stage(ctx, store, &name, &staged, &versioned).await?;
+        checked = format!("SELECT {columns}, dt, quarantine_reason FROM {staged}");
+        format!(
+            "SELECT {columns}, dt, {SUPERSEDED_AT} FROM {staged} WHERE quarantine_reason IS NULL"
+        )
     } else {
         format!(
             "SELECT {columns}, dt FROM {candidates} WHERE {}",

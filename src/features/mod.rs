@@ -321,9 +321,14 @@ mod tests {
             "[[family]]\nname='visits'\nsource='events'\nkey='merchant_id'\naggregate='count'\nwindows=['30d']",
         );
         let sql = &sql(&c)[0];
+        // read what was known before the as-of date, count what happened in the window
         assert!(
-            sql.contains("event_time < TIMESTAMP '2026-06-30 00:00:00'"),
+            sql.contains("known_at < TIMESTAMP '2026-06-30 00:00:00'"),
             "{sql}"
+        );
+        assert!(
+            !sql.contains("superseded_at"),
+            "events have no versions: {sql}"
         );
         assert!(
             sql.contains("event_time >= TIMESTAMP '2026-05-31 00:00:00'"),
@@ -400,16 +405,37 @@ mod tests {
     }
 
     #[test]
-    fn a_known_at_override_bounds_on_it_and_keeps_only_the_safe_partition_bound() {
+    fn a_time_override_windows_on_it_reads_the_newest_known_version_and_keeps_only_the_safe_partition_bound()
+     {
         let c = config(
-            "[[family]]\nname='late'\nsource='repayments'\naggregate='count'\ntime=\"due_date + INTERVAL '30' DAY\"\nwindows=['120d']",
+            "[[family]]\nname='late'\nsource='repayments'\naggregate='count'\ntime=\"due_date\"\nfilter='days_past_due >= 30'\nwindows=['120d']",
         );
         let sql = &sql(&c)[0];
         assert!(
-            sql.contains("CAST((due_date + INTERVAL '30' DAY) AS DATE) < DATE '2026-06-30'"),
+            sql.contains("CAST((due_date) AS DATE) >= DATE '2026-03-02'"),
             "{sql}"
         );
+        assert!(
+            sql.contains("known_at < TIMESTAMP '2026-06-30 00:00:00'")
+                && sql.contains(
+                    "(superseded_at IS NULL OR superseded_at >= TIMESTAMP '2026-06-30 00:00:00')"
+                ),
+            "{sql}"
+        );
+        // a statement due in the window may have been issued, and landed, before it
         assert!(!sql.contains("dt >="), "{sql}");
+    }
+
+    #[test]
+    fn as_of_in_a_filter_is_the_as_of_day() {
+        let c = config(
+            "[[family]]\nname='valid'\nsource='certificates'\naggregate='count'\nfilter='valid_until IS NULL OR valid_until > {as_of}'",
+        );
+        let sql = &sql(&c)[0];
+        assert!(
+            sql.contains("(valid_until IS NULL OR valid_until > DATE '2026-06-30')"),
+            "{sql}"
+        );
     }
 
     #[test]

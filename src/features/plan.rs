@@ -15,23 +15,25 @@ pub(super) fn sql_date(date: NaiveDate) -> String {
     format!("DATE '{date}'")
 }
 
-/// How a family's rows are placed in time: the expression compared with as-of bounds (also
-/// what days-since-last takes the newest of) and the literal type it compares with.
-pub(super) struct KnownAt<'a> {
+/// Where a family's rows fall in its windows: the expression window bounds compare with (the
+/// family's `time`, else the source's time column: when the fact happened), also what
+/// days-since-last takes the newest of, and the literal type it compares with. Whether a row
+/// may be read at all is `sources::known_before`: when the bank learned it.
+pub(super) struct FactTime<'a> {
     compared: String,
     table: Option<&'a schema::TableSchema>,
 }
 
-impl KnownAt<'_> {
-    fn of<'t>(family: &FeatureFamily, table: &'t schema::TableSchema) -> Option<KnownAt<'t>> {
+impl FactTime<'_> {
+    fn of<'t>(family: &FeatureFamily, table: &'t schema::TableSchema) -> Option<FactTime<'t>> {
         if let Some(time) = &family.time {
-            return Some(KnownAt {
+            return Some(FactTime {
                 compared: format!("CAST(({time}) AS DATE)"),
                 table: None,
             });
         }
         let column = table.time_column.as_ref()?;
-        Some(KnownAt {
+        Some(FactTime {
             compared: column.clone(),
             table: Some(table),
         })
@@ -42,6 +44,12 @@ impl KnownAt<'_> {
             .and_then(|t| t.time_literal(date))
             .unwrap_or_else(|| sql_date(date))
     }
+}
+
+/// A family's filter as of `as_of`: `{as_of}` in it is the as-of day (for facts with an end,
+/// such as a certificate's `valid_until`).
+pub(super) fn filter_as_of(filter: &str, as_of: NaiveDate) -> String {
+    format!("({})", filter.replace("{as_of}", &sql_date(as_of)))
 }
 
 /// Families that read one source with one key and one notion of time run as a single query:
@@ -121,22 +129,26 @@ pub(super) fn query_groups(config: &FeatureConfig) -> Vec<QueryGroup<'_>> {
     groups
 }
 
-/// The conditions that place a group's rows in time as of `as_of`: known strictly before it,
-/// and within the longest of `windows` (all history when one of them is `None`).
+/// The conditions that place a group's rows in time as of `as_of`: known strictly before it
+/// (the newest such version of a versioned fact), and happened before it, within the longest
+/// of `windows` (all history when one of them is `None`).
 pub(super) fn time_conditions(
-    known_at: &KnownAt,
+    source: &str,
+    happened: &FactTime,
     time: Option<&str>,
     windows: impl Iterator<Item = Option<u32>>,
     as_of: NaiveDate,
 ) -> Vec<String> {
-    let mut conditions = vec![
-        format!("{} < {}", known_at.compared, known_at.bound(as_of)),
-        // partitions hold rows by their own time, never later than when they are known
-        format!("dt < '{as_of}'"),
-    ];
+    let mut conditions = crate::sources::known_before(source, as_of);
+    // partitions hold rows by the day they became known
+    conditions.push(format!("dt < '{as_of}'"));
+    // known is not enough: a statement issued before the as-of date may fall due after it
+    conditions.push(format!("{} < {}", happened.compared, happened.bound(as_of)));
     if let Some(Some(longest)) = windows.max_by_key(|w| w.unwrap_or(u32::MAX)) {
         let from = as_of - Duration::days(longest as i64);
-        conditions.push(format!("{} >= {}", known_at.compared, known_at.bound(from)));
+        conditions.push(format!("{} >= {}", happened.compared, happened.bound(from)));
+        // a row is never known before its source's time column (validation holds that), so
+        // its partition day is at least that; a family's own `time` promises nothing
         if time.is_none() {
             conditions.push(format!("dt >= '{from}'"));
         }
@@ -170,10 +182,10 @@ pub(super) fn group_sql_on(
     as_of: NaiveDate,
     snapshot: Option<NaiveDate>,
 ) -> String {
-    let known_at = KnownAt::of(group.members[0].0, source_schema(group.source));
+    let happened = FactTime::of(group.members[0].0, source_schema(group.source));
     let key = group.key.unwrap_or("CAST(NULL AS VARCHAR)");
     let (conditions, shared_filter) =
-        group_conditions(group, known_at.as_ref(), held, as_of, snapshot);
+        group_conditions(group, happened.as_ref(), held, as_of, snapshot);
     let longest_window = group
         .members
         .iter()
@@ -187,20 +199,20 @@ pub(super) fn group_sql_on(
         .map(|(i, (family, window))| {
             let mut wanted = Vec::new();
             if let (Some(filter), false) = (&family.filter, shared_filter) {
-                wanted.push(format!("({filter})"));
+                wanted.push(filter_as_of(filter, as_of));
             }
-            if let (Some(days), Some(known_at)) = (window, &known_at)
+            if let (Some(days), Some(happened)) = (window, &happened)
                 && *window != longest_window
             {
                 let from = as_of - Duration::days(*days as i64);
-                wanted.push(format!("{} >= {}", known_at.compared, known_at.bound(from)));
+                wanted.push(format!("{} >= {}", happened.compared, happened.bound(from)));
             }
             let only = if wanted.is_empty() {
                 String::new()
             } else {
                 format!(" FILTER (WHERE {})", wanted.join(" AND "))
             };
-            let aggregate = member_aggregate(family, group.key, known_at.as_ref(), &only, as_of);
+            let aggregate = member_aggregate(family, group.key, happened.as_ref(), &only, as_of);
             format!("CAST({aggregate} AS DOUBLE) AS c{i}")
         })
         .collect();
@@ -223,7 +235,7 @@ pub(super) fn group_sql_on(
 /// filter every member shares (then no member repeats it).
 fn group_conditions(
     group: &QueryGroup,
-    known_at: Option<&KnownAt>,
+    happened: Option<&FactTime>,
     held: &[String],
     as_of: NaiveDate,
     snapshot: Option<NaiveDate>,
@@ -232,9 +244,10 @@ fn group_conditions(
     if let Some(k) = group.key {
         conditions.push(format!("({k}) IS NOT NULL"));
     }
-    match (known_at, snapshot) {
-        (Some(known_at), _) => conditions.extend(time_conditions(
-            known_at,
+    match (happened, snapshot) {
+        (Some(happened), _) => conditions.extend(time_conditions(
+            group.source,
+            happened,
             group.time,
             group.members.iter().map(|(_, w)| *w),
             as_of,
@@ -242,6 +255,7 @@ fn group_conditions(
         (None, Some(snapshot)) => {
             conditions.push(format!("dt = '{snapshot}'"));
             conditions.push(format!("signup_date < {}", sql_date(as_of)));
+            conditions.extend(crate::sources::known_before(group.source, as_of));
         }
         (None, None) => unreachable!("snapshot sources get a snapshot date"),
     }
@@ -250,7 +264,7 @@ fn group_conditions(
     let filters: Option<Vec<String>> = group
         .members
         .iter()
-        .map(|(family, _)| family.filter.as_ref().map(|f| format!("({f})")))
+        .map(|(family, _)| family.filter.as_ref().map(|f| filter_as_of(f, as_of)))
         .collect();
     // a condition the WHERE clause already holds for every row is not evaluated again per
     // member: one shared filter, or the window that bounds the scan
@@ -268,7 +282,7 @@ fn group_conditions(
 fn member_aggregate(
     family: &FeatureFamily,
     key: Option<&str>,
-    known_at: Option<&KnownAt>,
+    happened: Option<&FactTime>,
     only: &str,
     as_of: NaiveDate,
 ) -> String {
@@ -290,7 +304,7 @@ fn member_aggregate(
         Aggregate::DaysSinceLast => format!(
             "{} - CAST(CAST(MAX({}){only} AS DATE) AS INT)",
             (as_of - NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid")).num_days(),
-            known_at
+            happened
                 .expect("validated: days_since_last needs time")
                 .compared
         ),
@@ -304,7 +318,7 @@ fn member_aggregate(
 pub(super) fn shared_scan_clusters(groups: &[QueryGroup], at_most: usize) -> Vec<Vec<usize>> {
     let mut clusters: Vec<Vec<usize>> = Vec::new();
     for (index, group) in groups.iter().enumerate() {
-        if KnownAt::of(group.members[0].0, source_schema(group.source)).is_none() {
+        if FactTime::of(group.members[0].0, source_schema(group.source)).is_none() {
             continue; // snapshot sources: one small partition each
         }
         match clusters.iter_mut().find(|c| {
@@ -336,13 +350,19 @@ pub(super) fn shared_scan_conditions(
     as_of: NaiveDate,
 ) -> Vec<String> {
     let first = &groups[cluster[0]];
-    let known_at = KnownAt::of(first.members[0].0, source_schema(first.source))
+    let happened = FactTime::of(first.members[0].0, source_schema(first.source))
         .expect("clusters hold windowed sources");
     let windows = cluster
         .iter()
         .flat_map(|&g| groups[g].members.iter().map(|(_, w)| *w));
     let mut conditions = vec!["user_id IS NOT NULL".to_string()];
-    conditions.extend(time_conditions(&known_at, first.time, windows, as_of));
+    conditions.extend(time_conditions(
+        first.source,
+        &happened,
+        first.time,
+        windows,
+        as_of,
+    ));
     conditions
 }
 
@@ -373,8 +393,9 @@ pub async fn population(
     as_of: NaiveDate,
 ) -> Result<Vec<u64>, FeatureError> {
     let sql = format!(
-        "SELECT DISTINCT user_id FROM profiles WHERE dt = '{snapshot}' AND signup_date < {} ",
-        sql_date(as_of)
+        "SELECT DISTINCT user_id FROM profiles WHERE dt = '{snapshot}' AND signup_date < {} AND {}",
+        sql_date(as_of),
+        crate::sources::known_before("profiles", as_of).join(" AND ")
     );
     let batches = run(ctx, "population", &sql).await?;
     let mut users: Vec<u64> = batches

@@ -446,7 +446,7 @@ async fn limits(
     let facts: Vec<UserFacts> = scores
         .users
         .par_iter()
-        .map(|user| inputs.facts(*user, previous.get(user).copied()))
+        .map(|user| inputs.facts(*user, previous.get(user)))
         .collect();
     let decisions: Vec<Decision> = (0..scores.users.len())
         .into_par_iter()

@@ -20,11 +20,26 @@ pub struct HeldCertificate {
     pub confidence: f64,
 }
 
+/// What tonight's decision continues from: last night's published policy limit and
+/// certificate boosts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PreviousDecision {
+    pub policy_limit: f64,
+    /// the `certificate_boost:<family>:<name>` reason codes
+    pub boosts: Vec<String>,
+}
+
 /// Everything about one user the policy weighs besides the PD.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UserFacts {
-    /// recognized and verified certificates uploaded before the run date
+    /// recognized certificates whose newest version known before the run date is verified,
+    /// unrevoked and unexpired
     pub certificates: Vec<HeldCertificate>,
+    /// verified certificates whose newest version known before the run date is revoked
+    pub revoked_certificates: Vec<HeldCertificate>,
+    /// the certificate boosts of the last published decision (`certificate_boost:<family>:
+    /// <name>` reason codes): a boost gone tonight because of a revocation says so
+    pub previous_boosts: Vec<String>,
     /// the ceiling the user asked for, until they lift it
     pub cap: Option<f64>,
     pub income_band: Option<i32>,
@@ -76,7 +91,12 @@ pub enum Reason {
     Grade(String),
     IncomeBand(i32),
     BoostWithheld(Withheld),
-    CertificateBoost { family: String, name: String },
+    CertificateBoost {
+        family: String,
+        name: String,
+    },
+    /// last night's boost for this certificate type is withdrawn: the certificate was revoked
+    CertificateRevoked(String),
     PolicyCeiling,
     PolicyFloor,
     LimitedByNightlyStep,
@@ -100,6 +120,7 @@ impl fmt::Display for Reason {
             Reason::CertificateBoost { family, name } => {
                 write!(f, "certificate_boost:{family}:{name}")
             }
+            Reason::CertificateRevoked(name) => write!(f, "certificate_revoked:{name}"),
             Reason::PolicyCeiling => f.write_str("policy_ceiling"),
             Reason::PolicyFloor => f.write_str("policy_floor"),
             Reason::LimitedByNightlyStep => f.write_str("limited_by_nightly_step"),
@@ -150,6 +171,29 @@ impl Decision {
     }
 }
 
+/// `certificate_revoked:<name>` for each boost of the last published decision that tonight's
+/// reasons no longer give, where a certificate of that type was revoked.
+fn withdrawn_boosts(facts: &UserFacts, reasons: &mut Vec<Reason>) {
+    let mut withdrawn: Vec<&HeldCertificate> = facts
+        .revoked_certificates
+        .iter()
+        .filter(|revoked| {
+            let boost = Reason::CertificateBoost {
+                family: revoked.family.clone(),
+                name: revoked.name.clone(),
+            };
+            facts.previous_boosts.contains(&boost.to_string()) && !reasons.contains(&boost)
+        })
+        .collect();
+    withdrawn.sort_by_key(|c| c.cert_type_id);
+    withdrawn.dedup_by_key(|c| c.cert_type_id);
+    reasons.extend(
+        withdrawn
+            .into_iter()
+            .map(|c| Reason::CertificateRevoked(c.name.clone())),
+    );
+}
+
 impl LimitPolicy {
     /// The limit of one user. Pure: the same inputs always give the same decision.
     pub fn decide(&self, pd: f64, facts: &UserFacts) -> Decision {
@@ -163,6 +207,7 @@ impl LimitPolicy {
             reasons.push(Reason::IncomeBand(band));
         }
         let boost = self.certificate_boost(pd, facts, &mut reasons);
+        withdrawn_boosts(facts, &mut reasons);
         let policy_limit =
             self.policy_limit(base_limit + boost, facts.previous_limit, &mut reasons);
         // the step moves the policy's limit; the user's own cap applies (and lifts) at once
@@ -333,6 +378,53 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_boost_withdrawn_by_a_revocation_says_so_once() {
+        let policy = LimitPolicy::builtin();
+        let last_night = policy.decide(0.001, &with_certs(vec![cert(7, 3, 0.99)]));
+        let boosts: Vec<String> = last_night
+            .reasons
+            .iter()
+            .filter(|r| matches!(r, Reason::CertificateBoost { .. }))
+            .map(Reason::to_string)
+            .collect();
+        assert_eq!(boosts, ["certificate_boost:professional:type7"]);
+        let revoked = UserFacts {
+            revoked_certificates: vec![cert(7, 3, 0.99)],
+            previous_boosts: boosts.clone(),
+            ..Default::default()
+        };
+        let tonight = policy.decide(0.001, &revoked);
+        assert_eq!(tonight.certificate_boost, 0.0);
+        let texts: Vec<String> = tonight.reasons.iter().map(Reason::to_string).collect();
+        assert!(
+            texts.contains(&"certificate_revoked:type7".to_string()),
+            "{texts:?}"
+        );
+        // still held through another certificate of the type: the boost stays, no reason
+        let still = UserFacts {
+            certificates: vec![cert(7, 3, 0.99)],
+            ..revoked.clone()
+        };
+        let d = policy.decide(0.001, &still);
+        assert!(
+            !d.reasons
+                .iter()
+                .any(|r| matches!(r, Reason::CertificateRevoked(_)))
+        );
+        // the night after, last night's table has no boost left to withdraw
+        let after = UserFacts {
+            previous_boosts: Vec::new(),
+            ..revoked
+        };
+        let d = policy.decide(0.001, &after);
+        assert!(
+            !d.reasons
+                .iter()
+                .any(|r| matches!(r, Reason::CertificateRevoked(_)))
+        );
+    }
+
     fn with_certs(certificates: Vec<HeldCertificate>) -> UserFacts {
         UserFacts {
             certificates,
@@ -486,6 +578,7 @@ mod tests {
                     Vec::new()
                 },
                 category_purchases: [("furniture".to_string(), 2u32)].into_iter().collect(),
+                ..Default::default()
             })
     }
 

@@ -14,12 +14,19 @@ use datafusion::arrow::datatypes::{
 };
 use datafusion::prelude::SessionContext;
 
-use super::{FraudFlag, HeldCertificate, LimitPolicy, PolicyError, Upload, UserFacts, fraud_flags};
+use crate::sources::known_before;
+
+use super::{
+    FraudFlag, HeldCertificate, LimitPolicy, PolicyError, PreviousDecision, Upload, UserFacts,
+    fraud_flags,
+};
 
 /// What the policy needs besides the score, as known before the run date.
 #[derive(Debug, Default)]
 pub struct PolicyInputs {
     pub certificates: HashMap<u64, Vec<HeldCertificate>>,
+    /// verified certificates revoked as of the run date
+    pub revoked: HashMap<u64, Vec<HeldCertificate>>,
     /// ceiling from each user's latest request; a lifted request leaves no entry
     pub caps: HashMap<u64, f64>,
     /// from the newest profile snapshot before the run date
@@ -31,12 +38,14 @@ pub struct PolicyInputs {
 }
 
 impl PolicyInputs {
-    pub fn facts(&self, user: u64, previous_limit: Option<f64>) -> UserFacts {
+    pub fn facts(&self, user: u64, previous: Option<&PreviousDecision>) -> UserFacts {
         UserFacts {
             certificates: self.certificates.get(&user).cloned().unwrap_or_default(),
+            revoked_certificates: self.revoked.get(&user).cloned().unwrap_or_default(),
+            previous_boosts: previous.map(|p| p.boosts.clone()).unwrap_or_default(),
             cap: self.caps.get(&user).copied(),
             income_band: self.income_bands.get(&user).copied(),
-            previous_limit,
+            previous_limit: previous.map(|p| p.policy_limit),
             fraud_flags: self.fraud.get(&user).cloned().unwrap_or_default(),
             category_purchases: self
                 .category_purchases
@@ -56,19 +65,21 @@ pub async fn load_inputs(
     let uploads = uploads(ctx, run_date).await?;
     Ok(PolicyInputs {
         category_purchases: category_purchases(ctx, run_date, policy).await?,
-        certificates: certificates(ctx, run_date).await?,
+        certificates: certificates(ctx, run_date, Standing::Counts).await?,
+        revoked: certificates(ctx, run_date, Standing::Revoked).await?,
         fraud: fraud_flags(
             &uploads,
             &policy.fraud,
             policy.certificate_boost.min_confidence,
         ),
         caps: caps(ctx, run_date).await?,
-        income_bands: income_bands(ctx, profile_snapshot).await?,
+        income_bands: income_bands(ctx, run_date, profile_snapshot).await?,
     })
 }
 
-fn uploaded_before(run_date: NaiveDate) -> String {
-    format!("uploaded_at < TIMESTAMP '{run_date} 00:00:00'")
+/// The conditions on `source`'s clean view for what was known before the run date.
+fn known(source: &str, run_date: NaiveDate) -> String {
+    known_before(source, run_date).join(" AND ")
 }
 
 /// Purchases per scenario category in the 90 days before the run (none without scenarios).
@@ -91,8 +102,9 @@ async fn category_purchases(
         "SELECT user_id, category, COUNT(*) FROM events \
          WHERE kind = 'purchase' AND category IN ({}) \
          AND event_time >= TIMESTAMP '{from} 00:00:00' AND event_time < TIMESTAMP '{run_date} 00:00:00' \
-         AND dt >= '{from}' AND dt < '{run_date}' GROUP BY user_id, category",
-        categories.join(", ")
+         AND dt >= '{from}' AND {} GROUP BY user_id, category",
+        categories.join(", "),
+        known("events", run_date)
     );
     for batch in query(ctx, &sql).await? {
         let users = batch.column(0).as_primitive::<UInt64Type>();
@@ -108,17 +120,34 @@ async fn category_purchases(
     Ok(out)
 }
 
-/// Recognized, verified certificates uploaded before the run, with their type's tier.
+/// Where a certificate stands as of the run date, by its newest version known before it.
+#[derive(Clone, Copy)]
+enum Standing {
+    /// verified, not revoked, not expired: what boosts and features count
+    Counts,
+    /// verified once, revoked since
+    Revoked,
+}
+
+/// Recognized certificates of one standing as of the run date, with their type's tier.
 async fn certificates(
     ctx: &SessionContext,
     run_date: NaiveDate,
+    standing: Standing,
 ) -> Result<HashMap<u64, Vec<HeldCertificate>>, PolicyError> {
+    let standing = match standing {
+        Standing::Counts => format!(
+            "c.revoked_at IS NULL AND (c.valid_until IS NULL OR c.valid_until > DATE '{run_date}')"
+        ),
+        Standing::Revoked => "c.revoked_at IS NOT NULL".to_string(),
+    };
     let sql = format!(
         "SELECT c.user_id, c.cert_type_id, t.name, t.family, t.tier, CAST(c.confidence AS DOUBLE) \
-         FROM certificates c JOIN certificate_types t ON c.cert_type_id = t.cert_type_id \
-         WHERE c.recognized AND c.verified AND c.{} \
+         FROM (SELECT * FROM certificates WHERE {}) c \
+         JOIN certificate_types t ON c.cert_type_id = t.cert_type_id \
+         WHERE c.recognized AND c.verified_at IS NOT NULL AND {standing} \
          ORDER BY c.user_id, c.cert_type_id, c.certificate_no",
-        uploaded_before(run_date)
+        known("certificates", run_date)
     );
     let mut out: HashMap<u64, Vec<HeldCertificate>> = HashMap::new();
     for batch in query(ctx, &sql).await? {
@@ -149,7 +178,7 @@ async fn uploads(ctx: &SessionContext, run_date: NaiveDate) -> Result<Vec<Upload
     let sql = format!(
         "SELECT user_id, certificate_no, CAST(uploaded_at AS DATE) AS day, CAST(confidence AS DOUBLE) \
          FROM certificates WHERE recognized AND {}",
-        uploaded_before(run_date)
+        known("certificates", run_date)
     );
     let mut uploads = Vec::new();
     for batch in query(ctx, &sql).await? {
@@ -179,8 +208,9 @@ async fn caps(ctx: &SessionContext, run_date: NaiveDate) -> Result<HashMap<u64, 
     let sql = format!(
         "SELECT user_id, requested_limit FROM ( \
            SELECT user_id, requested_limit, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY requested_at DESC) AS newest \
-           FROM limit_requests WHERE requested_at < TIMESTAMP '{run_date} 00:00:00') \
-         WHERE newest = 1 AND requested_limit IS NOT NULL"
+           FROM limit_requests WHERE {}) \
+         WHERE newest = 1 AND requested_limit IS NOT NULL",
+        known("limit_requests", run_date)
     );
     let mut out = HashMap::new();
     for batch in query(ctx, &sql).await? {
@@ -195,10 +225,12 @@ async fn caps(ctx: &SessionContext, run_date: NaiveDate) -> Result<HashMap<u64, 
 
 async fn income_bands(
     ctx: &SessionContext,
+    run_date: NaiveDate,
     profile_snapshot: NaiveDate,
 ) -> Result<HashMap<u64, i32>, PolicyError> {
     let sql = format!(
-        "SELECT user_id, CAST(income_band AS INT) FROM profiles WHERE dt = '{profile_snapshot}'"
+        "SELECT user_id, CAST(income_band AS INT) FROM profiles WHERE dt = '{profile_snapshot}' AND {}",
+        known("profiles", run_date)
     );
     let mut out = HashMap::new();
     for batch in query(ctx, &sql).await? {

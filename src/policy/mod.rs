@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cause::{Cause, Classify};
 
-pub use decide::{Decision, Grade, HeldCertificate, Reason, ScenarioGrant, UserFacts, Withheld};
+pub use decide::{
+    Decision, Grade, HeldCertificate, PreviousDecision, Reason, ScenarioGrant, UserFacts, Withheld,
+};
 pub use fraud::{FraudFlag, Upload, fraud_flags};
 pub use inputs::{PolicyInputs, load_inputs};
 

@@ -484,13 +484,14 @@ pub async fn retain(store: &Store, keep: usize) -> Result<Retention, PublishErro
     Ok(report)
 }
 
-/// user_id -> policy limit (before the user's own cap) of the newest table published for a
-/// date before `run_date` (empty when none), for the policy's nightly step. A rerun of a
+/// user_id -> policy limit (before the user's own cap) and certificate boosts of the newest
+/// table published for a date before `run_date` (empty when none), for the policy's nightly
+/// step and its withdrawn boosts. A rerun of a
 /// date starts from the same table as its first run, so it decides the same.
 pub async fn limits_before(
     store: &Store,
     run_date: NaiveDate,
-) -> Result<std::collections::HashMap<u64, f64>, PublishError> {
+) -> Result<std::collections::HashMap<u64, crate::policy::PreviousDecision>, PublishError> {
     let Some(manifest) = versions(store)
         .await?
         .into_iter()
@@ -499,7 +500,9 @@ pub async fn limits_before(
     else {
         return Ok(Default::default());
     };
-    Ok(table::policy_limits(&read_table(store, &manifest).await?))
+    Ok(table::previous_decisions(
+        &read_table(store, &manifest).await?,
+    ))
 }
 
 /// Reads the table a manifest points at, checking every file's checksum.

@@ -16,7 +16,7 @@ use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
 use serde::Serialize;
 
 use super::PublishError;
-use crate::policy::{Decision, ScenarioGrant};
+use crate::policy::{Decision, PreviousDecision, ScenarioGrant};
 use crate::schema;
 use crate::suggestions::Suggestion;
 
@@ -139,9 +139,10 @@ fn suggestions_text(suggestions: &[Suggestion]) -> String {
         .join(";")
 }
 
-/// Each user's policy limit (before their own cap) in a published table: where tonight's
-/// nightly step starts. Tables from before `policy_limit` existed give their credit limit.
-pub fn policy_limits(batches: &[RecordBatch]) -> HashMap<u64, f64> {
+/// Each user's policy limit (before their own cap) and certificate boosts in a published
+/// table: where tonight's nightly step starts. Tables from before `policy_limit` existed give
+/// their credit limit.
+pub fn previous_decisions(batches: &[RecordBatch]) -> HashMap<u64, PreviousDecision> {
     let mut out = HashMap::new();
     for batch in batches {
         let (Some(users), Some(limits)) = (
@@ -154,8 +155,25 @@ pub fn policy_limits(batches: &[RecordBatch]) -> HashMap<u64, f64> {
         };
         let users = users.as_primitive::<UInt64Type>();
         let limits = limits.as_primitive::<Float64Type>();
+        let reasons = batch
+            .column_by_name("reasons")
+            .and_then(|c| c.as_string_opt::<i32>());
         for row in 0..batch.num_rows() {
-            out.insert(users.value(row), limits.value(row));
+            let boosts = reasons
+                .filter(|r| r.is_valid(row))
+                .map(|r| {
+                    r.value(row)
+                        .split(';')
+                        .filter(|code| code.starts_with("certificate_boost:"))
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let previous = PreviousDecision {
+                policy_limit: limits.value(row),
+                boosts,
+            };
+            out.insert(users.value(row), previous);
         }
     }
     out

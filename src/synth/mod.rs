@@ -9,8 +9,14 @@
 //! ones raise it. Statements go 30+ days late at a monthly hazard chosen so that two statements
 //! in a row contain a delinquency with exactly that probability.
 //!
-//! A small, fixed share of malformed rows (negative amounts, missing ids, unknown certificate
-//! types, timestamps a year ahead, statements sent twice) is written on purpose so that validation and quarantine run on every world.
+//! Every row has two times: when the fact happened and when the bank learned it (`known_at`,
+//! which also names its partition). Statements are re-sent as days past due grow and when
+//! they are paid; certificates are verified days after upload, and some are revoked later;
+//! language scores expire; a few percent of events land days late (`timeline_rates`).
+//!
+//! A small, fixed share of malformed rows (negative, NaN and infinite amounts, missing ids,
+//! unknown certificate types, timestamps a year ahead, versions sent twice) is written on
+//! purpose so that validation and quarantine run on every world.
 
 mod catalog;
 pub mod random;
@@ -101,8 +107,11 @@ impl WorldConfig {
 use crate::store::layout::WORLD_FILE;
 /// Bumped whenever the generator writes other data for the same [`WorldConfig`], so that a
 /// root holding an older world is generated again rather than reused. 2: ~8 favourite
-/// merchants a user (was ~20), smaller hidden parts.
-pub const GENERATOR_VERSION: u64 = 2;
+/// merchants a user (was ~20), smaller hidden parts. 3: two timelines (`known_at` on every
+/// row, partitions by the day a row landed): statements re-sent as days past due grow and
+/// cure, certificates verified days after upload and some revoked, language scores that
+/// expire, events landing days late, non-finite amounts and duplicate versions.
+pub const GENERATOR_VERSION: u64 = 3;
 const USERS_PER_CHUNK: u64 = 50_000;
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
@@ -117,23 +126,26 @@ struct ProfileRow {
 
 struct EventRow {
     user_id: Option<u64>,
-    day: i32,
     micros: i64,
+    known_micros: i64,
     kind: &'static str,
     merchant: Option<u32>,
     category: Option<&'static str>,
     amount: Option<f64>,
 }
 
+#[derive(Clone)]
 struct CertificateRow {
     user_id: u64,
     number: String,
     type_id: u32,
-    day: i32,
     micros: i64,
     recognized: bool,
-    verified: bool,
+    verified_micros: Option<i64>,
+    revoked: Option<(i64, &'static str)>,
+    valid_until_day: Option<i32>,
     confidence: f32,
+    known_micros: i64,
 }
 
 #[derive(Clone, Copy)]
@@ -144,13 +156,14 @@ struct RepaymentRow {
     amount_due: f64,
     amount_paid: f64,
     days_past_due: i32,
+    known_micros: i64,
 }
 
 struct RequestRow {
     user_id: u64,
-    day: i32,
     micros: i64,
     requested_limit: Option<f64>,
+    known_micros: i64,
 }
 
 #[derive(Default)]
@@ -168,6 +181,141 @@ struct ChunkRows {
 /// a few rent and utility payments, so it is kept small: at 0.45 it alone cost every model
 /// 2% of the oracle's AUC.
 const STABILITY_EFFECT: f64 = 0.2;
+
+const MICROS_PER_MINUTE: i64 = 60_000_000;
+const MICROS_PER_HOUR: i64 = 60 * MICROS_PER_MINUTE;
+
+/// The timelines of generator 3: how late facts land and how often rows break. Each rate is
+/// set from what the rows stand for, never from any model's score.
+mod timeline_rates {
+    /// Merchant batches that land days after the purchase (1 to 5 days): a few percent.
+    pub const LATE_EVENT: f64 = 0.03;
+    /// Amounts an upstream sends as NaN, +inf or -inf: rare enough to be bugs, frequent
+    /// enough that every demo world has them.
+    pub const NAN_AMOUNT: f64 = 0.000_03;
+    pub const INFINITE_AMOUNT: f64 = 0.000_02;
+    /// Issuers confirm a certificate 1 to 14 days after upload.
+    pub const MAX_VERIFY_DAYS: i64 = 14;
+    /// Forged certificates that got verified are found out and revoked far more often than
+    /// genuine ones are withdrawn.
+    pub const FORGED_REVOKED: f64 = 0.7;
+    pub const GENUINE_WITHDRAWN: f64 = 0.02;
+    /// A certificate version sent twice.
+    pub const CERTIFICATE_SENT_TWICE: f64 = 0.002;
+}
+
+/// When a fact that happened at `micros` lands: minutes to two hours later, or for a few
+/// percent (a late merchant batch) one to five days later.
+fn landed(micros: i64, timeline: &mut ChaCha8Rng) -> i64 {
+    if timeline.random::<f64>() < timeline_rates::LATE_EVENT {
+        micros
+            + timeline.random_range(1..=5) * MICROS_PER_DAY
+            + timeline.random_range(0..MICROS_PER_HOUR)
+    } else {
+        micros + timeline.random_range(30_000_000..2 * MICROS_PER_HOUR)
+    }
+}
+
+/// An amount as an upstream sends it: now and then NaN or an infinity.
+fn broken_amount(amount: f64, timeline: &mut ChaCha8Rng) -> f64 {
+    let draw: f64 = timeline.random();
+    if draw < timeline_rates::NAN_AMOUNT {
+        f64::NAN
+    } else if draw < timeline_rates::NAN_AMOUNT + timeline_rates::INFINITE_AMOUNT {
+        if draw < timeline_rates::NAN_AMOUNT + timeline_rates::INFINITE_AMOUNT / 2.0 {
+            f64::INFINITY
+        } else {
+            f64::NEG_INFINITY
+        }
+    } else {
+        amount
+    }
+}
+
+/// A certificate's versions: the upload; for one the issuer confirms, the verification days
+/// later; and for some verified ones, a revocation (forged ones far more often).
+fn certificate_life(
+    upload: CertificateRow,
+    verified: bool,
+    genuine: bool,
+    timeline: &mut ChaCha8Rng,
+) -> Vec<CertificateRow> {
+    let mut versions = vec![upload.clone()];
+    if verified {
+        let at = upload.known_micros
+            + timeline.random_range(1..=timeline_rates::MAX_VERIFY_DAYS) * MICROS_PER_DAY
+            + timeline.random_range(0..MICROS_PER_DAY);
+        let confirmed = CertificateRow {
+            verified_micros: Some(at),
+            known_micros: at,
+            ..upload
+        };
+        versions.push(confirmed.clone());
+        let (revoke_share, reason) = if genuine {
+            (timeline_rates::GENUINE_WITHDRAWN, "withdrawn")
+        } else {
+            (timeline_rates::FORGED_REVOKED, "forged")
+        };
+        if timeline.random::<f64>() < revoke_share {
+            let at = at + timeline.random_range(3..=60) * MICROS_PER_DAY;
+            versions.push(CertificateRow {
+                revoked: Some((at, reason)),
+                known_micros: at,
+                ..confirmed
+            });
+        }
+    }
+    if timeline.random::<f64>() < timeline_rates::CERTIFICATE_SENT_TWICE {
+        let again = versions[versions.len() - 1].clone();
+        versions.push(again);
+    }
+    versions
+}
+
+/// One monthly statement and how it ends: paid on time (`late` 0) or `late` days after the
+/// due date.
+struct Statement {
+    user_id: u64,
+    due_day: i32,
+    amount_due: f64,
+    late: i32,
+}
+
+impl Statement {
+    /// The statement as the bank learns it: issued 20 days before it is due; then paid on
+    /// the due date, or unpaid and days past due growing (1, 10, 30, 60, 90 days), until
+    /// paid in full `late` days after it was due (cured). Each version the day it is true.
+    fn versions(&self, timeline: &mut ChaCha8Rng) -> Vec<RepaymentRow> {
+        let version =
+            |day: i32, days_past_due: i32, paid: bool, timeline: &mut ChaCha8Rng| RepaymentRow {
+                user_id: self.user_id,
+                statement_day: self.due_day - 20,
+                due_day: self.due_day,
+                amount_due: self.amount_due,
+                amount_paid: if paid { self.amount_due } else { 0.0 },
+                days_past_due,
+                known_micros: day as i64 * MICROS_PER_DAY
+                    + timeline.random_range(0..MICROS_PER_DAY),
+            };
+        let mut versions = vec![version(self.due_day - 20, 0, false, timeline)];
+        if self.late == 0 {
+            versions.push(version(self.due_day, 0, true, timeline));
+            return versions;
+        }
+        for checkpoint in [1, 10, 30, 60, 90] {
+            if checkpoint < self.late {
+                versions.push(version(
+                    self.due_day + checkpoint,
+                    checkpoint,
+                    false,
+                    timeline,
+                ));
+            }
+        }
+        versions.push(version(self.due_day + self.late, self.late, true, timeline));
+        versions
+    }
+}
 
 /// What `generate` wrote, for the summary.
 #[derive(Debug, Default, Serialize)]
@@ -191,6 +339,9 @@ fn date_of(day: i32) -> NaiveDate {
 
 fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkRows {
     let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(world.seed, user_id, 1));
+    // when the bank learns each fact draws from its own stream: the user and their risk are
+    // those of generator 2 whatever the timelines do
+    let mut timeline = ChaCha8Rng::seed_from_u64(stream_seed(world.seed, user_id, 2));
     let start = epoch_day(world.start());
     let end = epoch_day(world.end);
     let mut out = ChunkRows::default();
@@ -265,16 +416,23 @@ fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkR
         } else {
             kind.id
         };
-        out.certificates.push(CertificateRow {
+        let uploaded = day as i64 * MICROS_PER_DAY + rng.random_range(0..MICROS_PER_DAY);
+        let upload = CertificateRow {
             user_id,
             number: format!("C{:010}{}", user_id, k),
             type_id,
-            day,
-            micros: day as i64 * MICROS_PER_DAY + rng.random_range(0..MICROS_PER_DAY),
+            micros: uploaded,
             recognized,
-            verified,
+            verified_micros: None,
+            revoked: None,
+            // a language score counts for two years from the exam, taken before the upload
+            valid_until_day: (CERTIFICATE_FAMILIES[family] == "language")
+                .then(|| day - timeline.random_range(0..700) + 730),
             confidence: confidence as f32,
-        });
+            known_micros: uploaded + timeline.random_range(MICROS_PER_MINUTE..MICROS_PER_HOUR),
+        };
+        out.certificates
+            .extend(certificate_life(upload, verified, genuine, &mut timeline));
     }
 
     // -3.25 keeps the mean PD near 8% (-3.7 did with ~20 favourites)
@@ -330,6 +488,8 @@ fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkR
                         amount
                     }
                 });
+                let known_micros = landed(micros, &mut timeline);
+                let amount = amount.map(|a| broken_amount(a, &mut timeline));
                 // an upstream clock bug now and then stamps a row a year ahead
                 let micros = if rng.random::<f64>() < 0.000_01 {
                     micros + 400 * MICROS_PER_DAY
@@ -338,8 +498,8 @@ fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkR
                 };
                 out.events.push(EventRow {
                     user_id: (rng.random::<f64>() >= 0.00005).then_some(user_id),
-                    day,
                     micros,
+                    known_micros,
                     kind: if purchase { "purchase" } else { "visit" },
                     merchant: Some(merchant),
                     category: Some(category.name),
@@ -348,8 +508,8 @@ fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkR
             } else {
                 out.events.push(EventRow {
                     user_id: Some(user_id),
-                    day,
                     micros,
+                    known_micros: landed(micros, &mut timeline),
                     kind: "transfer",
                     merchant: None,
                     category: None,
@@ -360,10 +520,11 @@ fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkR
         if date.day() == rent_day {
             let on_time_share = sigmoid(1.0 + stability);
             if pays_rent && rng.random::<f64>() < on_time_share {
+                let micros = at(&mut rng);
                 out.events.push(EventRow {
                     user_id: Some(user_id),
-                    day,
-                    micros: at(&mut rng),
+                    micros,
+                    known_micros: landed(micros, &mut timeline),
                     kind: "rent",
                     merchant: None,
                     category: None,
@@ -371,10 +532,11 @@ fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkR
                 });
             }
             if pays_utilities && rng.random::<f64>() < on_time_share {
+                let micros = at(&mut rng);
                 out.events.push(EventRow {
                     user_id: Some(user_id),
-                    day,
-                    micros: at(&mut rng),
+                    micros,
+                    known_micros: landed(micros, &mut timeline),
                     kind: "utility",
                     merchant: None,
                     category: None,
@@ -404,43 +566,50 @@ fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkR
         } else {
             0
         };
-        let known_late = late.min(end - due_day);
-        let paid_in_full = due_day + late < end;
-        let statement = RepaymentRow {
+        // an upstream that sometimes sends a statement twice (the draw of generator 2)
+        let sent_twice = rng.random::<f64>() < 0.001;
+        let statement = Statement {
             user_id,
-            statement_day: due_day - 20,
             due_day,
             amount_due,
-            amount_paid: if paid_in_full { amount_due } else { 0.0 },
-            days_past_due: known_late,
+            late,
         };
-        // an upstream that sometimes sends a statement twice
-        if rng.random::<f64>() < 0.001 {
-            out.repayments.push(statement);
+        for version in statement.versions(&mut timeline) {
+            if sent_twice {
+                out.repayments.push(version);
+            }
+            out.repayments.push(version);
         }
-        out.repayments.push(statement);
     }
 
     // Some users ask for a lower limit; a few later lift the request.
     if rng.random::<f64>() < 0.06 {
         let day = rng.random_range(first_day..end);
         let limits = [500.0, 1000.0, 2000.0, 3000.0, 5000.0];
+        let micros = day as i64 * MICROS_PER_DAY + rng.random_range(0..MICROS_PER_DAY);
         out.requests.push(RequestRow {
             user_id,
-            day,
-            micros: day as i64 * MICROS_PER_DAY + rng.random_range(0..MICROS_PER_DAY),
+            micros,
             requested_limit: Some(limits[rng.random_range(0..limits.len())]),
+            known_micros: micros + timeline.random_range(1_000_000..MICROS_PER_MINUTE * 10),
         });
         if rng.random::<f64>() < 0.15 && day + 1 < end {
             let lifted = rng.random_range(day + 1..end);
+            let micros = lifted as i64 * MICROS_PER_DAY + rng.random_range(0..MICROS_PER_DAY);
             out.requests.push(RequestRow {
                 user_id,
-                day: lifted,
-                micros: lifted as i64 * MICROS_PER_DAY + rng.random_range(0..MICROS_PER_DAY),
+                micros,
                 requested_limit: None,
+                known_micros: micros + timeline.random_range(1_000_000..MICROS_PER_MINUTE * 10),
             });
         }
     }
+    // the world is what had landed by its end
+    let landed_by_end = |micros: i64| micros < end as i64 * MICROS_PER_DAY;
+    out.events.retain(|r| landed_by_end(r.known_micros));
+    out.certificates.retain(|r| landed_by_end(r.known_micros));
+    out.repayments.retain(|r| landed_by_end(r.known_micros));
+    out.requests.retain(|r| landed_by_end(r.known_micros));
     out
 }
 
@@ -466,6 +635,15 @@ fn utc_micros(values: Vec<i64>) -> ArrayRef {
     Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
 }
 
+fn utc_micros_opt(values: Vec<Option<i64>>) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
+}
+
+/// The partition of a row: the day it landed.
+fn known_day(known_micros: i64) -> i32 {
+    known_micros.div_euclid(MICROS_PER_DAY) as i32
+}
+
 fn event_batch(rows: &[EventRow]) -> Result<RecordBatch, SynthError> {
     batch(
         &schema::EVENTS,
@@ -476,6 +654,7 @@ fn event_batch(rows: &[EventRow]) -> Result<RecordBatch, SynthError> {
             Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.merchant))),
             Arc::new(StringArray::from_iter(rows.iter().map(|r| r.category))),
             Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.amount))),
+            utc_micros(rows.iter().map(|r| r.known_micros).collect()),
         ],
     )
 }
@@ -497,12 +676,18 @@ fn certificate_batch(rows: &[CertificateRow]) -> Result<RecordBatch, SynthError>
             Arc::new(BooleanArray::from_iter(
                 rows.iter().map(|r| Some(r.recognized)),
             )),
-            Arc::new(BooleanArray::from_iter(
-                rows.iter().map(|r| Some(r.verified)),
+            utc_micros_opt(rows.iter().map(|r| r.verified_micros).collect()),
+            utc_micros_opt(rows.iter().map(|r| r.revoked.map(|(at, _)| at)).collect()),
+            Arc::new(StringArray::from_iter(
+                rows.iter().map(|r| r.revoked.map(|(_, reason)| reason)),
+            )),
+            Arc::new(Date32Array::from_iter(
+                rows.iter().map(|r| r.valid_until_day),
             )),
             Arc::new(Float32Array::from_iter_values(
                 rows.iter().map(|r| r.confidence),
             )),
+            utc_micros(rows.iter().map(|r| r.known_micros).collect()),
         ],
     )
 }
@@ -529,6 +714,7 @@ fn repayment_batch(rows: &[RepaymentRow]) -> Result<RecordBatch, SynthError> {
             Arc::new(Int32Array::from_iter_values(
                 rows.iter().map(|r| r.days_past_due),
             )),
+            utc_micros(rows.iter().map(|r| r.known_micros).collect()),
         ],
     )
 }
@@ -544,11 +730,18 @@ fn request_batch(rows: &[RequestRow]) -> Result<RecordBatch, SynthError> {
             Arc::new(Float64Array::from_iter(
                 rows.iter().map(|r| r.requested_limit),
             )),
+            utc_micros(rows.iter().map(|r| r.known_micros).collect()),
         ],
     )
 }
 
-fn profile_batch(rows: &[&ProfileRow], catalog: &Catalog) -> Result<RecordBatch, SynthError> {
+/// A snapshot of the users who had signed up by `day`, landed three hours into that day.
+fn profile_batch(
+    rows: &[&ProfileRow],
+    catalog: &Catalog,
+    day: i32,
+) -> Result<RecordBatch, SynthError> {
+    let known = day as i64 * MICROS_PER_DAY + 3 * MICROS_PER_HOUR;
     batch(
         &schema::PROFILES,
         vec![
@@ -571,11 +764,12 @@ fn profile_batch(rows: &[&ProfileRow], catalog: &Catalog) -> Result<RecordBatch,
                 rows.iter().map(|r| r.income_band),
             )),
             Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.age))),
+            utc_micros(vec![known; rows.len()]),
         ],
     )
 }
 
-/// Writes rows into one file per day: `raw/<source>/dt=YYYY-MM-DD/part-<chunk>.parquet`.
+/// Writes rows into one file per day they landed: `raw/<source>/dt=YYYY-MM-DD/part-<chunk>.parquet`.
 async fn write_daily<R>(
     store: &Store,
     source: &str,
@@ -661,7 +855,7 @@ pub async fn generate(store: &Store, world: &WorldConfig) -> Result<SynthSummary
                 .iter()
                 .filter(|p| p.signup_day <= day)
                 .collect();
-            let profiles = profile_batch(&alive, &catalog)?;
+            let profiles = profile_batch(&alive, &catalog, day)?;
             let path = layout::raw_part("profiles", date_of(day), chunk);
             store
                 .write_parquet(&path, profiles.schema(), &[profiles])
@@ -689,14 +883,21 @@ pub async fn generate(store: &Store, world: &WorldConfig) -> Result<SynthSummary
         let path = layout::truth_part(chunk);
         store.write_parquet(&path, truth.schema(), &[truth]).await?;
         summary.files += 1;
-        summary.files +=
-            write_daily(store, "events", chunk, rows.events, |r| r.day, event_batch).await?;
+        summary.files += write_daily(
+            store,
+            "events",
+            chunk,
+            rows.events,
+            |r| known_day(r.known_micros),
+            event_batch,
+        )
+        .await?;
         summary.files += write_daily(
             store,
             "certificates",
             chunk,
             rows.certificates,
-            |r| r.day,
+            |r| known_day(r.known_micros),
             certificate_batch,
         )
         .await?;
@@ -705,7 +906,7 @@ pub async fn generate(store: &Store, world: &WorldConfig) -> Result<SynthSummary
             "repayments",
             chunk,
             rows.repayments,
-            |r| r.due_day,
+            |r| known_day(r.known_micros),
             repayment_batch,
         )
         .await?;
@@ -714,7 +915,7 @@ pub async fn generate(store: &Store, world: &WorldConfig) -> Result<SynthSummary
             "limit_requests",
             chunk,
             rows.requests,
-            |r| r.day,
+            |r| known_day(r.known_micros),
             request_batch,
         )
         .await?;
@@ -866,9 +1067,92 @@ mod tests {
         let end = epoch_day(world.end);
         for u in 1..=100 {
             let rows = generate_user(&world, &catalog, u);
-            assert!(rows.events.iter().all(|e| e.day < end));
-            assert!(rows.repayments.iter().all(|r| r.due_day < end));
-            assert!(rows.certificates.iter().all(|c| c.day < end));
+            assert!(rows.events.iter().all(|e| known_day(e.known_micros) < end));
+            assert!(
+                rows.repayments
+                    .iter()
+                    .all(|r| known_day(r.known_micros) < end)
+            );
+            assert!(
+                rows.certificates
+                    .iter()
+                    .all(|c| known_day(c.known_micros) < end)
+            );
+            assert!(
+                rows.requests
+                    .iter()
+                    .all(|c| known_day(c.known_micros) < end)
+            );
         }
+    }
+
+    #[test]
+    fn a_late_statement_is_re_sent_as_it_grows_and_once_more_when_paid() {
+        let mut timeline = ChaCha8Rng::seed_from_u64(7);
+        let statement = Statement {
+            user_id: 1,
+            due_day: 20_000,
+            amount_due: 300.0,
+            late: 45,
+        };
+        let versions = statement.versions(&mut timeline);
+        let seen: Vec<(i32, i32, bool)> = versions
+            .iter()
+            .map(|v| {
+                (
+                    known_day(v.known_micros) - 20_000,
+                    v.days_past_due,
+                    v.amount_paid > 0.0,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (-20, 0, false),
+                (1, 1, false),
+                (10, 10, false),
+                (30, 30, false),
+                (45, 45, true)
+            ]
+        );
+        let on_time = Statement {
+            late: 0,
+            ..statement
+        }
+        .versions(&mut timeline);
+        assert_eq!(on_time.len(), 2);
+        assert!(on_time[1].amount_paid == 300.0 && on_time[1].days_past_due == 0);
+    }
+
+    #[test]
+    fn certificates_are_verified_later_some_revoked_after_and_language_scores_expire() {
+        let world = WorldConfig::demo(4_000);
+        let catalog = Catalog::new(world.seed, world.users);
+        let (mut revoked, mut verified_later, mut expiring) = (Vec::new(), 0, 0);
+        for u in 1..=4_000 {
+            for c in generate_user(&world, &catalog, u).certificates {
+                if let Some((at, reason)) = c.revoked {
+                    assert!(c.verified_micros.is_some_and(|v| v < at));
+                    revoked.push(reason);
+                }
+                if c.verified_micros
+                    .is_some_and(|v| v >= c.micros + MICROS_PER_DAY)
+                {
+                    verified_later += 1;
+                }
+                expiring += c.valid_until_day.is_some() as usize;
+            }
+        }
+        let forged = revoked.iter().filter(|r| **r == "forged").count();
+        let withdrawn = revoked.len() - forged;
+        assert!(
+            forged > 0 && withdrawn > 0,
+            "{forged} forged, {withdrawn} withdrawn"
+        );
+        assert!(
+            verified_later > 100 && expiring > 100,
+            "{verified_later} {expiring}"
+        );
     }
 }

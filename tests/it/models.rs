@@ -161,10 +161,14 @@ async fn nightly_scores_with_the_champion_and_every_score_is_explained_by_its_fe
                     "user {user}: an adverse feature was left out"
                 );
             } else {
+                // none larger than the smallest named is left out (features that always come
+                // together learn equal weights: a tie at the cut is broken by feature id)
                 let smallest = named[named.len() - 1];
-                assert_eq!(
-                    mine.iter().filter(|(_, c)| *c > smallest).count(),
-                    named.len() - 1
+                let larger = mine.iter().filter(|(_, c)| *c > smallest).count();
+                let at_least = mine.iter().filter(|(_, c)| *c >= smallest).count();
+                assert!(
+                    larger < named.len() && at_least >= named.len(),
+                    "user {user}: {larger} larger, {at_least} at least {smallest}, named {named:?}"
                 );
             }
             scored += 1;

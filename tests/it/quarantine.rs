@@ -105,6 +105,10 @@ async fn counting_bad_rows_stops_once_the_run_must_stop() {
                     .with_timezone_opt(Some("UTC")),
             ),
             Arc::new(Float64Array::from_iter_values((0..bad_rows).map(|_| -1.0))),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values((0..bad_rows as i64).map(|i| at + i))
+                    .with_timezone_opt(Some("UTC")),
+            ),
         ],
     )
     .unwrap();
@@ -130,4 +134,102 @@ async fn counting_bad_rows_stops_once_the_run_must_stop() {
     // stopped after the batch that passed the limit, and says the count is a floor
     assert!(*bad < bad_rows, "counted all {bad} bad rows: {err}");
     assert!(err.to_string().contains("at least"), "{err}");
+}
+
+/// Every numeric column of every source, sent as NaN, +inf and -inf: each such row is
+/// quarantined with its own reason, and no clean view (what features read) holds one.
+#[tokio::test]
+async fn non_finite_numbers_are_quarantined_per_column_and_never_reach_features() {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{ArrayRef, Float32Array, Float64Array, UInt64Array};
+    use datafusion::arrow::compute::concat_batches;
+    use datafusion::arrow::datatypes::DataType;
+
+    let store = Store::open("memory://quarantine-non-finite").unwrap();
+    synth_world(&store, 1_000, 5).await;
+    let mut expected = Vec::new();
+    for source in sources::sources() {
+        let name = source.name().to_string();
+        // the largest file: one with at least three rows
+        let files = store.list(&format!("raw/{name}/")).await.unwrap();
+        let (path, _) = files.into_iter().max_by_key(|(_, size)| *size).unwrap();
+        let sample = store.read_parquet(&path).await.unwrap();
+        let sample = concat_batches(&sample[0].schema(), &sample)
+            .unwrap()
+            .slice(0, 3);
+        for (index, field) in sample.schema().fields().iter().enumerate() {
+            let broken: ArrayRef = match field.data_type() {
+                DataType::Float64 => Arc::new(Float64Array::from(vec![
+                    f64::NAN,
+                    f64::INFINITY,
+                    f64::NEG_INFINITY,
+                ])),
+                DataType::Float32 => Arc::new(Float32Array::from(vec![
+                    f32::NAN,
+                    f32::INFINITY,
+                    f32::NEG_INFINITY,
+                ])),
+                _ => continue,
+            };
+            let mut columns = sample.columns().to_vec();
+            columns[index] = broken;
+            // users of their own: no copy can pass for a version of a real row
+            let first = 90_000_000 + 10 * index as u64;
+            columns[0] = Arc::new(UInt64Array::from_iter_values(first..first + 3));
+            let batch =
+                datafusion::arrow::array::RecordBatch::try_new(sample.schema(), columns).unwrap();
+            let copy = path.replace(".parquet", &format!("-nonfinite-{index}.parquet"));
+            store
+                .write_parquet(&copy, batch.schema(), &[batch])
+                .await
+                .unwrap();
+            expected.push((name.clone(), field.name().clone(), first));
+        }
+    }
+    assert_eq!(expected.len(), 5, "{expected:?}");
+    let ctx = redflower::engine::session(&Pipelines::builtin().nightly.engine).unwrap();
+    // a small world's few limit requests: three bad ones are a large share of them
+    let reports = sources::validate_and_register(&ctx, &store, run_date(), 0.1)
+        .await
+        .unwrap();
+    assert_eq!(reports.len(), 5);
+    for (source, column, first) in expected {
+        // the three rows sent, each kept with its own reason
+        let kept = store
+            .read_parquet_dir(&format!("quarantine/{source}/run={}", run_date()))
+            .await
+            .unwrap();
+        let mut reasons = Vec::new();
+        for batch in &kept {
+            let users = batch
+                .column_by_name("user_id")
+                .unwrap()
+                .as_primitive::<datafusion::arrow::datatypes::UInt64Type>();
+            let why = batch
+                .column_by_name("quarantine_reason")
+                .unwrap()
+                .as_string::<i32>();
+            for row in 0..batch.num_rows() {
+                if (first..first + 3).contains(&users.value(row)) {
+                    reasons.push(why.value(row).to_string());
+                }
+            }
+        }
+        assert_eq!(reasons, vec![format!("non-finite {column}"); 3], "{source}");
+        let leaked = ctx
+            .sql(&format!(
+                "SELECT COUNT(*) FROM {source} WHERE isnan({column}) OR abs({column}) = CAST('Infinity' AS DOUBLE)"
+            ))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let leaked = leaked[0]
+            .column(0)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+            .value(0);
+        assert_eq!(leaked, 0, "{source}.{column}");
+    }
 }
