@@ -1,7 +1,9 @@
 //! Interactive suggestions: for each user, the certificate families that would raise their
 //! limit most tonight, with the amount each would add. What-if scoring, not a guess: the
-//! user's feature row gets the family's certificate feature, the model scores it again, and
-//! the policy decides again with the certificate held; the suggestion is the difference.
+//! user's feature row gets every feature a verified upload of the family's certificate would
+//! change (`features::WhatIf`: its type's indicator, the count of verified certificates, ...),
+//! the model scores it again, and the policy decides again with the certificate held; the
+//! suggestion is the difference.
 //!
 //! Reads the model, CSR rows, the policy and its inputs; writes nothing (publish encodes the
 //! suggestions into the table).
@@ -11,10 +13,21 @@ use std::collections::HashMap;
 use burn::tensor::Device;
 use rayon::prelude::*;
 
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Date32Array, Float32Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, UInt32Array, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use tracing::warn;
+
 use crate::dataset::Csr;
-use crate::features::FeatureDictionary;
+use crate::features::{FeatureConfig, FeatureDictionary, FeatureError, WhatIf};
 use crate::model::Model;
 use crate::policy::{Decision, HeldCertificate, LimitPolicy, UserFacts};
+use crate::{schema, sources};
 
 /// One suggestion: upload a certificate of `family` (such as `name`) for `amount` more.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,56 +67,121 @@ pub fn representatives(held: &HashMap<u64, Vec<HeldCertificate>>) -> Vec<HeldCer
     out
 }
 
-/// The feature a held certificate of this type produces, if the dictionary has it.
-fn certificate_feature(dictionary: &FeatureDictionary, cert_type_id: u32) -> Option<u32> {
-    dictionary.id(&format!("certificate[cert_type_id={cert_type_id}]"))
+/// A verified, unrevoked upload of `certificate`, learned the day before `as_of`, as one row
+/// of the certificates source's clean view.
+fn upload_row(
+    certificate: &HeldCertificate,
+    as_of: NaiveDate,
+) -> Result<RecordBatch, FeatureError> {
+    let day_before = (as_of - chrono::Duration::days(1))
+        .and_hms_opt(12, 0, 0)
+        .expect("noon exists")
+        .and_utc()
+        .timestamp_micros();
+    let at = || -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from(vec![day_before]).with_timezone("UTC"))
+    };
+    let none = || -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from(vec![None::<i64>]).with_timezone("UTC"))
+    };
+    let mut fields: Vec<Field> = schema::CERTIFICATES
+        .arrow()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    fields.push(Field::new("dt", DataType::Utf8, true));
+    fields.push(Field::new(
+        sources::SUPERSEDED_AT,
+        fields[3].data_type().clone(),
+        true,
+    ));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from(vec![0u64])),
+        Arc::new(StringArray::from(vec!["what-if"])),
+        Arc::new(UInt32Array::from(vec![certificate.cert_type_id])),
+        at(),
+        Arc::new(BooleanArray::from(vec![true])),
+        at(),
+        none(),
+        Arc::new(StringArray::from(vec![None::<&str>])),
+        Arc::new(Date32Array::from(vec![None::<i32>])),
+        Arc::new(Float32Array::from(vec![certificate.confidence as f32])),
+        at(),
+        Arc::new(StringArray::from(vec![
+            (as_of - chrono::Duration::days(1)).to_string(),
+        ])),
+        none(),
+    ];
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|error| {
+        FeatureError::Result {
+            family: "certificates".into(),
+            problem: format!("the what-if upload row: {error}"),
+        }
+    })
 }
 
-/// `rows` with feature `id` set to 1 in every row (rows that have it keep theirs).
-fn with_feature(rows: &Csr, id: u32) -> Csr {
+/// For each candidate, what a verified upload of it changes in anyone's features as of
+/// `as_of`, with a warning for families a merge cannot follow.
+pub async fn what_ifs(
+    config: &FeatureConfig,
+    dictionary: &FeatureDictionary,
+    candidates: &[HeldCertificate],
+    as_of: NaiveDate,
+) -> Result<Vec<WhatIf>, FeatureError> {
+    let mut out = Vec::with_capacity(candidates.len());
+    for candidate in candidates {
+        let row = upload_row(candidate, as_of)?;
+        let what_if = WhatIf::of_row(config, dictionary, "certificates", row, as_of).await?;
+        if !what_if.unmodelled.is_empty() {
+            warn!(
+                certificate = %candidate.name,
+                families = ?what_if.unmodelled,
+                "suggestions leave these features as they are: one more row cannot be merged into their aggregate"
+            );
+        }
+        out.push(what_if);
+    }
+    Ok(out)
+}
+
+/// `rows` with `what_if` applied to every row.
+fn with_upload(rows: &Csr, what_if: &WhatIf) -> Csr {
     let mut out = Csr {
         users: rows.users.clone(),
         offsets: Vec::with_capacity(rows.offsets.len()),
-        ids: Vec::with_capacity(rows.ids.len() + rows.len()),
-        values: Vec::with_capacity(rows.values.len() + rows.len()),
+        ..Default::default()
     };
     out.offsets.push(0);
     for r in 0..rows.len() {
         let (ids, values) = rows.row(r);
-        let at = ids.partition_point(|&x| x < id);
-        out.ids.extend_from_slice(&ids[..at]);
-        out.values.extend_from_slice(&values[..at]);
-        out.ids.push(id);
-        out.values.push(1.0);
-        let rest = if ids.get(at) == Some(&id) { at + 1 } else { at };
-        out.ids.extend_from_slice(&ids[rest..]);
-        out.values.extend_from_slice(&values[rest..]);
+        let (ids, values) = what_if.apply(ids, values);
+        out.ids.extend(ids);
+        out.values.extend(values);
         out.offsets.push(out.ids.len());
     }
     out
 }
 
 /// For every row, the families that would raise the limit, largest amount first, at most
-/// `keep`. `facts` and `decisions` are tonight's, in the order of `rows`.
+/// `keep`. `facts` and `decisions` are tonight's, in the order of `rows`; `what_ifs` are the
+/// candidates' (see `what_ifs`).
 #[allow(clippy::too_many_arguments)]
 pub fn suggest(
     model: &Model,
     rows: &Csr,
-    dictionary: &FeatureDictionary,
     policy: &LimitPolicy,
     facts: &[UserFacts],
     decisions: &[Decision],
     candidates: &[HeldCertificate],
+    what_ifs: &[WhatIf],
     device: &Device,
     keep: usize,
 ) -> Vec<Vec<Suggestion>> {
     let mut out: Vec<Vec<Suggestion>> = vec![Vec::new(); rows.len()];
-    for candidate in candidates {
-        // the model's view: the certificate's feature added to every row
-        let pd = match certificate_feature(dictionary, candidate.cert_type_id) {
-            Some(id) => model.pd(&with_feature(rows, id), device),
-            None => model.pd(rows, device),
-        };
+    for (candidate, what_if) in candidates.iter().zip(what_ifs) {
+        // the model's view: every row as if the certificate were uploaded and verified
+        let pd = model.pd(&with_upload(rows, what_if), device);
         let gains: Vec<Option<f64>> = (0..rows.len())
             .into_par_iter()
             .map(|r| {
@@ -140,19 +218,6 @@ pub fn suggest(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn adding_a_feature_keeps_rows_sorted_and_sets_it_to_one() {
-        let rows = Csr {
-            users: vec![1, 2],
-            offsets: vec![0, 2, 3],
-            ids: vec![1, 5, 3],
-            values: vec![0.5, 2.0, 4.0],
-        };
-        let out = with_feature(&rows, 3);
-        assert_eq!(out.row(0), (&[1, 3, 5][..], &[0.5, 1.0, 2.0][..]));
-        assert_eq!(out.row(1), (&[3][..], &[1.0][..]));
-    }
 
     #[test]
     fn the_most_held_type_represents_its_family() {

@@ -6,7 +6,8 @@
 //! known strictly before T. It never reads labels or truth.
 //!
 //! `plan` turns families into SQL, `shared_scan` feeds several queries from one scan,
-//! `assemble` turns results into long rows, `io` writes and reads the table; this file runs
+//! `assemble` turns results into long rows, `io` writes and reads the table, `what_if` merges
+//! one more row into a user's features (for suggestions); this file runs
 //! the queries of one as-of date in order (`build`).
 
 mod assemble;
@@ -16,6 +17,7 @@ mod io;
 mod plan;
 mod shared_scan;
 pub mod stats;
+mod what_if;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -32,6 +34,7 @@ pub use config::{Aggregate, FeatureConfig, FeatureFamily, Ratio, Transform};
 pub use dictionary::FeatureDictionary;
 pub use io::{read, write};
 pub use plan::{family_queries, population};
+pub use what_if::WhatIf;
 
 use crate::cause::{Cause, Classify};
 use crate::sources::{self, SourceError};

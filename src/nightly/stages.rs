@@ -202,7 +202,8 @@ pub(super) async fn run_stages(run: &Run<'_>) -> Result<RunOutcome, NightlyError
         &inputs,
         &facts,
         decisions,
-    );
+    )
+    .await?;
     progress.clock.lap(Stage::Suggest.name());
     if run.stops_after(Stage::Suggest) {
         return Ok(progress.stopped(Stage::Suggest));
@@ -458,7 +459,7 @@ async fn limits(
 /// The published rows: each decision with the model's reasons after the policy's, and the
 /// certificates that would raise the limit.
 #[allow(clippy::too_many_arguments)]
-fn suggest(
+async fn suggest(
     run: &Run<'_>,
     model: &Model,
     rows: &Csr,
@@ -467,20 +468,27 @@ fn suggest(
     inputs: &PolicyInputs,
     facts: &[UserFacts],
     decisions: Vec<Decision>,
-) -> Vec<LimitRow> {
+) -> Result<Vec<LimitRow>, NightlyError> {
     let candidates = suggestions::representatives(&inputs.certificates);
+    let what_ifs = suggestions::what_ifs(
+        &run.pipelines.features,
+        dictionary,
+        &candidates,
+        run.run_date,
+    )
+    .await?;
     let suggested = suggestions::suggest(
         model,
         rows,
-        dictionary,
         &run.pipelines.policy,
         facts,
         &decisions,
         &candidates,
+        &what_ifs,
         &run.device,
         run.pipelines.nightly.evaluation.suggestions_per_user,
     );
-    decisions
+    Ok(decisions
         .into_par_iter()
         .zip(suggested.into_par_iter())
         .enumerate()
@@ -494,7 +502,7 @@ fn suggest(
                 suggestions,
             }
         })
-        .collect()
+        .collect())
 }
 
 /// The committed manifest: this run's earlier commit when it crashed between the commit and

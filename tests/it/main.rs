@@ -13,3 +13,4 @@ mod quarantine;
 mod s3;
 mod serving;
 mod support;
+mod timelines;
