@@ -214,6 +214,13 @@ pub fn psi(expected: &[f64], actual: &[f64]) -> f64 {
     e.iter().zip(&a).map(|(e, a)| (a - e) * (a / e).ln()).sum()
 }
 
+/// The share of the oracle's lift over a coin flip that a model captures:
+/// (AUC - 0.5) / (oracle AUC - 0.5). Unlike AUC / oracle, a model no better than chance
+/// scores 0 whatever the world's oracle.
+pub fn lift_share(auc: f64, oracle_auc: f64) -> f64 {
+    (auc - 0.5) / (oracle_auc - 0.5)
+}
+
 pub fn evaluate(pd: &[f64], labels: &[f32]) -> Metrics {
     let n = pd.len().max(1) as f64;
     let clamp = |p: f64| p.clamp(1e-7, 1.0 - 1e-7);
@@ -293,6 +300,13 @@ pub fn by_segment(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lift_share_is_zero_for_a_coin_flip_and_one_for_the_oracle() {
+        assert_eq!(lift_share(0.5, 0.8), 0.0);
+        assert!((lift_share(0.8, 0.8) - 1.0).abs() < 1e-12);
+        assert!((lift_share(0.74, 0.77) - 0.24 / 0.27).abs() < 1e-12);
+    }
 
     #[test]
     fn a_nan_metric_survives_being_written_as_json_and_read_back() {

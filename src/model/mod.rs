@@ -123,7 +123,11 @@ pub struct ModelCard {
     #[serde(default)]
     pub visible_oracle_auc: Option<f64>,
     pub epochs_run: usize,
+    /// the configuration it was trained with (`l2` the one `l2_grid` chose, if any)
     pub training: TrainingConfig,
+    /// (l2, best validation AUC) of each `l2_grid` candidate; empty without a grid
+    #[serde(default)]
+    pub l2_search: Vec<(f64, f64)>,
     /// SHA-256 of the learned values in `WideDeep::learned_values` order, then the
     /// calibration: what names the model
     pub values_sha256: String,
@@ -220,7 +224,11 @@ pub async fn register(
         oracle_auc: provenance.oracle_auc,
         visible_oracle_auc: provenance.visible_oracle_auc,
         epochs_run: trained.epochs_run,
-        training: provenance.training.clone(),
+        training: TrainingConfig {
+            l2: trained.l2,
+            ..provenance.training.clone()
+        },
+        l2_search: trained.l2_search.clone(),
         values_sha256: digest,
         weights_sha256: Some(values_digest(&trained.network, None)),
         limitations: limitations(trained, provenance),
@@ -453,7 +461,39 @@ mod tests {
             positive_weight: 1.0,
             embedding_dim: 4,
             hidden: 8,
+            l2_grid: Vec::new(),
         }
+    }
+
+    #[test]
+    fn an_l2_grid_is_decided_on_validation_and_the_winner_alone_is_the_model() {
+        let device = DeviceKind::Cpu.device().unwrap();
+        let searched = TrainingConfig {
+            l2: 1.0,
+            l2_grid: vec![1e4, 1.0, 0.01],
+            ..config()
+        };
+        let chosen = train(&toy_set(), &[1.0; 2], &searched, &device);
+        let tried: Vec<f64> = chosen.l2_search.iter().map(|(l2, _)| *l2).collect();
+        assert_eq!(tried, [1e4, 1.0, 0.01]);
+        // the best validation AUC wins, the earliest on a tie
+        let best = chosen
+            .l2_search
+            .iter()
+            .fold(None::<(f64, f64)>, |best, &(l2, auc)| match best {
+                Some((_, b)) if b >= auc => best,
+                _ => Some((l2, auc)),
+            })
+            .unwrap();
+        assert_eq!((chosen.l2, chosen.best_validation_auc), best);
+        // and it is the model training with the winner alone gives
+        let alone = TrainingConfig {
+            l2: chosen.l2,
+            ..config()
+        };
+        let alone = train(&toy_set(), &[1.0; 2], &alone, &device);
+        assert_eq!(chosen.holdout.auc, alone.holdout.auc);
+        assert_eq!(chosen.holdout.log_loss, alone.holdout.log_loss);
     }
 
     fn provenance(config: &TrainingConfig) -> Provenance<'_> {

@@ -294,8 +294,12 @@ fn metrics_table(html: &mut String, e: &Evaluation) {
     if let Some(oracle) = e.oracle_auc {
         metric_row(
             html,
-            "oracle AUC (true PD) / ratio",
-            format!("{oracle:.4} / {:.3}", m.auc / oracle),
+            "oracle AUC (true PD) / ratio / lift share (AUC-0.5)/(oracle-0.5)",
+            format!(
+                "{oracle:.4} / {:.3} / {:.3}",
+                m.auc / oracle,
+                super::metrics::lift_share(m.auc, oracle)
+            ),
         );
     }
     if let Some(visible) = e.visible_oracle_auc {

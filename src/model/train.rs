@@ -53,6 +53,10 @@ pub struct TrainingConfig {
     /// width of the deep part's hidden layer
     #[serde(default)]
     pub hidden: usize,
+    /// multiples of `l2` to choose from: each trains on the fit split, the best AUC on the
+    /// validation split wins, and only the winner is scored on the holdout; empty: `l2` as is
+    #[serde(default)]
+    pub l2_grid: Vec<f64>,
 }
 
 fn one() -> f64 {
@@ -70,7 +74,7 @@ fn share(x: f64) -> bool {
 impl TrainingConfig {
     /// What training needs of `[training]`; the error names the key.
     pub fn check(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 11] = [
+        let checks: [(bool, &str); 12] = [
             (
                 (1..=10_000).contains(&self.epochs),
                 "epochs must be between 1 and 10000",
@@ -112,6 +116,10 @@ impl TrainingConfig {
                 (1..=4096).contains(&self.hidden) || self.embedding_dim == 0,
                 "hidden must be between 1 and 4096 when embedding_dim is above 0",
             ),
+            (
+                self.l2_grid.len() <= 16 && self.l2_grid.iter().all(|m| positive(*m)),
+                "l2_grid must hold at most 16 positive numbers",
+            ),
         ];
         match checks.into_iter().find(|(ok, _)| !ok) {
             Some((_, problem)) => Err(problem.to_string()),
@@ -147,6 +155,10 @@ pub struct TrainedModel {
     /// validation passes): throughput = fit_rows * epochs_run / fit_seconds
     pub fit_rows: usize,
     pub fit_seconds: f64,
+    /// the L2 penalty the model was trained with
+    pub l2: f64,
+    /// (l2, best validation AUC) of every candidate of `l2_grid`, in grid order
+    pub l2_search: Vec<(f64, f64)>,
 }
 
 /// Which part of training a user's row serves; a hash of the user id decides, so the same
@@ -205,19 +217,49 @@ pub fn predict(network: &WideDeep, csr: &Csr, device: &Device, batch_size: usize
         .collect()
 }
 
-/// Trains on `set`'s fit split with early stopping on its validation split. `l2_scales` holds
-/// each feature's multiple of the L2 penalty (see [`TrainingConfig::l2_scales`]); its length
-/// is the number of features.
+/// Trains on `set`'s fit split with early stopping on its validation split, choosing the L2
+/// penalty among `l2_grid` on the validation split too; the holdout is read once, for the
+/// chosen model. `l2_scales` holds each feature's multiple of the L2 penalty (see
+/// [`TrainingConfig::l2_scales`]); its length is the number of features.
 pub fn train(
     set: &TrainingSet,
     l2_scales: &[f32],
     config: &TrainingConfig,
     device: &Device,
 ) -> TrainedModel {
+    let holdout = rows_in(set, Split::Holdout, config);
+    if config.l2_grid.is_empty() {
+        let fitted = fit(set, l2_scales, config, device);
+        return evaluate_on_holdout(set, &holdout, fitted, config.l2, Vec::new(), device);
+    }
+    let mut search = Vec::new();
+    let mut best: Option<(Fitted, f64)> = None;
+    for multiple in &config.l2_grid {
+        let candidate = TrainingConfig {
+            l2: config.l2 * multiple,
+            ..config.clone()
+        };
+        let fitted = fit(set, l2_scales, &candidate, device);
+        search.push((candidate.l2, fitted.best_validation_auc));
+        // ties keep the earlier candidate; a NaN AUC never wins
+        if best
+            .as_ref()
+            .is_none_or(|(b, _)| fitted.best_validation_auc > b.best_validation_auc)
+        {
+            best = Some((fitted, candidate.l2));
+        }
+    }
+    let (fitted, l2) = best.expect("a checked l2_grid is not empty");
+    info!(?search, chosen = l2, "l2 chosen on the validation split");
+    evaluate_on_holdout(set, &holdout, fitted, l2, search, device)
+}
+
+/// One training run with `config`'s L2: gradient steps on the fit split, early stopping and
+/// calibration on the validation split. Never reads the holdout.
+fn fit(set: &TrainingSet, l2_scales: &[f32], config: &TrainingConfig, device: &Device) -> Fitted {
     let n_features = l2_scales.len();
     let train_device = device.clone().autodiff();
-    let [fit, validation, holdout] =
-        [Split::Fit, Split::Validation, Split::Holdout].map(|part| rows_in(set, part, config));
+    let [fit, validation] = [Split::Fit, Split::Validation].map(|part| rows_in(set, part, config));
     let validation_csr = set.rows.select(&validation);
     let validation_labels: Vec<f32> = validation.iter().map(|&i| set.labels[i]).collect();
 
@@ -276,15 +318,14 @@ pub fn train(
         &logits(&network, &validation_csr, device, 4096),
         &validation_labels,
     );
-    let fitted = Fitted {
+    Fitted {
         network,
         calibration,
         best_validation_auc,
         epochs_run,
         fit_rows: fit.len(),
         fit_seconds,
-    };
-    evaluate_on_holdout(set, &holdout, fitted, device)
+    }
 }
 
 /// What every gradient step of a training run shares.
@@ -429,6 +470,8 @@ fn evaluate_on_holdout(
     set: &TrainingSet,
     holdout: &[usize],
     fitted: Fitted,
+    l2: f64,
+    l2_search: Vec<(f64, f64)>,
     device: &Device,
 ) -> TrainedModel {
     let Fitted {
@@ -465,5 +508,7 @@ fn evaluate_on_holdout(
         epochs_run,
         fit_rows,
         fit_seconds,
+        l2,
+        l2_search,
     }
 }

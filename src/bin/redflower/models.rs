@@ -103,7 +103,11 @@ async fn compare(args: CompareArgs) -> Result<()> {
     line("ECE", a.metrics.ece, b.metrics.ece);
     line("mean PD", a.metrics.mean_pd, b.metrics.mean_pd);
     if let Some(oracle) = a.oracle_auc {
-        println!("oracle AUC on the same users: {oracle:.4}");
+        println!(
+            "oracle AUC on the same users: {oracle:.4} (lift share (AUC-0.5)/(oracle-0.5): {:.3} vs {:.3})",
+            redflower::model::metrics::lift_share(a.metrics.auc, oracle),
+            redflower::model::metrics::lift_share(b.metrics.auc, oracle)
+        );
     }
     if let Some(visible) = a.visible_oracle_auc {
         println!("oracle AUC without hidden risk (visible PD), same users: {visible:.4}");

@@ -14,7 +14,11 @@ pub fn evaluation(card: &ModelCard, e: &Evaluation, report: &str) {
         e.rows_evaluated, m.rows, m.positives
     );
     let mut oracle = e.oracle_auc.map_or(String::new(), |o| {
-        format!(", oracle AUC {o:.4} (ratio {:.3})", m.auc / o)
+        format!(
+            ", oracle AUC {o:.4} (ratio {:.3}, lift share {:.3})",
+            m.auc / o,
+            redflower::model::metrics::lift_share(m.auc, o)
+        )
     });
     if let Some(v) = e.visible_oracle_auc {
         oracle.push_str(&format!(
@@ -132,10 +136,14 @@ fn model_and_limits(report: &NightlyReport) {
         report.training_defaults,
         100.0 * report.training_defaults as f64 / report.training_rows.max(1) as f64
     );
+    let share = |o: f64| redflower::model::metrics::lift_share(report.holdout.auc, o);
     let oracle = match (report.oracle_auc, report.visible_oracle_auc) {
         (None, _) => "n/a (no truth in this root)".to_string(),
-        (Some(a), Some(v)) => format!("{a:.4} ({v:.4} without hidden risk)"),
-        (Some(a), None) => format!("{a:.4}"),
+        (Some(a), Some(v)) => format!(
+            "{a:.4} ({v:.4} without hidden risk; lift share {:.3})",
+            share(a)
+        ),
+        (Some(a), None) => format!("{a:.4} (lift share {:.3})", share(a)),
     };
     println!(
         "  model       {} ({}): holdout AUC {:.4}, oracle AUC {} on {} held-out users; ECE {:.4}, log loss {:.4}",
