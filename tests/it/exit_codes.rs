@@ -155,3 +155,45 @@ fn a_bad_pipelines_folder_is_configuration_6() {
     let error = Pipelines::load(dir.path()).unwrap_err();
     assert_eq!(code(&error), 6, "{error}");
 }
+
+#[tokio::test]
+async fn a_root_without_known_at_is_input_3_and_says_how_to_regenerate() {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{RecordBatch, UInt64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    let store = Store::open("memory://exit-codes-no-known-at").unwrap();
+    synth_world(&store, 300, 6).await;
+    // a file as generator 2 wrote it: the columns of its day, no known_at
+    let old = redflower::schema::LIMIT_REQUESTS
+        .arrow()
+        .fields()
+        .iter()
+        .filter(|f| f.name() != "known_at")
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect::<Vec<Field>>();
+    let schema = Arc::new(Schema::new(old));
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::UInt64 => Arc::new(UInt64Array::from(vec![1u64])) as _,
+            other => datafusion::arrow::array::new_null_array(other, 1),
+        })
+        .collect();
+    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    let path = "raw/limit_requests/dt=2026-10-01/part-generator-2.parquet";
+    store.write_parquet(path, schema, &[batch]).await.unwrap();
+    let error = nightly::run(&store, run_date(), &Pipelines::builtin(), DeviceKind::Cpu)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&error), 3, "{error}");
+    let message = error.to_string();
+    assert!(
+        message.contains(path)
+            && message.contains("known_at")
+            && message.contains("redflower synth"),
+        "{message}"
+    );
+}
