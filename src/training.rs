@@ -80,10 +80,10 @@ pub async fn labelled_window(
     sources::validate_and_register(&ctx, store, run_date, config.validation.max_bad_share).await?;
     let as_of = dataset::training_as_of(run_date, &config.label);
     let mut dictionary = FeatureDictionary::load(store).await?;
-    let features =
+    let mut features =
         features::build(&ctx, store, &pipelines.features, &mut dictionary, as_of).await?;
+    features.remap(&dictionary.commit(store).await?);
     features::write(store, &features).await?;
-    dictionary.save(store).await?;
     let labels = dataset::labels(&ctx, as_of, &config.label).await?;
     sources::drop_staging(store, &ctx).await?;
     let set = dataset::training_set(&features, &labels)?;

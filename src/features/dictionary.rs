@@ -1,6 +1,8 @@
 //! The feature dictionary: every feature name ever produced, with a dense id that never
-//! changes. New names append; names that stop appearing keep their id. Stored as
-//! `features/dictionary.parquet`; only the feature stage writes it.
+//! changes. New names append; names that stop appearing keep their id. Stored as versions,
+//! `features/dictionary/<version>.parquet`, each the whole dictionary, committed create-only:
+//! two writers that append at once both end in one dictionary, every id meaning one name
+//! (`commit`). Only feature builds that write features commit it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,13 +15,17 @@ use sha2::{Digest, Sha256};
 use crate::schema;
 use crate::store::{Store, StoreError};
 
-use crate::store::layout::DICTIONARY_FILE;
+use tracing::warn;
+
+use crate::store::layout;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FeatureDictionary {
     names: Vec<String>,
     families: Vec<String>,
     index: HashMap<String, u32>,
+    /// the committed version this was loaded from or committed as (0: none yet)
+    version: u64,
 }
 
 impl FeatureDictionary {
@@ -71,32 +77,73 @@ impl FeatureDictionary {
         format!("{:x}", hasher.finalize())
     }
 
+    /// The newest committed dictionary (empty on a new root). A root from before versions
+    /// holds one `features/dictionary.parquet`: it is version 0.
     pub async fn load(store: &Store) -> Result<FeatureDictionary, StoreError> {
-        let mut dictionary = FeatureDictionary::default();
-        if store.get(DICTIONARY_FILE).await?.is_none() {
-            return Ok(dictionary);
-        }
-        for batch in store.read_parquet(DICTIONARY_FILE).await? {
-            let names =
-                cast(batch.column(1), &DataType::Utf8).map_err(|e| parquet_error(e.into()))?;
-            let families =
-                cast(batch.column(2), &DataType::Utf8).map_err(|e| parquet_error(e.into()))?;
-            let names = names
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .expect("cast to Utf8");
-            let families = families
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .expect("cast to Utf8");
-            for row in 0..batch.num_rows() {
-                dictionary.id_or_insert(names.value(row), families.value(row));
-            }
-        }
-        Ok(dictionary)
+        let Some(version) = newest_version(store).await? else {
+            return match store.get(LEGACY_DICTIONARY_FILE).await? {
+                None => Ok(FeatureDictionary::default()),
+                Some(bytes) => decode(store, LEGACY_DICTIONARY_FILE, bytes, 0),
+            };
+        };
+        let path = layout::dictionary_version(version);
+        let bytes = store.get(&path).await?.ok_or_else(|| missing(&path))?;
+        decode(store, &path, bytes, version)
     }
 
-    pub async fn save(&self, store: &Store) -> Result<(), StoreError> {
+    /// Commits the names appended since this dictionary was loaded as the next version,
+    /// create-only. Another writer may have committed first: then its dictionary is read
+    /// again, this one's new names are appended to it, and the commit is tried once more.
+    /// Returns each old id's id in what was committed (identity without a race): features
+    /// assembled with the old ids must be remapped before they are written.
+    pub async fn commit(&mut self, store: &Store) -> Result<Vec<u32>, StoreError> {
+        let mut remap: Vec<u32> = (0..self.len() as u32).collect();
+        let mut attempts = 0;
+        loop {
+            let next = self.version + 1;
+            let path = layout::dictionary_version(next);
+            match store.put_if_absent(&path, self.encode()?).await {
+                Ok(()) => {
+                    self.version = next;
+                    prune(store, next).await?;
+                    return Ok(remap);
+                }
+                Err(StoreError::AlreadyExists { .. }) if attempts < MAX_COMMIT_ATTEMPTS => {
+                    attempts += 1;
+                    let committed = FeatureDictionary::load(store).await?;
+                    // a retried put whose first response was lost finds its own commit
+                    if committed.names == self.names && committed.version >= next {
+                        self.version = committed.version;
+                        return Ok(remap);
+                    }
+                    let rebased = self.rebased_on(committed);
+                    for id in remap.iter_mut() {
+                        *id = rebased.0[*id as usize];
+                    }
+                    *self = rebased.1;
+                    warn!(
+                        version = next,
+                        "another writer committed the feature dictionary first: appended to theirs"
+                    );
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// `committed` with this dictionary's names it lacks appended, and each id of this
+    /// dictionary's id in it. Ids only append, so names both hold keep their ids.
+    fn rebased_on(&self, mut committed: FeatureDictionary) -> (Vec<u32>, FeatureDictionary) {
+        let ids = self
+            .names
+            .iter()
+            .zip(&self.families)
+            .map(|(name, family)| committed.id_or_insert(name, family))
+            .collect();
+        (ids, committed)
+    }
+
+    fn encode(&self) -> Result<bytes::Bytes, StoreError> {
         let batch = RecordBatch::try_new(
             schema::FEATURE_DICTIONARY.arrow(),
             vec![
@@ -106,16 +153,82 @@ impl FeatureDictionary {
             ],
         )
         .map_err(|e| parquet_error(e.into()))?;
-        store
-            .write_parquet(DICTIONARY_FILE, batch.schema(), &[batch])
-            .await?;
-        Ok(())
+        let mut bytes = Vec::new();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(&mut bytes, batch.schema(), None)
+            .map_err(parquet_error)?;
+        writer.write(&batch).map_err(parquet_error)?;
+        writer.close().map_err(parquet_error)?;
+        Ok(bytes.into())
     }
+}
+
+/// Commits lost in a row before a writer gives up (each loss means another writer committed).
+const MAX_COMMIT_ATTEMPTS: usize = 16;
+
+/// Versions kept behind the newest: enough for any reader that listed a moment ago.
+const VERSIONS_KEPT: u64 = 8;
+
+/// Where dictionaries were one overwritten file, before versions.
+const LEGACY_DICTIONARY_FILE: &str = "features/dictionary.parquet";
+
+async fn newest_version(store: &Store) -> Result<Option<u64>, StoreError> {
+    Ok(store
+        .list(layout::DICTIONARY_VERSIONS)
+        .await?
+        .iter()
+        .filter_map(|(path, _)| layout::dictionary_version_of(path))
+        .max())
+}
+
+/// Deletes versions more than `VERSIONS_KEPT` behind `newest`.
+async fn prune(store: &Store, newest: u64) -> Result<(), StoreError> {
+    for (path, _) in store.list(layout::DICTIONARY_VERSIONS).await? {
+        if layout::dictionary_version_of(&path).is_some_and(|v| v + VERSIONS_KEPT < newest) {
+            store.delete(&path).await?;
+        }
+    }
+    Ok(())
+}
+
+fn missing(path: &str) -> StoreError {
+    StoreError::Parquet {
+        path: path.to_string(),
+        source: parquet::errors::ParquetError::General("listed but gone: pruned while read".into()),
+    }
+}
+
+fn decode(
+    store: &Store,
+    path: &str,
+    bytes: bytes::Bytes,
+    version: u64,
+) -> Result<FeatureDictionary, StoreError> {
+    let mut dictionary = FeatureDictionary {
+        version,
+        ..Default::default()
+    };
+    for batch in store.decode_parquet(path, bytes)? {
+        let names = cast(batch.column(1), &DataType::Utf8).map_err(|e| parquet_error(e.into()))?;
+        let families =
+            cast(batch.column(2), &DataType::Utf8).map_err(|e| parquet_error(e.into()))?;
+        let names = names
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("cast to Utf8");
+        let families = families
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("cast to Utf8");
+        for row in 0..batch.num_rows() {
+            dictionary.id_or_insert(names.value(row), families.value(row));
+        }
+    }
+    Ok(dictionary)
 }
 
 fn parquet_error(source: parquet::errors::ParquetError) -> StoreError {
     StoreError::Parquet {
-        path: DICTIONARY_FILE.to_string(),
+        path: layout::DICTIONARY_VERSIONS.to_string(),
         source,
     }
 }
@@ -131,11 +244,61 @@ mod tests {
         assert_eq!(dictionary.id_or_insert("a", "f"), 0);
         assert_eq!(dictionary.id_or_insert("b", "f"), 1);
         assert_eq!(dictionary.id_or_insert("a", "f"), 0);
-        dictionary.save(&store).await.unwrap();
+        dictionary.commit(&store).await.unwrap();
         let mut loaded = FeatureDictionary::load(&store).await.unwrap();
         assert_eq!(loaded, dictionary);
         assert_eq!(loaded.id_or_insert("c", "g"), 2);
         assert_eq!(loaded.prefix_hash(2), dictionary.prefix_hash(2));
         assert_ne!(loaded.prefix_hash(3), dictionary.prefix_hash(2));
+    }
+
+    #[tokio::test]
+    async fn two_writers_appending_at_once_end_in_one_dictionary_every_id_one_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        let mut base = FeatureDictionary::default();
+        base.id_or_insert("shared", "f");
+        base.commit(&store).await.unwrap();
+        let (mut a, mut b) = (
+            FeatureDictionary::load(&store).await.unwrap(),
+            FeatureDictionary::load(&store).await.unwrap(),
+        );
+        a.id_or_insert("a1", "f");
+        a.id_or_insert("a2", "f");
+        b.id_or_insert("b1", "g");
+        let (a_before, b_before) = (a.clone(), b.clone());
+        let (remap_a, remap_b) = tokio::join!(a.commit(&store), b.commit(&store));
+        let (remap_a, remap_b) = (remap_a.unwrap(), remap_b.unwrap());
+        let committed = FeatureDictionary::load(&store).await.unwrap();
+        assert_eq!(committed.len(), 4);
+        assert_eq!(committed.id("shared"), Some(0));
+        for (before, remap) in [(&a_before, &remap_a), (&b_before, &remap_b)] {
+            for (old, new) in remap.iter().enumerate() {
+                assert_eq!(before.name(old as u32), committed.name(*new));
+            }
+        }
+        // the loser's dictionary is the committed one, and the winner's is a prefix of it
+        assert_eq!(a.len().max(b.len()), 4);
+        assert_eq!(
+            a.prefix_hash(a.len().min(b.len())),
+            committed.prefix_hash(a.len().min(b.len()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_root_from_before_versions_is_version_0_and_commits_version_1() {
+        let store = Store::open("memory://dictionary-legacy").unwrap();
+        let mut old = FeatureDictionary::default();
+        old.id_or_insert("x", "f");
+        store
+            .put(LEGACY_DICTIONARY_FILE, old.encode().unwrap())
+            .await
+            .unwrap();
+        let mut loaded = FeatureDictionary::load(&store).await.unwrap();
+        assert_eq!((loaded.len(), loaded.version), (1, 0));
+        loaded.id_or_insert("y", "f");
+        assert_eq!(loaded.commit(&store).await.unwrap(), [0, 1]);
+        let again = FeatureDictionary::load(&store).await.unwrap();
+        assert_eq!((again.id("y"), again.version), (Some(1), 1));
     }
 }

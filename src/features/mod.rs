@@ -2,7 +2,7 @@
 //! the validated sources and assembles the long sparse table (user_id, feature_id, value).
 //!
 //! Reads the clean source tables registered by `sources`; writes `features/dt=<as_of>/` and
-//! appends to `features/dictionary.parquet`. Point in time: a feature as of T uses only rows
+//! commits the dictionary's new names (`features/dictionary/`) before the features using them. Point in time: a feature as of T uses only rows
 //! known strictly before T. It never reads labels or truth.
 //!
 //! `plan` turns families into SQL, `shared_scan` feeds several queries from one scan,
@@ -85,6 +85,32 @@ pub struct FeatureSet {
 impl FeatureSet {
     pub fn nnz(&self) -> usize {
         self.values.len()
+    }
+
+    /// Gives every feature id `remap[id]` (what `FeatureDictionary::commit` returns when
+    /// another writer committed first), keeping rows sorted by user then id.
+    pub fn remap(&mut self, remap: &[u32]) {
+        if remap
+            .iter()
+            .enumerate()
+            .all(|(old, new)| old as u32 == *new)
+        {
+            return;
+        }
+        let mut start = 0;
+        while start < self.user_ids.len() {
+            let user = self.user_ids[start];
+            let end = start + self.user_ids[start..].partition_point(|u| *u == user);
+            let mut row: Vec<(u32, f32)> = (start..end)
+                .map(|i| (remap[self.feature_ids[i] as usize], self.values[i]))
+                .collect();
+            row.sort_unstable_by_key(|(id, _)| *id);
+            for (i, (id, value)) in (start..end).zip(row) {
+                self.feature_ids[i] = id;
+                self.values[i] = value;
+            }
+            start = end;
+        }
     }
 
     pub fn distinct_features(&self) -> usize {
@@ -305,6 +331,21 @@ mod tests {
     use super::assemble::*;
     use super::plan::*;
     use super::*;
+
+    #[test]
+    fn a_remapped_set_keeps_each_user_s_ids_sorted() {
+        let mut set = FeatureSet {
+            as_of: NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+            users: vec![1, 2],
+            user_ids: vec![1, 1, 1, 2],
+            feature_ids: vec![0, 1, 2, 1],
+            values: vec![0.5, 1.5, 2.5, 3.5],
+        };
+        // another writer took ids 1 and 2: ours moved to 3 and 4, and 0 stayed
+        set.remap(&[0, 4, 3]);
+        assert_eq!(set.feature_ids, [0, 3, 4, 4]);
+        assert_eq!(set.values, [0.5, 2.5, 1.5, 3.5]);
+    }
 
     fn config(toml_text: &str) -> FeatureConfig {
         FeatureConfig::parse(toml_text, "t.toml").unwrap()

@@ -270,23 +270,38 @@ async fn features_stage(
     let (store, ctx) = (run.store, run.ctx);
     let mut dictionary = FeatureDictionary::load(store).await?;
     let mut reports = Vec::new();
-    let mut build = async |as_of: NaiveDate, dictionary: &mut FeatureDictionary| {
+    let mut sets = Vec::new();
+    for as_of in [run.training_as_of, run.run_date] {
         let started = Instant::now();
-        let set = features::build(ctx, store, &run.pipelines.features, dictionary, as_of).await?;
-        features::write(store, &set).await?;
-        reports.push(FeatureReport {
-            as_of,
-            users: set.users.len(),
-            rows: set.nnz(),
-            distinct_features: set.distinct_features(),
-            dictionary_size: dictionary.len(),
-            seconds: started.elapsed().as_secs_f64(),
-        });
-        Ok::<_, NightlyError>(set)
-    };
-    let training = build(run.training_as_of, &mut dictionary).await?;
-    let scoring = build(run.run_date, &mut dictionary).await?;
-    dictionary.save(store).await?;
+        let set =
+            features::build(ctx, store, &run.pipelines.features, &mut dictionary, as_of).await?;
+        reports.push((as_of, started.elapsed().as_secs_f64()));
+        sets.push(set);
+    }
+    // ids are committed before any feature file uses them; a writer that lost the race
+    // appended to the winner's dictionary, and its features take the ids committed
+    let remap = dictionary.commit(store).await?;
+    let mut reports: Vec<FeatureReport> = reports
+        .into_iter()
+        .zip(&mut sets)
+        .map(|((as_of, seconds), set)| {
+            set.remap(&remap);
+            FeatureReport {
+                as_of,
+                users: set.users.len(),
+                rows: set.nnz(),
+                distinct_features: set.distinct_features(),
+                dictionary_size: dictionary.len(),
+                seconds,
+            }
+        })
+        .collect();
+    for (set, report) in sets.iter().zip(&mut reports) {
+        let started = Instant::now();
+        features::write(store, set).await?;
+        report.seconds += started.elapsed().as_secs_f64();
+    }
+    let [training, scoring]: [FeatureSet; 2] = sets.try_into().expect("two as-of dates");
     let labels = dataset::labels(ctx, run.training_as_of, &run.pipelines.nightly.label).await?;
     let featured = feature_stats(run, reports, &training, &scoring, &labels, &dictionary).await?;
     *built = Some(Built {

@@ -9,7 +9,7 @@
 //! truth/true_pd/                                  a synthetic world's true PD (never read by a run)
 //! staging/session=<id>/                           a run's validated copies of the sources
 //! quarantine/<source>/run=<date>/                 rows validation refused, with reasons
-//! features/dt=<as of>/{part-00000,users,stats}.parquet, features/dictionary.parquet
+//! features/dt=<as of>/{part-00000,users,stats}.parquet, features/dictionary/<version>.parquet
 //! scores/dt=<date>/{part-00000,shard-I-of-N}.parquet
 //! models/<version>/..., models/_champion.json
 //! runs/<date>/{run.json, report.json, lease/, checkpoints/<stage>.json}
@@ -28,7 +28,21 @@ pub const WORLD_FILE: &str = "raw/_world.json";
 pub const TRUTH: &str = "truth/true_pd";
 /// Where runs stage validated sources, one folder per DataFusion session.
 pub const STAGING: &str = "staging";
-pub const DICTIONARY_FILE: &str = "features/dictionary.parquet";
+pub const DICTIONARY_VERSIONS: &str = "features/dictionary";
+
+/// Version `version` of the feature dictionary.
+pub fn dictionary_version(version: u64) -> String {
+    format!("{DICTIONARY_VERSIONS}/{version:020}.parquet")
+}
+
+/// The version a path under `DICTIONARY_VERSIONS` holds, if it is one.
+pub fn dictionary_version_of(path: &str) -> Option<u64> {
+    path.rsplit('/')
+        .next()?
+        .strip_suffix(".parquet")?
+        .parse()
+        .ok()
+}
 pub const CHAMPION_FILE: &str = "models/_champion.json";
 pub const MANIFESTS: &str = "published/limits/_manifests";
 pub const PUBLISHED_DATA: &str = "published/limits/data";
