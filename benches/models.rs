@@ -91,7 +91,10 @@ fn main() -> anyhow::Result<()> {
     let store = Store::open(&args.root)?;
     let window = runtime.block_on(async {
         synth::ensure_world(&store, &world).await?;
-        anyhow::Ok(training::labelled_window(&store, end, &pipelines).await?)
+        anyhow::Ok(
+            training::labelled_window(&store, end, &pipelines, training::Writes::Everything)
+                .await?,
+        )
     })?;
     let set = &window.set;
     let n_features = window.dictionary.len();

@@ -70,20 +70,44 @@ pub struct LabelledWindow {
     pub set: TrainingSet,
 }
 
+/// What building a labelled window may leave in the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// quarantine, the features and the dictionary's new names: a model trained on the
+    /// window will be registered, and its feature ids must mean the same to every reader
+    Everything,
+    /// nothing but its session's staging (removed when done): evaluations and comparisons
+    /// read the root as it is, beside whatever run is writing it; names the dictionary
+    /// lacks get ids in memory only, which no registered model knows
+    Nothing,
+}
+
 pub async fn labelled_window(
     store: &Store,
     run_date: NaiveDate,
     pipelines: &Pipelines,
+    writes: Writes,
 ) -> Result<LabelledWindow, TrainingError> {
     let config = &pipelines.nightly;
     let ctx = engine::session(&config.engine)?;
-    sources::validate_and_register(&ctx, store, run_date, config.validation.max_bad_share).await?;
+    match writes {
+        Writes::Everything => {
+            let limit = config.validation.max_bad_share;
+            sources::validate_and_register(&ctx, store, run_date, limit).await?;
+        }
+        // the clean views hold the same rows; only the counting and the quarantine are skipped
+        Writes::Nothing => {
+            sources::register(&ctx, store, run_date).await?;
+        }
+    }
     let as_of = dataset::training_as_of(run_date, &config.label);
     let mut dictionary = FeatureDictionary::load(store).await?;
     let mut features =
         features::build(&ctx, store, &pipelines.features, &mut dictionary, as_of).await?;
-    features.remap(&dictionary.commit(store).await?);
-    features::write(store, &features).await?;
+    if writes == Writes::Everything {
+        features.remap(&dictionary.commit(store).await?);
+        features::write(store, &features).await?;
+    }
     let labels = dataset::labels(&ctx, as_of, &config.label).await?;
     sources::drop_staging(store, &ctx).await?;
     let set = dataset::training_set(&features, &labels)?;

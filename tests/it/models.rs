@@ -8,7 +8,7 @@ use redflower::config::Pipelines;
 use redflower::model::{self, DeviceKind};
 use redflower::nightly;
 use redflower::store::Store;
-use redflower::training::{self, Promote};
+use redflower::training::{self, Promote, Writes};
 
 use crate::support::{f64_column, published, run_date, str_column, synth_world, u64_column};
 
@@ -64,7 +64,7 @@ async fn nightly_scores_with_the_champion_and_every_score_is_explained_by_its_fe
     );
 
     // retraining on the same window is deterministic: the same version comes back
-    let window = training::labelled_window(&store, run_date(), &pipelines)
+    let window = training::labelled_window(&store, run_date(), &pipelines, Writes::Everything)
         .await
         .unwrap();
     assert!(
@@ -377,4 +377,36 @@ async fn a_suggested_certificate_raises_the_limit_by_the_amount_shown() {
         }
     }
     assert!(checked > 10, "only {checked} users had suggestions");
+}
+
+#[tokio::test]
+async fn evaluating_and_comparing_leave_the_root_as_it_was() {
+    let store = Store::open("memory://read-only-window").unwrap();
+    synth_world(&store, 1_500, 8).await;
+    let pipelines = Pipelines::builtin();
+    nightly::run(&store, run_date(), &pipelines, DeviceKind::Cpu)
+        .await
+        .unwrap();
+    let everything = async || {
+        let mut all = store.list("").await.unwrap();
+        all.sort();
+        all
+    };
+    let before = everything().await;
+    // another date: its features, quarantine and any new dictionary names would be new objects
+    let later = run_date() + chrono::Duration::days(3);
+    let window = training::labelled_window(&store, later, &pipelines, Writes::Nothing)
+        .await
+        .unwrap();
+    assert!(window.set.rows.len() > 1_000);
+    assert_eq!(everything().await, before);
+    // the same window for training writes them
+    training::labelled_window(&store, later, &pipelines, Writes::Everything)
+        .await
+        .unwrap();
+    let after = everything().await;
+    assert!(after.iter().any(|(path, _)| path.starts_with(&format!(
+        "features/dt={}",
+        later - chrono::Duration::days(90)
+    ))));
 }

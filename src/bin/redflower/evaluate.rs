@@ -46,7 +46,10 @@ impl WindowArgs {
         let store = self.root.open()?;
         let pipelines = self.pipelines.load()?;
         let device = self.device.device.device()?;
-        let window = training::labelled_window(&store, self.date, &pipelines).await?;
+        // evaluations and comparisons only read: a run may be writing the root beside them
+        let window =
+            training::labelled_window(&store, self.date, &pipelines, training::Writes::Nothing)
+                .await?;
         Ok(Window {
             store,
             pipelines,

@@ -103,7 +103,8 @@ async fn train_on_window(args: &TrainArgs, date: NaiveDate) -> Result<TrainOutco
     let store = args.root.open()?;
     let pipelines = args.pipelines.load()?;
     let device = args.device.device.device()?;
-    let window = training::labelled_window(&store, date, &pipelines).await?;
+    let window =
+        training::labelled_window(&store, date, &pipelines, training::Writes::Everything).await?;
     let (_, outcome) = training::train_and_register(
         &store,
         &window.set,
