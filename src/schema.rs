@@ -123,6 +123,18 @@ impl TableSchema {
         self.arrow.clone().expect("set by parse")
     }
 
+    /// The schema of raw files: every column nullable, since upstreams send nulls and
+    /// validation, not the reader, refuses them.
+    pub fn raw_arrow(&self) -> SchemaRef {
+        let fields: Vec<Field> = self
+            .arrow()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        Arc::new(Schema::new(fields))
+    }
+
     /// Checks that a file carries every column with the declared type. Extra columns are
     /// allowed (upstreams add columns before we use them); nullability is checked per row by
     /// validation, not here.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use chrono::NaiveDate;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
@@ -269,17 +269,6 @@ pub async fn check_files(
     Ok(files.len())
 }
 
-fn nullable(table: &TableSchema) -> Schema {
-    Schema::new(
-        table
-            .arrow()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect::<Vec<_>>(),
-    )
-}
-
 async fn register_raw(
     ctx: &SessionContext,
     store: &Store,
@@ -288,7 +277,7 @@ async fn register_raw(
     table: &TableSchema,
     partitioned: bool,
 ) -> Result<(), SourceError> {
-    let schema = nullable(table);
+    let schema = table.raw_arrow();
     let mut options = ParquetReadOptions::default().schema(&schema);
     if partitioned {
         options = options.table_partition_cols(vec![("dt".to_string(), DataType::Utf8)]);

@@ -29,7 +29,6 @@ use datafusion::arrow::array::{
     ArrayRef, BooleanArray, Date32Array, Float32Array, Float64Array, Int32Array, StringArray,
     TimestampMicrosecondArray, UInt32Array, UInt64Array,
 };
-use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -614,21 +613,10 @@ fn generate_user(world: &WorldConfig, catalog: &Catalog, user_id: u64) -> ChunkR
 }
 
 fn batch(table: &TableSchema, columns: Vec<ArrayRef>) -> Result<RecordBatch, SynthError> {
-    RecordBatch::try_new(raw_schema(table), columns).map_err(|source| SynthError::Arrow {
+    RecordBatch::try_new(table.raw_arrow(), columns).map_err(|source| SynthError::Arrow {
         table: table.name.clone(),
         source,
     })
-}
-
-/// Raw files carry nullable columns: upstreams send nulls, validation quarantines them.
-fn raw_schema(table: &TableSchema) -> SchemaRef {
-    let schema = table.arrow();
-    let fields: Vec<_> = schema
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
-        .collect();
-    Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
 }
 
 fn utc_micros(values: Vec<i64>) -> ArrayRef {
@@ -769,15 +757,31 @@ fn profile_batch(
     )
 }
 
+/// A row of a source: when the bank learned it, which names its partition.
+trait Landed {
+    fn known_micros(&self) -> i64;
+}
+
+macro_rules! landed {
+    ($($row:ty),*) => {
+        $(impl Landed for $row {
+            fn known_micros(&self) -> i64 {
+                self.known_micros
+            }
+        })*
+    };
+}
+landed!(EventRow, CertificateRow, RepaymentRow, RequestRow);
+
 /// Writes rows into one file per day they landed: `raw/<source>/dt=YYYY-MM-DD/part-<chunk>.parquet`.
-async fn write_daily<R>(
+async fn write_daily<R: Landed>(
     store: &Store,
     source: &str,
     chunk: u64,
     mut rows: Vec<R>,
-    day_of: impl Fn(&R) -> i32,
     build: impl Fn(&[R]) -> Result<RecordBatch, SynthError>,
 ) -> Result<u64, SynthError> {
+    let day_of = |row: &R| known_day(row.known_micros());
     rows.sort_by_key(&day_of); // stable: user order is kept within a day
     let mut files = 0;
     let mut begin = 0;
@@ -883,42 +887,20 @@ pub async fn generate(store: &Store, world: &WorldConfig) -> Result<SynthSummary
         let path = layout::truth_part(chunk);
         store.write_parquet(&path, truth.schema(), &[truth]).await?;
         summary.files += 1;
-        summary.files += write_daily(
-            store,
-            "events",
-            chunk,
-            rows.events,
-            |r| known_day(r.known_micros),
-            event_batch,
-        )
-        .await?;
+        let certificates = rows.certificates;
+        summary.files += write_daily(store, "events", chunk, rows.events, event_batch).await?;
         summary.files += write_daily(
             store,
             "certificates",
             chunk,
-            rows.certificates,
-            |r| known_day(r.known_micros),
+            certificates,
             certificate_batch,
         )
         .await?;
-        summary.files += write_daily(
-            store,
-            "repayments",
-            chunk,
-            rows.repayments,
-            |r| known_day(r.known_micros),
-            repayment_batch,
-        )
-        .await?;
-        summary.files += write_daily(
-            store,
-            "limit_requests",
-            chunk,
-            rows.requests,
-            |r| known_day(r.known_micros),
-            request_batch,
-        )
-        .await?;
+        summary.files +=
+            write_daily(store, "repayments", chunk, rows.repayments, repayment_batch).await?;
+        summary.files +=
+            write_daily(store, "limit_requests", chunk, rows.requests, request_batch).await?;
         progress.inc(last - first);
         info!(chunk, users = last - first, "synth chunk written");
     }

@@ -14,7 +14,6 @@ use datafusion::arrow::array::{
     ArrayRef, BooleanArray, Date32Array, Float32Array, Float64Array, Int32Array, RecordBatch,
     StringArray, TimestampMicrosecondArray, UInt32Array, UInt64Array,
 };
-use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::prelude::SessionContext;
 use proptest::prelude::*;
 use redflower::dataset::{self, LabelConfig};
@@ -156,16 +155,6 @@ fn utc(values: Vec<Option<i64>>) -> ArrayRef {
     Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
 }
 
-fn raw_schema(table: &TableSchema) -> SchemaRef {
-    let fields: Vec<_> = table
-        .arrow()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
-        .collect();
-    Arc::new(Schema::new(fields))
-}
-
 /// Writes each (partition day, batch) of `table` as its own file under raw/.
 async fn write_raw(store: &Store, table: &TableSchema, days: Vec<(NaiveDate, RecordBatch)>) {
     for (i, (day, batch)) in days.into_iter().enumerate() {
@@ -197,7 +186,7 @@ fn events_batch(t: NaiveDate, rows: &[&Landed]) -> RecordBatch {
         )),
         utc(rows.iter().map(|r| Some(micros(t, r.known))).collect()),
     ];
-    RecordBatch::try_new(raw_schema(&schema::EVENTS), columns).unwrap()
+    RecordBatch::try_new(schema::EVENTS.raw_arrow(), columns).unwrap()
 }
 
 fn statements_batch(t: NaiveDate, rows: &[&StatementVersion]) -> RecordBatch {
@@ -215,7 +204,7 @@ fn statements_batch(t: NaiveDate, rows: &[&StatementVersion]) -> RecordBatch {
         Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.2))),
         utc(rows.iter().map(|r| Some(micros(t, r.4))).collect()),
     ];
-    RecordBatch::try_new(raw_schema(&schema::REPAYMENTS), columns).unwrap()
+    RecordBatch::try_new(schema::REPAYMENTS.raw_arrow(), columns).unwrap()
 }
 
 fn certificates_batch(t: NaiveDate, rows: &[&CertificateVersion]) -> RecordBatch {
@@ -247,7 +236,7 @@ fn certificates_batch(t: NaiveDate, rows: &[&CertificateVersion]) -> RecordBatch
         Arc::new(Float32Array::from_iter_values(rows.iter().map(|_| 0.95))),
         utc(rows.iter().map(|r| Some(micros(t, r.known))).collect()),
     ];
-    RecordBatch::try_new(raw_schema(&schema::CERTIFICATES), columns).unwrap()
+    RecordBatch::try_new(schema::CERTIFICATES.raw_arrow(), columns).unwrap()
 }
 
 /// Rows grouped by the partition they were filed under.
@@ -276,7 +265,7 @@ async fn write_world(store: &Store, t: NaiveDate, world: &World) {
         Arc::new(Int32Array::from(vec![30; users])),
         utc(vec![Some(micros(snapshot, 60)); users]),
     ];
-    let profiles = RecordBatch::try_new(raw_schema(&schema::PROFILES), profiles).unwrap();
+    let profiles = RecordBatch::try_new(schema::PROFILES.raw_arrow(), profiles).unwrap();
     write_raw(store, &schema::PROFILES, vec![(snapshot, profiles)]).await;
     let types: Vec<ArrayRef> = vec![
         Arc::new(UInt32Array::from(vec![1, 2, 3])),
@@ -293,7 +282,7 @@ async fn write_world(store: &Store, t: NaiveDate, world: &World) {
         )
         .await
         .unwrap();
-    let requests = RecordBatch::new_empty(raw_schema(&schema::LIMIT_REQUESTS));
+    let requests = RecordBatch::new_empty(schema::LIMIT_REQUESTS.raw_arrow());
     write_raw(store, &schema::LIMIT_REQUESTS, vec![(snapshot, requests)]).await;
     let events = by_partition(&world.events, |e| {
         day_of(t, e.known) - Duration::days(e.filed_early)

@@ -10,7 +10,7 @@ use datafusion::arrow::array::{
     ArrayRef, AsArray, BooleanArray, Date32Array, Float32Array, Float64Array, Int32Array,
     RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array, UInt64Array,
 };
-use datafusion::arrow::datatypes::{Schema, SchemaRef, UInt32Type};
+use datafusion::arrow::datatypes::UInt32Type;
 use redflower::config::Pipelines;
 use redflower::dataset::{self, Csr};
 use redflower::features::{self, FeatureDictionary};
@@ -22,16 +22,6 @@ use redflower::store::{Store, layout};
 use redflower::{nightly, suggestions};
 
 use crate::support::{published, run_date, str_column, synth_world, u64_column};
-
-fn raw_schema(table: &TableSchema) -> SchemaRef {
-    let fields: Vec<_> = table
-        .arrow()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
-        .collect();
-    Arc::new(Schema::new(fields))
-}
 
 fn micros(day: NaiveDate, hour: u32) -> i64 {
     day.and_hms_opt(hour, 0, 0)
@@ -68,7 +58,7 @@ fn statement(user: u64, due: NaiveDate, days_past_due: i32, known: NaiveDate) ->
         Arc::new(Int32Array::from(vec![days_past_due])),
         utc(Some(micros(known, 6))),
     ];
-    RecordBatch::try_new(raw_schema(&schema::REPAYMENTS), columns).unwrap()
+    RecordBatch::try_new(schema::REPAYMENTS.raw_arrow(), columns).unwrap()
 }
 
 /// A user's labels as of the training date of the night of `run`.
@@ -195,7 +185,7 @@ async fn held_version(store: &Store, run: NaiveDate, user: u64, name: &str) -> R
     let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
     sources::drop_staging(store, &ctx).await.unwrap();
     let batch = batches.into_iter().find(|b| b.num_rows() == 1).unwrap();
-    RecordBatch::try_new(raw_schema(&schema::CERTIFICATES), batch.columns().to_vec()).unwrap()
+    RecordBatch::try_new(schema::CERTIFICATES.raw_arrow(), batch.columns().to_vec()).unwrap()
 }
 
 #[tokio::test]
@@ -354,7 +344,7 @@ async fn the_what_if_of_an_upload_equals_the_features_of_a_real_upload() {
         Arc::new(Float32Array::from(vec![1.0f32])),
         at,
     ];
-    let upload = RecordBatch::try_new(raw_schema(&schema::CERTIFICATES), columns).unwrap();
+    let upload = RecordBatch::try_new(schema::CERTIFICATES.raw_arrow(), columns).unwrap();
     land(&store, &schema::CERTIFICATES, day, "real-upload", upload).await;
     let after = features_of(&store, &mut dictionary.clone()).await;
     let name = |id: &u32| dictionary.name(*id).to_string();
