@@ -604,3 +604,164 @@ async fn healthz_turns_unhealthy_when_the_table_is_older_than_the_maximum() {
     );
     server.stop().await.unwrap();
 }
+
+/// The process's resident memory, from /proc.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap();
+    kib * 1024
+}
+
+/// The soft limit on open files: the connection tests need their sockets on both ends.
+fn open_files_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace()
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap_or(u64::MAX)
+}
+
+// An idle keep-alive connection is closed once the header timeout passes without a request:
+// the header timer runs from the end of the last answer, so idle and slow cost the same.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = ServeConfig {
+        header_read_timeout: Duration::from_millis(300),
+        ..test_config()
+    };
+    let (_, server) = small_server("serve-idle", config).await;
+    let mut idle = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    idle.write_all(b"GET /v1/limits/2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_answers(&mut idle, 1).await.len(), 1);
+    let mut buffer = [0u8; 256];
+    let ended = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buffer))
+        .await
+        .expect("an idle connection is closed");
+    if let Ok(read) = ended {
+        let answer = String::from_utf8_lossy(&buffer[..read]);
+        assert!(read == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    server.stop().await.unwrap();
+}
+
+// 200 clients sending their header a byte every 400 ms (slowloris): a normal client is
+// answered all along, and the slow ones are all gone after the header timeout.
+#[tokio::test]
+async fn two_hundred_slowloris_connections_do_not_stop_a_normal_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = ServeConfig {
+        header_read_timeout: Duration::from_secs(1),
+        max_connections: 1_000,
+        ..test_config()
+    };
+    let (_, server) = small_server("serve-slowloris", config).await;
+    let addr = server.addr();
+    let slow: Vec<_> = (0..200)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let header = b"GET /v1/limits/1 HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaa";
+                for byte in header {
+                    // a write fails, or a read ends, once the server has hung up
+                    if stream.write_all(&[*byte]).await.is_err() {
+                        return true;
+                    }
+                    let mut buffer = [0u8; 64];
+                    match tokio::time::timeout(Duration::from_millis(400), stream.read(&mut buffer))
+                        .await
+                    {
+                        Ok(Ok(0)) | Ok(Err(_)) => return true,
+                        Ok(Ok(read)) if buffer[..read].starts_with(b"HTTP/1.1 408") => return true,
+                        _ => {}
+                    }
+                }
+                false
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for user in 1..=10 {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(1),
+            ask(addr, &format!("/v1/limits/{user}")),
+        )
+        .await
+        .expect("a normal client is answered within a second");
+        assert!(answer.contains(&format!("\"user_id\":{user}")), "{answer}");
+    }
+    let mut hung_up = 0;
+    for task in slow {
+        hung_up += tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("every slow client ends")
+            .unwrap() as usize;
+    }
+    assert_eq!(hung_up, 200, "the server hung up on every slow client");
+    server.stop().await.unwrap();
+}
+
+// 5,000 connections opened at once: the server holds at most its cap of them, keeps
+// answering, stays within a memory bound and stops cleanly.
+#[tokio::test]
+async fn five_thousand_connections_at_once_neither_crash_nor_swell_the_server() {
+    assert!(
+        open_files_limit() >= 12_000,
+        "this test opens 5,000 sockets on each end: raise `ulimit -n` (it is {})",
+        open_files_limit()
+    );
+    let config = ServeConfig {
+        header_read_timeout: Duration::from_secs(1),
+        max_connections: 1_000,
+        ..test_config()
+    };
+    let (_, server) = small_server("serve-flood", config).await;
+    let addr = server.addr();
+    let before = resident_bytes();
+    let opened: Vec<_> = (0..5_000)
+        .map(|_| {
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for task in opened {
+        if let Some(stream) = task.await.unwrap() {
+            held.push(stream);
+        }
+    }
+    assert!(held.len() >= 1_000, "only {} connected", held.len());
+    let swollen = resident_bytes().saturating_sub(before);
+    // the server's side of 1,000 connections and the test's 5,000 sockets: far below this
+    assert!(
+        swollen < 256 << 20,
+        "resident memory grew by {} MiB",
+        swollen >> 20
+    );
+    // silent connections time out in a second, so a real request gets through soon
+    let answer = tokio::time::timeout(Duration::from_secs(10), ask(addr, "/v1/limits/7"))
+        .await
+        .expect("answered while 5,000 connections are open");
+    assert!(answer.contains("\"user_id\":7"), "{answer}");
+    drop(held);
+    tokio::time::timeout(Duration::from_secs(10), server.stop())
+        .await
+        .expect("the server stops")
+        .unwrap();
+}
