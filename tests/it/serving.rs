@@ -699,7 +699,7 @@ async fn two_hundred_slowloris_connections_do_not_stop_a_normal_client() {
             ask(addr, &format!("/v1/limits/{user}")),
         )
         .await
-        .expect("a normal client is answered within a second");
+        .expect("a normal client is answered while the slow ones trickle");
         assert!(answer.contains(&format!("\"user_id\":{user}")), "{answer}");
     }
     let mut hung_up = 0;
