@@ -499,10 +499,27 @@ async fn small_server(name: &str, config: ServeConfig) -> (Store, serve::Server)
     (store, server)
 }
 
+/// Asserts that the server ends `stream` within five seconds: closed, reset, or told 408
+/// before closing.
+async fn assert_hung_up(stream: &mut tokio::net::TcpStream, what: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 256];
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+        .await
+        .unwrap_or_else(|_| panic!("the server keeps {what} open"));
+    if let Ok(read) = ended {
+        let answer = String::from_utf8_lossy(&buffer[..read]);
+        assert!(
+            read == 0 || answer.starts_with("HTTP/1.1 408"),
+            "{what}: {answer}"
+        );
+    }
+}
+
 // A client that sends its header a byte at a time (slowloris) holds no connection for long.
 #[tokio::test]
 async fn a_client_that_never_finishes_its_header_is_disconnected() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let config = ServeConfig {
         header_read_timeout: Duration::from_millis(300),
         ..test_config()
@@ -512,15 +529,7 @@ async fn a_client_that_never_finishes_its_header_is_disconnected() {
     slow.write_all(b"GET /v1/limits/3 HTTP/1.1\r\nHo")
         .await
         .unwrap();
-    let mut buffer = [0u8; 256];
-    let ended = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buffer))
-        .await
-        .expect("the server closes a connection whose header never ends");
-    // closed, reset, or told 408 before closing
-    if let Ok(read) = ended {
-        let answer = String::from_utf8_lossy(&buffer[..read]);
-        assert!(read == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
-    }
+    assert_hung_up(&mut slow, "a connection whose header never ends").await;
     // everyone else is still served
     let answer = ask(server.addr(), "/v1/limits/4").await;
     assert!(answer.contains("\"user_id\":4"), "{answer}");
@@ -635,7 +644,7 @@ fn open_files_limit() -> u64 {
 // the header timer runs from the end of the last answer, so idle and slow cost the same.
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let config = ServeConfig {
         header_read_timeout: Duration::from_millis(300),
         ..test_config()
@@ -646,14 +655,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
         .await
         .unwrap();
     assert_eq!(read_answers(&mut idle, 1).await.len(), 1);
-    let mut buffer = [0u8; 256];
-    let ended = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buffer))
-        .await
-        .expect("an idle connection is closed");
-    if let Ok(read) = ended {
-        let answer = String::from_utf8_lossy(&buffer[..read]);
-        assert!(read == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
-    }
+    assert_hung_up(&mut idle, "an idle connection").await;
     server.stop().await.unwrap();
 }
 
