@@ -85,10 +85,10 @@ fn upload_row(
         Arc::new(TimestampMicrosecondArray::from(vec![None::<i64>]).with_timezone("UTC"))
     };
     let mut fields: Vec<Field> = schema::CERTIFICATES
-        .arrow()
+        .raw_arrow()
         .fields()
         .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
+        .map(|f| f.as_ref().clone())
         .collect();
     fields.push(Field::new("dt", DataType::Utf8, true));
     fields.push(Field::new(
