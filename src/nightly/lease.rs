@@ -283,6 +283,13 @@ impl Lease {
         }
     }
 
+    /// Stops renewing without releasing: a holder stalled as by a long pause, for tests of
+    /// what a lost lease stops.
+    #[cfg(test)]
+    pub(crate) fn stall(&self) {
+        self.renewer.abort();
+    }
+
     /// Stops renewing and marks the lease released, so the next run need not wait.
     pub async fn release(mut self) -> Result<(), LeaseError> {
         self.renewer.abort();

@@ -77,19 +77,22 @@ pub async fn score_shard(
 ) -> Result<ShardReport, NightlyError> {
     let folder = layout::shard_lease(run_date, shard.index, shard.count);
     let lease = lease::acquire(store, &folder, lease_ttl).await?;
-    let outcome = score_one_shard(store, run_date, pipelines, device, shard).await;
+    let outcome = score_one_shard(store, run_date, pipelines, device, shard, &lease).await;
     if let Err(error) = lease.release().await {
         tracing::warn!(%error, "could not release the shard lease");
     }
     outcome
 }
 
+/// Scores and writes one shard while `lease` holds: a holder that lost it (paused past its
+/// expiry, taken over) writes neither the shard nor its checkpoint.
 async fn score_one_shard(
     store: &Store,
     run_date: NaiveDate,
     pipelines: &Pipelines,
     device: DeviceKind,
     shard: Shard,
+    lease: &lease::Lease,
 ) -> Result<ShardReport, NightlyError> {
     let started = Instant::now();
     let not_ready = || {
@@ -113,11 +116,13 @@ async fn score_one_shard(
     let slice: Vec<usize> = shard.rows(rows.len()).collect();
     let reasons = pipelines.nightly.evaluation.reasons_per_user;
     let scores = scoring::score(&model, &rows.select(&slice), &dictionary, reasons, &device);
+    lease.check()?;
     scoring::write_shard(store, run_date, shard, &scores).await?;
     let scored = Scored {
         users: scores.users.len(),
         shards: None,
     };
+    lease.check()?;
     checkpoints.put(&shard_stage(shard), &scored).await?;
     Ok(ShardReport {
         run_date,
@@ -127,4 +132,59 @@ async fn score_one_shard(
         model_version: trained.model_version,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nightly::{RunOptions, Stage, run_with};
+
+    /// A shard holder stalled past its lease's expiry (another machine may have taken the
+    /// shard over) scores, finds the lease gone, and writes neither scores nor checkpoint.
+    #[tokio::test]
+    async fn a_shard_that_lost_its_lease_writes_nothing() {
+        let store = Store::open("memory://shard-fencing").unwrap();
+        let run_date = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let world = crate::synth::WorldConfig {
+            users: 600,
+            days: 150,
+            end: run_date,
+            seed: 3,
+        };
+        crate::synth::generate(&store, &world).await.unwrap();
+        let pipelines = Pipelines::builtin();
+        let options = RunOptions {
+            stop_after: Some(Stage::Train),
+            ..RunOptions::new(DeviceKind::Cpu)
+        };
+        run_with(&store, run_date, &pipelines, &options)
+            .await
+            .unwrap();
+        let shard = Shard { index: 0, count: 2 };
+        let ttl = Duration::from_millis(300);
+        let folder = layout::shard_lease(run_date, shard.index, shard.count);
+        let stalled = lease::acquire(&store, &folder, ttl).await.unwrap();
+        stalled.stall();
+        tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+        let error = score_one_shard(
+            &store,
+            run_date,
+            &pipelines,
+            DeviceKind::Cpu,
+            shard,
+            &stalled,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(error, NightlyError::Lease(_)), "{error}");
+        assert_eq!(store.get(&shard.file(run_date)).await.unwrap(), None);
+        assert!(
+            store
+                .list(&layout::checkpoints(run_date))
+                .await
+                .unwrap()
+                .iter()
+                .all(|(path, _)| layout::shard_count_of_checkpoint(path).is_none())
+        );
+    }
 }
