@@ -6,15 +6,17 @@
 //! `__rand_int__` writes, so the benchmark reads real keys). `<prefix>:current` holds the
 //! version readers should use; it is set only after every key of the version is written, so a
 //! reader that reads `current` first never sees a half-loaded table. Versions past the newest
-//! `keep` are deleted after the switch. Speaks RESP over one pipelined TCP connection; no
-//! client library.
+//! `keep` are deleted after the switch. `<prefix>:loading` records how far a load got, so a
+//! failed one is resumed by loading the same version again (`redflower publish sink`) and
+//! cleaned up by loading another. Speaks RESP over one pipelined TCP connection; no client
+//! library.
 
 use std::time::Instant;
 
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cause::{Cause, Classify};
 use crate::publish::snapshot::{Snapshot, SnapshotError};
@@ -156,6 +158,11 @@ impl RedisTarget {
 
     pub fn current_key(&self) -> String {
         format!("{}:current", self.prefix)
+    }
+
+    /// `"<version> <rows written>"` while a version loads: where a failed load stopped
+    pub fn loading_key(&self) -> String {
+        format!("{}:loading", self.prefix)
     }
 
     fn versions_key(&self) -> String {
@@ -381,7 +388,10 @@ pub async fn load_latest(
 }
 
 /// Loads `snapshot` as its version, switches `current` to it, and deletes versions past the
-/// newest `keep`.
+/// newest `keep`. The load records its progress in `<prefix>:loading` as it goes (in the same
+/// pipelines as the keys, so it never runs ahead of them): a load of the same version that
+/// finds it there picks up where the failed one stopped, and a load of another version first
+/// deletes the keys the failed one left.
 pub async fn load(
     target: &RedisTarget,
     snapshot: &Snapshot,
@@ -390,19 +400,43 @@ pub async fn load(
     let started = Instant::now();
     let version = snapshot.version();
     let mut redis = Redis::connect(target).await?;
-    let mut commands = Vec::with_capacity(PIPELINE);
-    for row in 0..snapshot.len() {
+    let first_row = match unfinished_load(&mut redis, target).await? {
+        Some((loading, rows)) if loading == version => {
+            info!(version, rows, "resuming the Redis load where it stopped");
+            rows.min(snapshot.len())
+        }
+        Some((abandoned, _)) => {
+            if !switched_versions(&mut redis, target)
+                .await?
+                .contains(&abandoned)
+            {
+                warn!(
+                    version = abandoned,
+                    "deleting the keys of a Redis load that failed"
+                );
+                delete_version(&mut redis, target, abandoned).await?;
+            }
+            0
+        }
+        None => 0,
+    };
+    let mut commands = Vec::with_capacity(PIPELINE + 1);
+    for row in first_row..snapshot.len() {
         commands.push(vec![
             b"SET".to_vec(),
             target.key(version, snapshot.user_ids()[row]).into_bytes(),
             snapshot.answer_json_at(row).to_vec(),
         ]);
-        if commands.len() == PIPELINE {
+        if commands.len() == PIPELINE || row + 1 == snapshot.len() {
+            commands.push(vec![
+                b"SET".to_vec(),
+                target.loading_key().into_bytes(),
+                format!("{version} {}", row + 1).into_bytes(),
+            ]);
             redis.pipeline(&commands).await?;
             commands.clear();
         }
     }
-    redis.pipeline(&commands).await?;
     let version_text = version.to_string();
     redis
         .call(&[
@@ -419,21 +453,12 @@ pub async fn load(
             version_text.as_bytes(),
         ])
         .await?;
+    redis
+        .call(&[b"DEL", target.loading_key().as_bytes()])
+        .await?;
     info!(version, keys = snapshot.len(), address = %target.address, "loaded into Redis and switched");
 
-    let mut versions: Vec<u64> = match redis
-        .call(&[b"SMEMBERS", target.versions_key().as_bytes()])
-        .await?
-    {
-        Reply::Array(items) => items
-            .into_iter()
-            .filter_map(|item| match item {
-                Reply::Bulk(Some(bytes)) => String::from_utf8(bytes).ok()?.parse().ok(),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
+    let mut versions = switched_versions(&mut redis, target).await?;
     versions.sort_unstable();
     let stale = versions.len().saturating_sub(keep.max(1));
     let mut deleted = Vec::new();
@@ -455,6 +480,42 @@ pub async fn load(
         versions_deleted: deleted,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The versions a load finished and switched to (`<prefix>:versions`).
+async fn switched_versions(redis: &mut Redis, target: &RedisTarget) -> Result<Vec<u64>, SinkError> {
+    Ok(
+        match redis
+            .call(&[b"SMEMBERS", target.versions_key().as_bytes()])
+            .await?
+        {
+            Reply::Array(items) => items
+                .into_iter()
+                .filter_map(|item| match item {
+                    Reply::Bulk(Some(bytes)) => String::from_utf8(bytes).ok()?.parse().ok(),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        },
+    )
+}
+
+/// The version and rows written of a load that did not finish, if one did not.
+async fn unfinished_load(
+    redis: &mut Redis,
+    target: &RedisTarget,
+) -> Result<Option<(u64, usize)>, SinkError> {
+    let Reply::Bulk(Some(text)) = redis
+        .call(&[b"GET", target.loading_key().as_bytes()])
+        .await?
+    else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(&text);
+    Ok(text
+        .split_once(' ')
+        .and_then(|(v, rows)| Some((v.parse().ok()?, rows.parse().ok()?))))
 }
 
 async fn delete_version(

@@ -767,3 +767,68 @@ async fn five_thousand_connections_at_once_neither_crash_nor_swell_the_server() 
         .expect("the server stops")
         .unwrap();
 }
+
+// A load that failed is resumed where it stopped by loading the same version again, and
+// cleaned up by loading another.
+#[tokio::test]
+async fn a_failed_redis_load_resumes_where_it_stopped_or_is_deleted() {
+    let Some(server) = start_redis() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have redis-server (see .ci/run)"
+        );
+        eprintln!("skipped: redis-server is not on PATH (Debian package redis-server)");
+        return;
+    };
+    let target = RedisTarget::parse(&format!("redis://127.0.0.1:{}", server.port), "rs").unwrap();
+    let store = Store::open("memory://redis-sink-resume").unwrap();
+    let mut redis = Redis::connect(&target).await.unwrap();
+    let set = async |redis: &mut Redis, key: &str, value: &str| {
+        redis
+            .call(&[b"SET", key.as_bytes(), value.as_bytes()])
+            .await
+            .unwrap();
+    };
+    let manifest = publish::publish(&store, &rows(3_000, 0.02), date(), "m", "p")
+        .await
+        .unwrap();
+    let snapshot = Snapshot::load(&store, manifest).await.unwrap();
+    // version 1's load died after 2,000 of its 3,000 keys: the first key it wrote is marked
+    // so that a load starting over would overwrite it
+    let first_user = snapshot.user_ids()[0];
+    set(
+        &mut redis,
+        &target.key(1, first_user),
+        "written before the failure",
+    )
+    .await;
+    set(&mut redis, &target.loading_key(), "1 2000").await;
+    sink::load(&target, &snapshot, 2).await.unwrap();
+    assert_eq!(
+        get(&mut redis, &target.key(1, first_user)).await.unwrap(),
+        b"written before the failure",
+        "the resumed load started over"
+    );
+    let last_user = snapshot.user_ids()[2_999];
+    let stored = get(&mut redis, &target.key(1, last_user)).await.unwrap();
+    let stored: serve::LimitAnswer = serde_json::from_slice(&stored).unwrap();
+    assert_eq!(stored, snapshot.answer(last_user).unwrap());
+    assert_eq!(get(&mut redis, "rs:current").await.unwrap(), b"1");
+    assert!(get(&mut redis, &target.loading_key()).await.is_none());
+
+    // a load of version 7 died after two keys, never switched; loading version 2 deletes them
+    set(&mut redis, &target.key(7, 1), "{}").await;
+    set(&mut redis, &target.key(7, 2), "{}").await;
+    set(&mut redis, &target.loading_key(), "7 2").await;
+    let manifest = publish::publish(&store, &rows(3_000, 0.03), date(), "m", "p")
+        .await
+        .unwrap();
+    let second = Snapshot::load(&store, manifest).await.unwrap();
+    sink::load(&target, &second, 2).await.unwrap();
+    assert!(
+        get(&mut redis, &target.key(7, 1)).await.is_none(),
+        "the failed load's keys stay"
+    );
+    assert!(get(&mut redis, &target.key(7, 2)).await.is_none());
+    assert_eq!(get(&mut redis, "rs:current").await.unwrap(), b"2");
+}

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use chrono::NaiveDate;
 use clap::{Args, CommandFactory};
 
@@ -112,7 +112,15 @@ pub async fn run(args: NightlyArgs) -> Result<()> {
             RunOutcome::Published(report) => {
                 if let Some(url) = &args.sink {
                     let target = RedisTarget::parse(url, sink::DEFAULT_PREFIX)?;
-                    let load = sink::load_latest(&store, &target, sink::DEFAULT_KEEP).await?;
+                    // the date is done once published: the load is retried on its own
+                    let load = sink::load_latest(&store, &target, sink::DEFAULT_KEEP)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "the table is published, but not loaded into Redis: run `redflower publish sink --root {} --sink <url>` (it resumes where this load stopped)",
+                                store.url()
+                            )
+                        })?;
                     println!(
                         "  redis       version {} loaded as {} keys into {} ({:.1}s)",
                         load.version, load.keys, load.address, load.seconds
