@@ -400,26 +400,9 @@ pub async fn load(
     let started = Instant::now();
     let version = snapshot.version();
     let mut redis = Redis::connect(target).await?;
-    let first_row = match unfinished_load(&mut redis, target).await? {
-        Some((loading, rows)) if loading == version => {
-            info!(version, rows, "resuming the Redis load where it stopped");
-            rows.min(snapshot.len())
-        }
-        Some((abandoned, _)) => {
-            if !switched_versions(&mut redis, target)
-                .await?
-                .contains(&abandoned)
-            {
-                warn!(
-                    version = abandoned,
-                    "deleting the keys of a Redis load that failed"
-                );
-                delete_version(&mut redis, target, abandoned).await?;
-            }
-            0
-        }
-        None => 0,
-    };
+    let first_row = first_row(&mut redis, target, version)
+        .await?
+        .min(snapshot.len());
     let mut commands = Vec::with_capacity(PIPELINE + 1);
     for row in first_row..snapshot.len() {
         commands.push(vec![
@@ -480,6 +463,32 @@ pub async fn load(
         versions_deleted: deleted,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Where a load of `version` starts: where an unfinished load of it stopped, else at the first
+/// row, once the keys of an unfinished load of another version (never switched to) are gone.
+async fn first_row(
+    redis: &mut Redis,
+    target: &RedisTarget,
+    version: u64,
+) -> Result<usize, SinkError> {
+    match unfinished_load(redis, target).await? {
+        Some((loading, rows)) if loading == version => {
+            info!(version, rows, "resuming the Redis load where it stopped");
+            Ok(rows)
+        }
+        Some((abandoned, _)) => {
+            if !switched_versions(redis, target).await?.contains(&abandoned) {
+                warn!(
+                    version = abandoned,
+                    "deleting the keys of a Redis load that failed"
+                );
+                delete_version(redis, target, abandoned).await?;
+            }
+            Ok(0)
+        }
+        None => Ok(0),
+    }
 }
 
 /// The versions a load finished and switched to (`<prefix>:versions`).
