@@ -211,6 +211,21 @@ fn start_redis() -> Option<RedisServer> {
     Some(RedisServer { child, port })
 }
 
+/// A redis-server of the test's own and a target on it with keys under `prefix`; None (the
+/// test skips) only outside CI, where redis-server may be missing.
+fn redis_for_test(prefix: &str) -> Option<(RedisServer, RedisTarget)> {
+    let Some(server) = start_redis() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have redis-server (see .ci/run)"
+        );
+        eprintln!("skipped: redis-server is not on PATH (Debian package redis-server)");
+        return None;
+    };
+    let target = RedisTarget::parse(&format!("redis://127.0.0.1:{}", server.port), prefix).unwrap();
+    Some((server, target))
+}
+
 async fn get(redis: &mut Redis, key: &str) -> Option<Vec<u8>> {
     match redis.call(&[b"GET", key.as_bytes()]).await.unwrap() {
         Reply::Bulk(value) => value,
@@ -220,15 +235,9 @@ async fn get(redis: &mut Redis, key: &str) -> Option<Vec<u8>> {
 
 #[tokio::test]
 async fn the_redis_sink_loads_versioned_keys_switches_current_and_keeps_two_versions() {
-    let Some(server) = start_redis() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have redis-server (see .ci/run)"
-        );
-        eprintln!("skipped: redis-server is not on PATH (Debian package redis-server)");
+    let Some((_server, target)) = redis_for_test("rf") else {
         return;
     };
-    let target = RedisTarget::parse(&format!("redis://127.0.0.1:{}", server.port), "rf").unwrap();
     let store = Store::open("memory://redis-sink").unwrap();
     let mut redis = Redis::connect(&target).await.unwrap();
     for (night, pd) in [0.01, 0.03, 0.05].into_iter().enumerate() {
@@ -772,15 +781,9 @@ async fn five_thousand_connections_at_once_neither_crash_nor_swell_the_server() 
 // cleaned up by loading another.
 #[tokio::test]
 async fn a_failed_redis_load_resumes_where_it_stopped_or_is_deleted() {
-    let Some(server) = start_redis() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have redis-server (see .ci/run)"
-        );
-        eprintln!("skipped: redis-server is not on PATH (Debian package redis-server)");
+    let Some((_server, target)) = redis_for_test("rs") else {
         return;
     };
-    let target = RedisTarget::parse(&format!("redis://127.0.0.1:{}", server.port), "rs").unwrap();
     let store = Store::open("memory://redis-sink-resume").unwrap();
     let mut redis = Redis::connect(&target).await.unwrap();
     let set = async |redis: &mut Redis, key: &str, value: &str| {
