@@ -9,6 +9,7 @@
 
 pub mod calibration;
 pub mod evaluation;
+pub mod flat_step;
 pub mod metrics;
 pub mod network;
 pub mod reasons;

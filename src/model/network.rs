@@ -156,61 +156,74 @@ impl WideDeep {
         wide + deep
     }
 
-    /// Logits `[B]` of a flat batch: the same sums as [`WideDeep::forward`], written as a
-    /// gather of each entry's parameters and a scatter-add into its row. Autodiff turns the
-    /// gather into a scatter-add and the scatter into a gather, both one unit per entry (the
-    /// adds atomic on GPUs). `forward`'s embedding lookup differentiates into Burn's
-    /// `select_assign`, which on the cubecl backends runs one unit per embedding column
-    /// walking every id of the batch in turn: one GPU thread for the wide part.
-    pub fn forward_flat(&self, batch: FlatBatch) -> Tensor<1> {
-        let FlatBatch {
-            ids,
-            rows,
-            values,
-            batch_rows,
-        } = batch;
-        let [entries, _] = ids.dims();
-        let bias = self.bias.val();
-        let device = bias.device();
-        let weights: Tensor<2> = self.wide.weight.val().gather(0, ids.clone());
-        let wide = Tensor::<2>::zeros([batch_rows, 1], &device)
-            .scatter(
-                0,
-                rows.clone(),
-                weights * values.clone(),
-                IndexingUpdateOp::Add,
-            )
-            .squeeze_dim(1)
-            + bias;
+    /// The parameters as plain tensors, for a trainer that writes its own gradients
+    /// ([`super::flat_step`]): the wide weight and the embedding side by side in one table.
+    pub fn parts(&self) -> NetworkParts {
+        NetworkParts {
+            table: self.table(),
+            bias: self.bias.val().reshape([1, 1]),
+            deep: self.deep.as_ref().map(|deep| {
+                let [_, hidden] = deep.hidden.weight.shape().dims();
+                let bias = |layer: &Linear, width: usize| match &layer.bias {
+                    Some(bias) => bias.val().reshape([1, width]),
+                    None => Tensor::zeros([1, width], &self.bias.device()),
+                };
+                DeepParts {
+                    w1: deep.hidden.weight.val(),
+                    b1: bias(&deep.hidden, hidden),
+                    w2: deep.output.weight.val(),
+                    b2: bias(&deep.output, 1),
+                }
+            }),
+        }
+    }
+
+    /// The network of [`WideDeep::parts`]' tensors.
+    pub fn from_parts(parts: NetworkParts) -> WideDeep {
+        let NetworkParts { table, bias, deep } = parts;
+        let device = table.device();
+        let [rows, columns] = table.dims();
+        let embedding = |weight: Tensor<2>| {
+            let [_, dim] = weight.dims();
+            let mut embedding = EmbeddingConfig::new(rows, dim)
+                .with_initializer(Initializer::Zeros)
+                .init(&device);
+            embedding.weight = Param::from_tensor(weight);
+            embedding
+        };
+        let linear = |weight: Tensor<2>, bias: Tensor<2>| {
+            let [inputs, outputs] = weight.dims();
+            let mut linear = LinearConfig::new(inputs, outputs)
+                .with_initializer(Initializer::Zeros)
+                .init(&device);
+            linear.weight = Param::from_tensor(weight);
+            linear.bias = Some(Param::from_tensor(bias.reshape([outputs])));
+            linear
+        };
+        WideDeep {
+            wide: embedding(table.clone().slice([0..rows, 0..1])),
+            bias: Param::from_tensor(bias.reshape([1])),
+            deep: deep.map(|d| Deep {
+                embedding: embedding(table.slice([0..rows, 1..columns])),
+                hidden: linear(d.w1, d.b1),
+                output: linear(d.w2, d.b2),
+            }),
+        }
+    }
+
+    /// Every feature's wide weight and embedding side by side, `[n_features + 1, 1 + dim]`.
+    fn table(&self) -> Tensor<2> {
         match &self.deep {
-            Some(deep) => {
-                let [_, dim] = deep.embedding.weight.shape().dims();
-                let vectors: Tensor<2> = deep
-                    .embedding
-                    .weight
-                    .val()
-                    .gather(0, ids.expand([entries, dim]));
-                let bag = Tensor::<2>::zeros([batch_rows, dim], &device).scatter(
-                    0,
-                    rows.expand([entries, dim]),
-                    vectors * values,
-                    IndexingUpdateOp::Add,
-                );
-                wide + deep.head(bag)
-            }
-            None => wide,
+            Some(deep) => Tensor::cat(vec![self.wide.weight.val(), deep.embedding.weight.val()], 1),
+            None => self.wide.weight.val(),
         }
     }
 
     /// The network arranged for scoring many batches (see [`Scorer`]).
     pub fn scorer(&self) -> Scorer<'_> {
-        let table = match &self.deep {
-            Some(deep) => Tensor::cat(vec![self.wide.weight.val(), deep.embedding.weight.val()], 1),
-            None => self.wide.weight.val(),
-        };
         Scorer {
             network: self,
-            table,
+            table: self.table(),
         }
     }
 
@@ -260,8 +273,7 @@ impl WideDeep {
 /// A trained network for scoring: every feature's wide weight and embedding side by side in
 /// one table `[n_features + 1, 1 + embedding_dim]`, so a batch costs one gather and one
 /// value-weighted sum instead of two of each. The table is a copy of the per-feature
-/// parameters, made once per scoring call; training keeps them apart, where the copy (and
-/// its gradient) would be paid at every step. Same logits as [`WideDeep::forward`].
+/// parameters, made once per scoring call. Same logits as [`WideDeep::forward`].
 pub struct Scorer<'a> {
     network: &'a WideDeep,
     table: Tensor<2>,
@@ -286,6 +298,72 @@ impl Scorer<'_> {
         match &self.network.deep {
             Some(deep) => wide + deep.head(sums.slice([0..batch, 1..columns])),
             None => wide,
+        }
+    }
+}
+
+/// A network's parameters as plain tensors (see [`WideDeep::parts`]).
+pub struct NetworkParts {
+    /// `[n_features + 1, 1 + dim]`: the wide weight in column 0, the embedding after it
+    pub table: Tensor<2>,
+    /// `[1, 1]`
+    pub bias: Tensor<2>,
+    pub deep: Option<DeepParts>,
+}
+
+/// The deep part's layers: `w1 [dim, hidden]`, `b1 [1, hidden]`, `w2 [hidden, 1]`,
+/// `b2 [1, 1]`.
+pub struct DeepParts {
+    pub w1: Tensor<2>,
+    pub b1: Tensor<2>,
+    pub w2: Tensor<2>,
+    pub b2: Tensor<2>,
+}
+
+/// What the flat forward pass computes on the way to the logits (the hand-written gradients
+/// start from it).
+pub struct FlatForward {
+    /// `[B, 1 + dim]`: each row's value-weighted sums of its entries' table rows
+    pub sums: Tensor<2>,
+    /// the hidden layer before and after its ReLU, `[B, hidden]`
+    pub hidden: Option<(Tensor<2>, Tensor<2>)>,
+    /// `[B, 1]`
+    pub logits: Tensor<2>,
+}
+
+impl NetworkParts {
+    /// The forward pass over a flat batch (the GPU trainer's): a gather of each entry's
+    /// table row and a scatter-add into its batch row, then the deep head.
+    pub fn forward_flat(&self, batch: &FlatBatch) -> FlatForward {
+        let [entries, _] = batch.ids.dims();
+        let [_, columns] = self.table.dims();
+        let rows = batch.batch_rows;
+        let gathered = self
+            .table
+            .clone()
+            .gather(0, batch.ids.clone().expand([entries, columns]));
+        let sums = Tensor::<2>::zeros([rows, columns], &self.table.device()).scatter(
+            0,
+            batch.rows.clone().expand([entries, columns]),
+            gathered * batch.values.clone(),
+            IndexingUpdateOp::Add,
+        );
+        let wide = sums.clone().slice([0..rows, 0..1]) + self.bias.clone();
+        let Some(deep) = &self.deep else {
+            return FlatForward {
+                sums,
+                hidden: None,
+                logits: wide,
+            };
+        };
+        let bag = sums.clone().slice([0..rows, 1..columns]);
+        let before = bag.matmul(deep.w1.clone()) + deep.b1.clone();
+        let after = relu(before.clone());
+        let deep_logits = after.clone().matmul(deep.w2.clone());
+        FlatForward {
+            sums,
+            hidden: Some((before, after)),
+            logits: wide + deep_logits + deep.b2.clone(),
         }
     }
 }
@@ -458,9 +536,10 @@ impl FlatRows {
     }
 }
 
-/// How training batches reach the device. Padded rows suit the CPU backend, whose embedding
-/// gradient walks them directly; GPUs train on flat entries (see [`WideDeep::forward_flat`]).
-/// Both give the same logits and gradients up to float rounding.
+/// How training batches reach the device, and so how gradients are taken. Padded rows through
+/// Burn's autodiff suit the CPU backend, whose embedding gradient walks them directly; GPUs
+/// train on flat entries with hand-written gradients (see [`super::flat_step`]). Both give
+/// the same steps up to float rounding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchLayout {
     Padded,
@@ -478,145 +557,25 @@ impl BatchLayout {
             _ => BatchLayout::Flat,
         }
     }
-
-    pub fn build(self, csr: &Csr, rows: &[usize], n_features: usize) -> HostBatch {
-        match self {
-            BatchLayout::Padded => HostBatch::Padded(PaddedRows::new(csr, rows, n_features)),
-            BatchLayout::Flat => HostBatch::Flat(FlatRows::new(csr, rows, n_features)),
-        }
-    }
-}
-
-/// A training batch built on the host, in either layout.
-pub enum HostBatch {
-    Padded(PaddedRows),
-    Flat(FlatRows),
-}
-
-impl HostBatch {
-    pub fn upload(self, device: &Device) -> Batch {
-        match self {
-            HostBatch::Padded(rows) => Batch::Padded(rows.upload(device)),
-            HostBatch::Flat(rows) => Batch::Flat(rows.upload(device)),
-        }
-    }
-}
-
-/// A training batch on the device, in either layout.
-pub enum Batch {
-    Padded(PaddedBatch),
-    Flat(FlatBatch),
-}
-
-impl WideDeep {
-    /// Logits `[B]` of a batch in either layout.
-    pub fn forward_batch(&self, batch: Batch) -> Tensor<1> {
-        match batch {
-            Batch::Padded(batch) => self.forward(batch.ids, batch.values),
-            Batch::Flat(batch) => self.forward_flat(batch),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Rows of 0 to 11 entries over 30 known features, some with an id the network does not
-    /// know (30 or above), which both layouts must drop.
-    fn ragged_rows() -> Csr {
-        let mut csr = Csr {
-            offsets: vec![0],
-            ..Default::default()
-        };
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
-        for user in 0..64u64 {
-            csr.users.push(user);
-            for _ in 0..(user % 12) {
-                csr.ids.push(rng.random_range(0..33));
-                csr.values.push(rng.random_range(0.1..2.0));
-            }
-            csr.offsets.push(csr.ids.len());
-        }
-        csr
-    }
-
-    fn close(a: &[f32], b: &[f32]) -> bool {
-        a.len() == b.len()
-            && a.iter()
-                .zip(b)
-                .all(|(x, y)| (x - y).abs() <= 1e-5 * (1.0 + x.abs()))
-    }
-
-    fn flat(tensor: Tensor<2>) -> Vec<f32> {
-        to_vec(tensor.reshape([-1]))
-    }
-
     #[test]
-    fn flat_batches_give_the_padded_logits_and_gradients() {
-        let device = Device::flex().autodiff();
-        let architecture = Architecture {
-            n_features: 30,
-            embedding_dim: 3,
-            hidden: 5,
-        };
-        let network = WideDeep::new(architecture, 3, &device);
-        // non-zero wide weights, so the wide part's sums are checked too
-        let mut network = network;
-        network.wide.weight = Param::from_tensor(random(
-            &mut ChaCha8Rng::seed_from_u64(9),
-            [31, 1],
-            0.5,
-            false,
-            &device,
-        ));
-        let csr = ragged_rows();
-        let rows: Vec<usize> = (0..csr.len()).rev().collect();
-        let mut results = Vec::new();
-        for layout in [BatchLayout::Padded, BatchLayout::Flat] {
-            let batch = layout.build(&csr, &rows, 30).upload(&device);
-            let logits = network.forward_batch(batch);
-            let values = to_vec(logits.clone());
-            // a loss that weighs each row differently, so a row mix-up shows in the gradients
-            let weights: Vec<f32> = (0..rows.len()).map(|i| i as f32 - 20.0).collect();
-            let weights = Tensor::<1>::from_data(TensorData::new(weights, [rows.len()]), &device);
-            let grads = (logits * weights).sum().backward();
-            let deep = network.deep.as_ref().expect("a deep part");
-            let wide_grad = network.wide.weight.grad(&grads).expect("wide gradient");
-            let embedding_grad = deep
-                .embedding
-                .weight
-                .grad(&grads)
-                .expect("embedding gradient");
-            results.push((values, flat(wide_grad), flat(embedding_grad)));
-        }
-        let (padded, flat_layout) = (&results[0], &results[1]);
-        assert!(close(&padded.0, &flat_layout.0), "logits differ");
-        assert!(close(&padded.1, &flat_layout.1), "wide gradients differ");
-        assert!(
-            close(&padded.2, &flat_layout.2),
-            "embedding gradients differ"
-        );
-        // the unknown ids were dropped, not folded into another feature's gradient
-        assert!(padded.1.iter().any(|g| *g != 0.0));
-    }
-
-    #[test]
-    fn a_flat_batch_without_known_features_scores_the_bias() {
+    fn parts_rebuild_the_same_network() {
         let device = Device::flex();
-        let architecture = Architecture {
-            n_features: 2,
-            embedding_dim: 0,
-            hidden: 0,
-        };
-        let network = WideDeep::new(architecture, 1, &device);
-        let csr = Csr {
-            users: vec![1, 2],
-            offsets: vec![0, 1, 1],
-            ids: vec![5],
-            values: vec![1.0],
-        };
-        let batch = BatchLayout::Flat.build(&csr, &[0, 1], 2).upload(&device);
-        assert_eq!(to_vec(network.forward_batch(batch)), vec![0.0, 0.0]);
+        for embedding_dim in [0, 3] {
+            let architecture = Architecture {
+                n_features: 6,
+                embedding_dim,
+                hidden: 4,
+            };
+            let network = WideDeep::new(architecture, 5, &device);
+            let rebuilt = WideDeep::from_parts(network.parts());
+            assert_eq!(rebuilt.architecture(), network.architecture());
+            assert_eq!(rebuilt.learned_values(), network.learned_values());
+        }
     }
 }

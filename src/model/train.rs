@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use super::calibration::Platt;
+use super::flat_step::{FlatTrainer, StepSettings};
 use super::metrics::{self, Metrics};
 use super::network::{
-    Architecture, BatchLayout, HostBatch, PaddedBatch, WideDeep, bce_with_logits,
+    Architecture, BatchLayout, FlatRows, PaddedBatch, PaddedRows, WideDeep, bce_with_logits,
 };
 use super::step_profile::{Phase, StepProfile};
 use crate::dataset::{Csr, TrainingSet, is_holdout};
@@ -186,9 +187,10 @@ impl Split {
     }
 }
 
-/// Logits of every row of `csr`, in batches, without gradients. Rows are batched by length
-/// so a batch pads to a width close to its rows' own (a few users have hundreds of features,
-/// most have dozens); results come back in row order.
+/// Logits of every row of `csr`, in padded batches, without gradients (on a GPU too, where
+/// they measured faster than flat ones: benches/README.md). Rows are batched by length so a
+/// batch pads to a width close to its rows' own (a few users have hundreds of features, most
+/// have dozens); results come back in row order.
 pub fn logits(network: &WideDeep, csr: &Csr, device: &Device, batch_size: usize) -> Vec<f64> {
     let n_features = network.n_features();
     let mut order: Vec<usize> = (0..csr.len()).collect();
@@ -258,7 +260,6 @@ pub fn train(
 /// calibration on the validation split. Never reads the holdout.
 fn fit(set: &TrainingSet, l2_scales: &[f32], config: &TrainingConfig, device: &Device) -> Fitted {
     let n_features = l2_scales.len();
-    let train_device = device.clone().autodiff();
     let [fit, validation] = [Split::Fit, Split::Validation].map(|part| rows_in(set, part, config));
     let validation_csr = set.rows.select(&validation);
     let validation_labels: Vec<f32> = validation.iter().map(|&i| set.labels[i]).collect();
@@ -268,8 +269,9 @@ fn fit(set: &TrainingSet, l2_scales: &[f32], config: &TrainingConfig, device: &D
         embedding_dim: config.embedding_dim,
         hidden: config.hidden,
     };
-    let mut network = WideDeep::new(architecture, config.seed, &train_device);
-    let mut optimizer = AdamConfig::new().init();
+    let layout = BatchLayout::for_device(device);
+    let l2 = config.l2 / fit.len().max(1) as f64 * config.batch_size as f64;
+    let mut learner = Learner::new(layout, architecture, l2_scales, config.seed, device);
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut order = fit.clone();
     let mut stop = EarlyStop::default();
@@ -279,29 +281,33 @@ fn fit(set: &TrainingSet, l2_scales: &[f32], config: &TrainingConfig, device: &D
         set,
         config,
         n_features,
-        layout: BatchLayout::for_device(device),
-        l2: config.l2 / fit.len().max(1) as f64 * config.batch_size as f64,
-        penalty: penalty(l2_scales, &train_device),
-        device: train_device.clone(),
+        settings: StepSettings {
+            learning_rate: config.learning_rate,
+            positive_weight: config.positive_weight,
+            // a step's loss carries `l2 / batch size` of the run's penalty
+            l2: l2 / config.batch_size as f64,
+        },
     };
-    debug!(layout = ?steps.layout, "training batch layout");
+    debug!(?layout, "training batch layout");
     let mut fit_seconds = 0.0;
-    let mut profile = StepProfile::from_env(&train_device);
+    let mut profile = StepProfile::from_env(&learner.device());
     for epoch in 0..config.epochs {
         let epoch_started = std::time::Instant::now();
         order.shuffle(&mut rng);
-        network = steps.epoch(network, &mut optimizer, &order, &mut profile, &progress);
-        // GPU backends queue work: wait for it so the fit time is the real one
-        let _ = train_device.sync();
+        let mut loss = RunningLoss::new(&learner.device());
+        learner = steps.epoch(learner, &order, &mut loss, &mut profile, &progress);
+        // the epoch's one read-back, which also waits for the device's queued work, so the
+        // fit time is the real one
+        let train_loss = loss.mean();
         fit_seconds += epoch_started.elapsed().as_secs_f64();
         epochs_run = epoch + 1;
-        let valid = network.valid();
+        let valid = learner.network();
         let pd = predict(&valid, &validation_csr, device, 4096);
         let validation_auc = metrics::auc(&pd, &validation_labels).unwrap_or(0.5);
         progress.set_message(format!(
-            "epoch {epochs_run} validation AUC {validation_auc:.4}"
+            "epoch {epochs_run} train loss {train_loss:.4} validation AUC {validation_auc:.4}"
         ));
-        debug!(epoch = epochs_run, validation_auc, "epoch done");
+        debug!(epoch = epochs_run, train_loss, validation_auc, "epoch done");
         if stop.after_epoch(validation_auc, valid, config.patience) {
             break;
         }
@@ -313,7 +319,7 @@ fn fit(set: &TrainingSet, l2_scales: &[f32], config: &TrainingConfig, device: &D
         best_validation_auc = stop.best.as_ref().map(|b| b.0),
         "training done"
     );
-    let (best_validation_auc, network) = stop.best.unwrap_or_else(|| (f64::NAN, network.valid()));
+    let (best_validation_auc, network) = stop.best.unwrap_or_else(|| (f64::NAN, learner.network()));
     let calibration = Platt::fit(
         &logits(&network, &validation_csr, device, 4096),
         &validation_labels,
@@ -328,74 +334,190 @@ fn fit(set: &TrainingSet, l2_scales: &[f32], config: &TrainingConfig, device: &D
     }
 }
 
+/// How a training run takes its gradient steps, in the layout its device trains fastest on
+/// ([`BatchLayout::for_device`]).
+#[allow(clippy::large_enum_variant)] // one per training run: its size does not matter
+enum Learner {
+    /// padded rows through Burn's autodiff and Adam (the network on the autodiff device)
+    Autodiff {
+        network: WideDeep,
+        optimizer: ModuleOptimizer,
+        /// each feature's multiple of the L2 penalty, slot 0 for the padding id
+        penalty: Tensor<1>,
+    },
+    /// flat entries with hand-written gradients and Adam
+    Flat(FlatTrainer),
+}
+
+impl Learner {
+    /// A network of `architecture` initialised from `seed` (the same in either layout).
+    fn new(
+        layout: BatchLayout,
+        architecture: Architecture,
+        l2_scales: &[f32],
+        seed: u64,
+        device: &Device,
+    ) -> Learner {
+        match layout {
+            BatchLayout::Padded => {
+                let device = device.clone().autodiff();
+                Learner::Autodiff {
+                    network: WideDeep::new(architecture, seed, &device),
+                    optimizer: AdamConfig::new().init(),
+                    penalty: penalty(l2_scales, &device),
+                }
+            }
+            BatchLayout::Flat => Learner::Flat(FlatTrainer::new(
+                &WideDeep::new(architecture, seed, device),
+                penalty(l2_scales, device),
+            )),
+        }
+    }
+
+    /// The device the steps run on.
+    fn device(&self) -> Device {
+        match self {
+            Learner::Autodiff { penalty, .. } => penalty.device(),
+            Learner::Flat(trainer) => trainer.device(),
+        }
+    }
+
+    /// The network as it stands, without autodiff, for validation and keeping.
+    fn network(&self) -> WideDeep {
+        match self {
+            Learner::Autodiff { network, .. } => network.valid(),
+            Learner::Flat(trainer) => trainer.network(),
+        }
+    }
+}
+
+/// One padded batch's step through autodiff; the network after it and the batch's summed
+/// loss (before the L2 penalty).
+fn autodiff_step(
+    (network, optimizer, penalty): (WideDeep, &mut ModuleOptimizer, &Tensor<1>),
+    batch: PaddedBatch,
+    labels: Tensor<1>,
+    settings: StepSettings,
+    profile: &mut StepProfile,
+) -> (WideDeep, Tensor<1>) {
+    let [rows] = labels.dims();
+    let logits = network.forward(batch.ids, batch.values);
+    let cross_entropy = bce_with_logits(logits, labels, settings.positive_weight);
+    let batch_loss = cross_entropy.clone().detach().mul_scalar(rows as f64);
+    let loss = cross_entropy + network.l2(penalty.clone()).mul_scalar(settings.l2);
+    profile.mark(Phase::Forward);
+    let grads = GradientsParams::from_grads(loss.backward(), &network);
+    profile.mark(Phase::Backward);
+    let network = optimizer.step(settings.learning_rate, network, grads);
+    profile.mark(Phase::Optimizer);
+    (network, batch_loss)
+}
+
+/// The training loss summed on the device over an epoch's rows, read once at its end.
+struct RunningLoss {
+    sum: Tensor<1>,
+    rows: usize,
+}
+
+impl RunningLoss {
+    fn new(device: &Device) -> RunningLoss {
+        RunningLoss {
+            sum: Tensor::zeros([1], device),
+            rows: 0,
+        }
+    }
+
+    fn add(&mut self, batch_sum: Tensor<1>, rows: usize) {
+        self.sum = self.sum.clone() + batch_sum;
+        self.rows += rows;
+    }
+
+    /// The mean weighted cross-entropy per row; NaN without rows.
+    fn mean(self) -> f64 {
+        let sum: f32 = self.sum.into_scalar();
+        f64::from(sum) / self.rows as f64
+    }
+}
+
 /// What every gradient step of a training run shares.
 struct Steps<'a> {
     set: &'a TrainingSet,
     config: &'a TrainingConfig,
     n_features: usize,
-    layout: BatchLayout,
-    /// `[training] l2` spread over the fit rows, times the batch size (a step's loss carries
-    /// `l2 / batch size` of it)
-    l2: f64,
-    /// each feature's multiple of `l2`
-    penalty: Tensor<1>,
-    /// the autodiff device
-    device: Device,
+    settings: StepSettings,
 }
 
 impl<'a> Steps<'a> {
-    /// One pass over `order`'s rows, a gradient step per batch; the network after the last.
-    /// Nothing is read back from the device: the loss is never looked at, only its gradient.
+    /// One pass over `order`'s rows, a gradient step per batch; the learner after the last.
+    /// Nothing is read back from the device: the loss is summed there.
     fn epoch(
         &self,
-        mut network: WideDeep,
-        optimizer: &mut ModuleOptimizer,
+        learner: Learner,
         order: &[usize],
+        loss: &mut RunningLoss,
         profile: &mut StepProfile,
         progress: &ProgressBar,
-    ) -> WideDeep {
-        let config = self.config;
+    ) -> Learner {
+        let settings = self.settings;
         profile.restart();
-        std::thread::scope(|scope| {
-            for (batch, labels) in self.prefetch(order, scope) {
-                profile.mark(Phase::Build);
-                let batch = batch.upload(&self.device);
-                let rows = labels.len();
-                let labels = Tensor::<1>::from_data(TensorData::new(labels, [rows]), &self.device);
-                profile.mark(Phase::Upload);
-                let logits = network.forward_batch(batch);
-                let loss = bce_with_logits(logits, labels, config.positive_weight)
-                    + network
-                        .l2(self.penalty.clone())
-                        .mul_scalar(self.l2 / config.batch_size as f64);
-                profile.mark(Phase::Forward);
-                let grads = GradientsParams::from_grads(loss.backward(), &network);
-                profile.mark(Phase::Backward);
-                network = optimizer.step(config.learning_rate, network, grads);
-                profile.mark(Phase::Optimizer);
-                progress.inc(1);
+        std::thread::scope(|scope| match learner {
+            Learner::Autodiff {
+                mut network,
+                mut optimizer,
+                penalty,
+            } => {
+                let device = penalty.device();
+                for (batch, labels) in self.prefetch(order, scope, PaddedRows::new) {
+                    profile.mark(Phase::Build);
+                    let (batch, labels) = (batch.upload(&device), upload(labels, &device));
+                    profile.mark(Phase::Upload);
+                    let rows = batch_rows(&labels);
+                    let parts = (network, &mut optimizer, &penalty);
+                    let batch_loss;
+                    (network, batch_loss) = autodiff_step(parts, batch, labels, settings, profile);
+                    loss.add(batch_loss, rows);
+                    progress.inc(1);
+                }
+                Learner::Autodiff {
+                    network,
+                    optimizer,
+                    penalty,
+                }
             }
-            network
+            Learner::Flat(mut trainer) => {
+                let device = trainer.device();
+                for (batch, labels) in self.prefetch(order, scope, FlatRows::new) {
+                    profile.mark(Phase::Build);
+                    let (batch, labels) = (batch.upload(&device), upload(labels, &device));
+                    profile.mark(Phase::Upload);
+                    let rows = batch_rows(&labels);
+                    loss.add(trainer.step(batch, labels, settings, profile), rows);
+                    progress.inc(1);
+                }
+                Learner::Flat(trainer)
+            }
         })
     }
 
-    /// `order`'s batches, built on a thread of their own while the device trains on the one
-    /// before: the host's copying overlaps the device's work instead of adding to it.
-    fn prefetch<'scope>(
+    /// `order`'s batches, built by `build` on a thread of their own while the device trains
+    /// on the one before: the host's copying overlaps the device's work instead of adding to
+    /// it.
+    fn prefetch<'scope, B: Send + 'scope>(
         &self,
         order: &'scope [usize],
         scope: &'scope std::thread::Scope<'scope, '_>,
-    ) -> std::sync::mpsc::Receiver<(HostBatch, Vec<f32>)>
+        build: fn(&Csr, &[usize], usize) -> B,
+    ) -> std::sync::mpsc::Receiver<(B, Vec<f32>)>
     where
         'a: 'scope,
     {
         // two ahead, so one is ready while the next is built
         let (sender, receiver) = std::sync::mpsc::sync_channel(2);
-        let (set, layout, n_features) = (self.set, self.layout, self.n_features);
+        let (set, n_features) = (self.set, self.n_features);
         let batch_size = self.config.batch_size;
         scope.spawn(move || {
             for chunk in order.chunks(batch_size) {
-                let batch = layout.build(&set.rows, chunk, n_features);
+                let batch = build(&set.rows, chunk, n_features);
                 let labels = chunk.iter().map(|&i| set.labels[i]).collect();
                 if sender.send((batch, labels)).is_err() {
                     // the trainer stopped early
@@ -405,6 +527,16 @@ impl<'a> Steps<'a> {
         });
         receiver
     }
+}
+
+fn upload(labels: Vec<f32>, device: &Device) -> Tensor<1> {
+    let rows = labels.len();
+    Tensor::from_data(TensorData::new(labels, [rows]), device)
+}
+
+fn batch_rows(labels: &Tensor<1>) -> usize {
+    let [rows] = labels.dims();
+    rows
 }
 
 fn progress_bar(config: &TrainingConfig, fit_rows: usize) -> ProgressBar {
@@ -510,5 +642,129 @@ fn evaluate_on_holdout(
         fit_seconds,
         l2,
         l2_search,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Device;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    /// 64 rows of 0 to 11 entries over 30 known features, some with an id the network does
+    /// not know (30 or above), which both layouts must drop; about a quarter are defaults.
+    fn ragged_rows() -> (Csr, Vec<f32>) {
+        let mut csr = Csr {
+            offsets: vec![0],
+            ..Default::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for user in 0..64u64 {
+            csr.users.push(user);
+            for _ in 0..(user % 12) {
+                csr.ids.push(rng.random_range(0..33));
+                csr.values.push(rng.random_range(0.1..2.0));
+            }
+            csr.offsets.push(csr.ids.len());
+        }
+        let labels = (0..64).map(|_| f32::from(rng.random_bool(0.25))).collect();
+        (csr, labels)
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 2e-5 * (1.0 + x.abs()),
+                "{what}: value {i} is {x} one way and {y} the other"
+            );
+        }
+    }
+
+    /// The hand-written trainer takes the same Adam steps as autodiff on padded rows: same
+    /// parameters after several steps, same summed losses, with and without the deep part.
+    #[test]
+    fn hand_written_steps_follow_autodiff() {
+        let (csr, labels) = ragged_rows();
+        let settings = StepSettings {
+            learning_rate: 0.01,
+            positive_weight: 3.0,
+            l2: 0.05,
+        };
+        // batches of different sizes, rows out of order, one repeated
+        let batches: [Vec<usize>; 4] = [
+            (0..64).rev().collect(),
+            (0..64).step_by(3).collect(),
+            (10..50).collect(),
+            vec![0, 12, 24],
+        ];
+        let scales: Vec<f32> = (0..30).map(|i| 0.5 + (i % 3) as f32).collect();
+        for embedding_dim in [0, 3] {
+            let architecture = Architecture {
+                n_features: 30,
+                embedding_dim,
+                hidden: 5,
+            };
+            let labels_of = |rows: &[usize], device: &Device| {
+                upload(rows.iter().map(|&r| labels[r]).collect(), device)
+            };
+            let mut profile = StepProfile::from_env(&Device::flex());
+            let (mut autodiff_losses, mut flat_losses) = (Vec::new(), Vec::new());
+            let Learner::Autodiff {
+                mut network,
+                mut optimizer,
+                penalty,
+            } = Learner::new(
+                BatchLayout::Padded,
+                architecture,
+                &scales,
+                11,
+                &Device::flex(),
+            )
+            else {
+                panic!("padded rows train through autodiff");
+            };
+            let Learner::Flat(mut trainer) = Learner::new(
+                BatchLayout::Flat,
+                architecture,
+                &scales,
+                11,
+                &Device::flex(),
+            ) else {
+                panic!("flat entries train by hand");
+            };
+            for rows in &batches {
+                let device = penalty.device();
+                let batch = PaddedRows::new(&csr, rows, 30).upload(&device);
+                let parts = (network, &mut optimizer, &penalty);
+                let loss;
+                (network, loss) = autodiff_step(
+                    parts,
+                    batch,
+                    labels_of(rows, &device),
+                    settings,
+                    &mut profile,
+                );
+                autodiff_losses.push(loss.into_scalar::<f32>());
+                let device = trainer.device();
+                let batch = FlatRows::new(&csr, rows, 30).upload(&device);
+                let loss = trainer.step(batch, labels_of(rows, &device), settings, &mut profile);
+                flat_losses.push(loss.into_scalar::<f32>());
+            }
+            let what = format!("embedding_dim {embedding_dim}");
+            close(&autodiff_losses, &flat_losses, &format!("{what}: losses"));
+            let (learned, by_hand) = (
+                network.valid().learned_values(),
+                trainer.network().learned_values(),
+            );
+            close(&learned, &by_hand, &format!("{what}: parameters"));
+            // the steps moved the wide weights, so the comparison compared something
+            assert!(
+                by_hand[..30].iter().filter(|w| **w != 0.0).count() > 20,
+                "{what}"
+            );
+        }
     }
 }
