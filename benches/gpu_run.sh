@@ -9,9 +9,10 @@
 #                                     # README); results land in $OUT
 #
 # `run` trains and scores on the shipped settings through Vulkan next to PyTorch on CUDA
-# (same rows, split, epochs and batch size), then on the CPU backend of the same binary for
-# the AUC reference, then profiles the steps of both batch layouts for an epoch or two
-# (LAYOUTS="flat" for one) and records cubecl's per-kernel times for an epoch.
+# (same rows, split, epochs and batch size), profiles the steps for two epochs (LAYOUTS="flat
+# padded" for both batch layouts), records cubecl's per-kernel times for an epoch, then trains
+# on the CPU backend of the same binary for the AUC reference (CPU=0 skips it). Each part has a
+# time limit (LIMIT_MAIN, LIMIT_PROFILE, LIMIT_CPU, in seconds); PROFILES=0 skips the profiles.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 users=${USERS:-200000}
@@ -47,28 +48,32 @@ run)
     chmod +x /tmp/models
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
     python3 -c 'import torch; print("torch", torch.__version__)' | tee -a "$out/gpu.txt"
-    common=(--users "$users" --root /tmp/world)
+    common=(--users "$users" --root "/tmp/world-$users")
+    # every part has a time limit, so one slow part cannot eat the device time of the rest
     echo "== vulkan, shipped settings, next to PyTorch on CUDA"
-    /tmp/models "${common[@]}" --device vulkan --torch-device cuda \
-        --json "$out/vulkan.json" 2>&1 | tee "$out/vulkan.log"
-    echo "== cpu backend of the same binary (the AUC reference)"
-    /tmp/models "${common[@]}" --device cpu --no-baselines \
-        --json "$out/cpu.json" 2>&1 | tee "$out/cpu.log"
-    echo "== step profiles (a device sync after each phase)"
-    layouts=${LAYOUTS:-flat padded}
-    for layout in $layouts; do
-        epochs=2
-        [ "$layout" = padded ] && epochs=1
-        REDFLOWER_BATCH_LAYOUT=$layout REDFLOWER_PROFILE_STEPS=1 RUST_LOG=redflower=info \
-            /tmp/models "${common[@]}" --device vulkan --no-baselines --epochs "$epochs" \
-            --score-passes 1 2>&1 | grep -E "step profile|redflower \(Burn" |
-            tee "$out/profile-$layout.log"
-    done
-    echo "== kernel times, one epoch (cubecl's profiler)"
-    CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG=/tmp/kernels.log \
-        /tmp/models "${common[@]}" --device vulkan --no-baselines --epochs 1 --score-passes 1 \
-        2>&1 | grep -E "redflower \(Burn"
-    gzip -c /tmp/kernels.log >"$out/kernels.log.gz"
+    timeout "${LIMIT_MAIN:-300}" /tmp/models "${common[@]}" --device vulkan --torch-device cuda \
+        --json "$out/vulkan.json" 2>&1 | tee "$out/vulkan.log" || echo "== failed or out of time"
+    if [ "${PROFILES:-1}" = 1 ]; then
+        echo "== step profiles (a device sync after each phase)"
+        for layout in ${LAYOUTS:-flat}; do
+            REDFLOWER_BATCH_LAYOUT=$layout REDFLOWER_PROFILE_STEPS=1 RUST_LOG=redflower=info \
+                timeout "${LIMIT_PROFILE:-60}" /tmp/models "${common[@]}" --device vulkan \
+                --no-baselines --epochs 2 --score-passes 1 2>&1 |
+                grep -E "step profile|redflower \(Burn" | tee "$out/profile-$layout.log" ||
+                echo "== failed or out of time"
+        done
+        echo "== kernel times, one epoch (cubecl's profiler)"
+        CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG=/tmp/kernels.log \
+            timeout "${LIMIT_PROFILE:-60}" /tmp/models "${common[@]}" --device vulkan \
+            --no-baselines --epochs 1 --score-passes 1 2>&1 | grep -E "redflower \(Burn" ||
+            echo "== failed or out of time"
+        [ -f /tmp/kernels.log ] && gzip -c /tmp/kernels.log >"$out/kernels.log.gz"
+    fi
+    if [ "${CPU:-1}" = 1 ]; then
+        echo "== cpu backend of the same binary (the AUC reference)"
+        timeout "${LIMIT_CPU:-150}" /tmp/models "${common[@]}" --device cpu --no-baselines \
+            --json "$out/cpu.json" 2>&1 | tee "$out/cpu.log" || echo "== failed or out of time"
+    fi
     ;;
 *)
     echo "usage: $0 build|pack|run" >&2

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU code path, checked without a GPU: builds the models bench with `--features vulkan`,
+# The GPU code path next to the CPU's: builds the models bench with `--features vulkan`,
 # trains and scores the shipped wide & deep model on a small world twice, on the CPU backend
-# and through Vulkan, and fails unless the two holdout AUCs agree within 0.005. Without a GPU,
-# Vulkan runs on Mesa's CPU driver, lavapipe (Debian: apt-get install mesa-vulkan-drivers).
+# and through Vulkan, and fails unless the two holdout AUCs agree within 0.005. Needs a GPU:
+# without one it picks Mesa's CPU driver, lavapipe (Debian: mesa-vulkan-drivers), which up to
+# Mesa 25.0.7 segfaults compiling Burn's kernels (benches/README.md).
 #
 #     bash benches/vulkan_check.sh                 # 20,000 users; USERS=... for another size
 #
