@@ -6,6 +6,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::random::{normal, stream_seed};
+use super::story::{
+    CATEGORY_EFFECT_SCALE, MERCHANT_OWN_EFFECT_SD, REGION_OWN_SD, REGION_TIER_EFFECT,
+};
 
 pub struct Occupation {
     pub name: &'static str,
@@ -166,15 +169,6 @@ pub struct Catalog {
     pub types_by_family: Vec<Vec<usize>>,
 }
 
-/// The category table's effects are written for a user with ~20 favourite merchants; users
-/// now have ~8 (see `generate_user`), so each counts for more.
-const CATEGORY_EFFECT_SCALE: f64 = 1.5;
-
-/// Spread of a merchant's own effect around its category's. Small on purpose: a merchant with
-/// a few dozen customers carries too few defaults for any model to learn a larger own effect,
-/// and what cannot be learned only lowers every model's AUC against the oracle's.
-const MERCHANT_OWN_EFFECT_SD: f64 = 0.04;
-
 /// Merchants scale with the population so bigger worlds have more weak signals.
 pub fn merchant_count(users: u64) -> usize {
     (users / 2).clamp(2_000, 120_000) as usize
@@ -200,7 +194,8 @@ impl Catalog {
                 Region {
                     name: format!("city_{i:02}"),
                     tier,
-                    effect: 0.12 * (tier as f64 - 2.5) + 0.15 * normal(&mut rng),
+                    effect: REGION_TIER_EFFECT * (tier as f64 - 2.5)
+                        + REGION_OWN_SD * normal(&mut rng),
                     weight: 1.0 / (1.0 + i as f64).powf(0.7),
                 }
             })
