@@ -38,7 +38,10 @@ use url::Url;
 
 use crate::cause::{Cause, Classify};
 
-use faults::{FaultCounts, FaultPlan, FaultyStore};
+use faults::{FaultCounts, FaultPlan, FaultyStore, RandomFaults};
+
+/// The environment variable that turns on fault injection in the binary (drills only).
+pub const FAULTS_ENV: &str = "REDFLOWER_FAULTS";
 use retry::{RetryPolicy, RetryingStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +72,8 @@ pub enum StoreError {
     },
     #[error("'{path}' already exists")]
     AlreadyExists { path: String },
+    #[error("{FAULTS_ENV}: {0}")]
+    FaultSpec(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -78,7 +83,7 @@ impl Classify for StoreError {
         match self {
             StoreError::UnsupportedUrl(_) | StoreError::Configure { .. } => Cause::Configuration,
             // a root that cannot be created is a path or a permission somebody chose
-            StoreError::LocalRoot { .. } => Cause::Configuration,
+            StoreError::LocalRoot { .. } | StoreError::FaultSpec(_) => Cause::Configuration,
             StoreError::Object { source, .. } => object_cause(source),
             StoreError::Parquet { source, .. } => parquet_cause(source),
             StoreError::AlreadyExists { .. } => Cause::Conflict,
@@ -259,6 +264,18 @@ impl Store {
             self.display.clone(),
         );
         (store, counts)
+    }
+
+    /// The same root with the random faults `REDFLOWER_FAULTS` asks for (see
+    /// [`RandomFaults::parse`]), or as it is when the variable is unset, as it is in
+    /// production: the chaos drill's way into the binary.
+    pub fn with_faults_from_env(self) -> Result<Store> {
+        let Ok(spec) = std::env::var(FAULTS_ENV) else {
+            return Ok(self);
+        };
+        let plan = RandomFaults::parse(&spec).map_err(StoreError::FaultSpec)?;
+        tracing::warn!(?plan, "{FAULTS_ENV} is set: injecting store faults");
+        Ok(self.with_faults(FaultPlan::Random(plan)).0)
     }
 
     /// The root as a human reads it (`file:///home/me/data`).

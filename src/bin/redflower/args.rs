@@ -18,8 +18,9 @@ pub struct RootArg {
 }
 
 impl RootArg {
+    /// The store, with the drill's faults when `REDFLOWER_FAULTS` is set.
     pub fn open(&self) -> Result<Store> {
-        Ok(Store::open(&self.root)?)
+        Ok(Store::open(&self.root)?.with_faults_from_env()?)
     }
 }
 
