@@ -3,6 +3,7 @@
 
 mod architecture;
 mod chain;
+mod chaos;
 mod cli;
 mod exit_codes;
 mod leakage;

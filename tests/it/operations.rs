@@ -5,7 +5,6 @@
 //! Every root here is a copy of one small world, run with `target_partitions = 1` so that
 //! floating-point sums are added in one order and separate runs are bit-for-bit comparable.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,42 +22,10 @@ use redflower::sources;
 use redflower::store::Store;
 use redflower::store::faults::FaultPlan;
 
-use crate::support::{run_date, synth_world};
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-/// The shipped configuration with one partition per query, as files (for the binary) and
-/// parsed (for the library).
-fn pipelines(dir: &Path) -> Pipelines {
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
-    std::fs::create_dir_all(dir).unwrap();
-    for file in ["features.toml", "limits.toml", "nightly.toml"] {
-        let text = std::fs::read_to_string(shipped.join(file)).unwrap();
-        let text = text.replace("target_partitions = 0", "target_partitions = 1");
-        std::fs::write(dir.join(file), text).unwrap();
-    }
-    let pipelines = Pipelines::load(dir).unwrap();
-    assert_eq!(pipelines.nightly.engine.target_partitions, 1);
-    pipelines
-}
+use crate::support::{copy_dir, one_partition_pipelines as pipelines, open, run_date, synth_world};
 
 fn first_night() -> NaiveDate {
     run_date() - chrono::Duration::days(1)
-}
-
-fn open(path: &Path) -> Store {
-    Store::open(path.to_str().unwrap()).unwrap()
 }
 
 async fn run(

@@ -2,11 +2,14 @@
 
 use std::collections::HashMap;
 
+use std::path::Path;
+
 use chrono::NaiveDate;
 use datafusion::arrow::array::{
     Array, AsArray, Float64Array, RecordBatch, StringArray, UInt64Array,
 };
 use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
+use redflower::config::Pipelines;
 use redflower::features::{FeatureDictionary, FeatureSet};
 use redflower::policy::HeldCertificate;
 use redflower::publish;
@@ -146,4 +149,37 @@ pub fn suggestion(family: &str, amount: f64) -> Suggestion {
         },
         amount,
     }
+}
+
+/// A copy of a local root (every root of a comparison starts from the same world).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The shipped configuration with one partition per query, as files (for the binary) and
+/// parsed (for the library).
+pub fn one_partition_pipelines(dir: &Path) -> Pipelines {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    std::fs::create_dir_all(dir).unwrap();
+    for file in ["features.toml", "limits.toml", "nightly.toml"] {
+        let text = std::fs::read_to_string(shipped.join(file)).unwrap();
+        let text = text.replace("target_partitions = 0", "target_partitions = 1");
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+    let pipelines = Pipelines::load(dir).unwrap();
+    assert_eq!(pipelines.nightly.engine.target_partitions, 1);
+    pipelines
+}
+
+pub fn open(path: &Path) -> Store {
+    Store::open(path.to_str().unwrap()).unwrap()
 }
