@@ -469,9 +469,9 @@ impl<'a> Steps<'a> {
                 let device = penalty.device();
                 for (batch, labels) in self.prefetch(order, scope, PaddedRows::new) {
                     profile.mark(Phase::Build);
+                    let rows = labels.len();
                     let (batch, labels) = (batch.upload(&device), upload(labels, &device));
                     profile.mark(Phase::Upload);
-                    let rows = batch_rows(&labels);
                     let parts = (network, &mut optimizer, &penalty);
                     let batch_loss;
                     (network, batch_loss) = autodiff_step(parts, batch, labels, settings, profile);
@@ -488,9 +488,9 @@ impl<'a> Steps<'a> {
                 let device = trainer.device();
                 for (batch, labels) in self.prefetch(order, scope, FlatRows::new) {
                     profile.mark(Phase::Build);
+                    let rows = labels.len();
                     let (batch, labels) = (batch.upload(&device), upload(labels, &device));
                     profile.mark(Phase::Upload);
-                    let rows = batch_rows(&labels);
                     loss.add(trainer.step(batch, labels, settings, profile), rows);
                     progress.inc(1);
                 }
@@ -532,11 +532,6 @@ impl<'a> Steps<'a> {
 fn upload(labels: Vec<f32>, device: &Device) -> Tensor<1> {
     let rows = labels.len();
     Tensor::from_data(TensorData::new(labels, [rows]), device)
-}
-
-fn batch_rows(labels: &Tensor<1>) -> usize {
-    let [rows] = labels.dims();
-    rows
 }
 
 fn progress_bar(config: &TrainingConfig, fit_rows: usize) -> ProgressBar {

@@ -471,10 +471,7 @@ pub async fn retain(store: &Store, keep: usize) -> Result<Retention, PublishErro
         .flat_map(|m| m.files.iter().map(|f| f.path.as_str()))
         .collect();
     for (path, _) in store.list(layout::PUBLISHED_DATA).await? {
-        let version = path
-            .strip_prefix("published/limits/data/v")
-            .and_then(|rest| rest.get(..8))
-            .and_then(|digits| digits.parse::<u64>().ok());
+        let version = layout::published_file_version(&path);
         if version.is_some_and(|v| v < oldest_kept) && !needed.contains(path.as_str()) {
             store.delete(&path).await?;
             report.data_files_deleted += 1;

@@ -168,6 +168,16 @@ pub fn published_file(run: &str) -> String {
     format!("{PUBLISHED_DATA}/{run}/part-00000.parquet")
 }
 
+/// The version a published data file was written for, read from its run folder's name
+/// (`v00000002-<date>-<time>-<pid>`); `None` for a path that is not one.
+pub fn published_file_version(path: &str) -> Option<u64> {
+    path.strip_prefix(PUBLISHED_DATA)?
+        .strip_prefix("/v")?
+        .get(..8)?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +194,12 @@ mod tests {
         assert_eq!(
             manifest(7),
             "published/limits/_manifests/00000000000000000007.json"
+        );
+        let file = published_file("v00000012-2026-11-01-20261204T165302.947708-31921");
+        assert_eq!(published_file_version(&file), Some(12));
+        assert_eq!(
+            published_file_version("published/limits/data/x/part-00000.parquet"),
+            None
         );
     }
 }

@@ -27,7 +27,7 @@ use redflower::features::FeatureDictionary;
 use redflower::model::DeviceKind;
 use redflower::nightly::{self, RunOptions};
 use redflower::publish;
-use redflower::store::{FAULTS_ENV, Store};
+use redflower::store::{FAULTS_ENV, Store, layout};
 
 use crate::support::{copy_dir, one_partition_pipelines, open, run_date, synth_world};
 
@@ -305,9 +305,7 @@ async fn nothing_left_behind(chaos: &Store, chaos_dir: &Path, clean_dir: &Path) 
         .flat_map(|m| m.files.iter().map(|f| f.path.as_str()))
         .collect();
     for (path, _) in chaos.list("published/limits/data").await.unwrap() {
-        let version: u64 = path["published/limits/data/v".len()..][..8]
-            .parse()
-            .unwrap();
+        let version = layout::published_file_version(&path).unwrap();
         assert!(
             referenced.contains(path.as_str()) || version >= oldest_kept,
             "{path}: no manifest points at it, and retention (oldest kept: {oldest_kept}) left it"
