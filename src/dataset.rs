@@ -233,11 +233,16 @@ pub fn training_set(
 
 /// Whether a user falls in the held-out share, by a hash of the id (stable across nights).
 pub fn is_holdout(user: u64, share: f64) -> bool {
+    (user_hash(user) as f64 / u64::MAX as f64) < share
+}
+
+/// A user id mixed into 64 well-spread bits (splitmix64's finalizer): the same on every run
+/// and in every tool.
+pub fn user_hash(user: u64) -> u64 {
     let mut z = user.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z as f64 / u64::MAX as f64) < share
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]

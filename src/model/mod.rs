@@ -8,6 +8,7 @@
 //! feature dictionary whose first entries differ from those it was trained on.
 
 pub mod calibration;
+pub mod cross_validation;
 pub mod evaluation;
 pub mod flat_step;
 pub mod metrics;
@@ -129,6 +130,9 @@ pub struct ModelCard {
     /// (l2, best validation AUC) of each `l2_grid` candidate; empty without a grid
     #[serde(default)]
     pub l2_search: Vec<(f64, f64)>,
+    /// how k-fold cross-validation chose the encoding, L2 and epochs (small tables)
+    #[serde(default)]
+    pub cross_validation: Option<cross_validation::CrossValidation>,
     /// SHA-256 of the learned values in `WideDeep::learned_values` order, then the
     /// calibration: what names the model
     pub values_sha256: String,
@@ -163,6 +167,11 @@ pub struct Provenance<'a> {
     pub scorecard: Scorecard,
     pub oracle_auc: Option<f64>,
     pub visible_oracle_auc: Option<f64>,
+    /// more limitations, for the card (e.g. how a table model treats unseen values)
+    pub notes: Vec<String>,
+    /// files saved beside the weights before the card (what the model needs besides its
+    /// weights to read new rows, e.g. a table's encoding): (file name, JSON)
+    pub attachments: Vec<(String, serde_json::Value)>,
 }
 
 fn limitations(trained: &TrainedModel, provenance: &Provenance) -> Vec<String> {
@@ -181,6 +190,7 @@ fn limitations(trained: &TrainedModel, provenance: &Provenance) -> Vec<String> {
             trained.holdout.rows
         ));
     }
+    notes.extend(provenance.notes.iter().cloned());
     notes
 }
 
@@ -230,6 +240,7 @@ pub async fn register(
             ..provenance.training.clone()
         },
         l2_search: trained.l2_search.clone(),
+        cross_validation: trained.cross_validation.clone(),
         values_sha256: digest,
         weights_sha256: Some(values_digest(&trained.network, None)),
         limitations: limitations(trained, provenance),
@@ -240,6 +251,10 @@ pub async fn register(
             weights.into(),
         )
         .await?;
+    // the card last: a model is listed once it is whole
+    for (file, value) in &provenance.attachments {
+        put_json(store, &version, file, value).await?;
+    }
     put_json(store, &version, "model.json", &card).await?;
     Ok(Model {
         card,
@@ -261,6 +276,23 @@ async fn put_json<T: Serialize>(
         .put(&layout::model_file(version, file), json.into())
         .await?;
     Ok(())
+}
+
+/// Reads `models/<version>/<file>`; None if the model has no such file.
+pub async fn attachment<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    version: &str,
+    file: &str,
+) -> Result<Option<T>, ModelError> {
+    let Some(bytes) = store.get(&layout::model_file(version, file)).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ModelError::Artifact {
+            version: version.to_string(),
+            problem: format!("{file}: {e}"),
+        })
 }
 
 /// Reads `models/<version>/model.json`.
@@ -505,6 +537,8 @@ mod tests {
             scorecard: Scorecard::default(),
             oracle_auc: None,
             visible_oracle_auc: None,
+            notes: Vec::new(),
+            attachments: Vec::new(),
         }
     }
 

@@ -178,6 +178,71 @@ impl WideDeep {
         }
     }
 
+    /// One network whose logit is the mean of `networks`' logits (all of one architecture):
+    /// the wide weights and biases averaged, the deep parts side by side (embeddings
+    /// concatenated, hidden layers block-diagonal, output weights divided by their number).
+    /// So an ensemble scores, explains and saves as a single model.
+    pub fn average(networks: &[WideDeep]) -> WideDeep {
+        let k = networks.len();
+        if k == 1 {
+            return networks[0].clone();
+        }
+        let read = |t: Tensor<2>| -> Vec<f32> {
+            t.into_data().try_into_vec_as::<f32>().unwrap_or_default()
+        };
+        let parts: Vec<NetworkParts> = networks.iter().map(WideDeep::parts).collect();
+        let device = parts[0].table.device();
+        let [rows, columns] = parts[0].table.dims();
+        let dim = columns - 1;
+        let tables: Vec<Vec<f32>> = parts.iter().map(|p| read(p.table.clone())).collect();
+        let width = 1 + k * dim;
+        let mut table = vec![0.0f32; rows * width];
+        for r in 0..rows {
+            table[r * width] = tables.iter().map(|t| t[r * columns]).sum::<f32>() / k as f32;
+            for (j, t) in tables.iter().enumerate() {
+                let from = &t[r * columns + 1..(r + 1) * columns];
+                table[r * width + 1 + j * dim..r * width + 1 + (j + 1) * dim].copy_from_slice(from);
+            }
+        }
+        let mean_of = |values: Vec<Vec<f32>>| values.iter().map(|v| v[0]).sum::<f32>() / k as f32;
+        let bias = mean_of(parts.iter().map(|p| read(p.bias.clone())).collect());
+        let tensor = |values: Vec<f32>, shape: [usize; 2]| {
+            Tensor::<2>::from_data(TensorData::new(values, shape), &device)
+        };
+        let deep = parts
+            .iter()
+            .map(|p| p.deep.as_ref())
+            .collect::<Option<Vec<_>>>();
+        let deep = deep.map(|deep| {
+            let [_, hidden] = deep[0].w1.dims();
+            let (mut w1, mut b1, mut w2) =
+                (vec![0.0f32; k * dim * k * hidden], Vec::new(), Vec::new());
+            for (j, d) in deep.iter().enumerate() {
+                let block = read(d.w1.clone());
+                for row in 0..dim {
+                    let at = (j * dim + row) * k * hidden + j * hidden;
+                    w1[at..at + hidden].copy_from_slice(&block[row * hidden..(row + 1) * hidden]);
+                }
+                b1.extend(read(d.b1.clone()));
+                w2.extend(read(d.w2.clone()).into_iter().map(|w| w / k as f32));
+            }
+            DeepParts {
+                w1: tensor(w1, [k * dim, k * hidden]),
+                b1: tensor(b1, [1, k * hidden]),
+                w2: tensor(w2, [k * hidden, 1]),
+                b2: tensor(
+                    vec![mean_of(deep.iter().map(|d| read(d.b2.clone())).collect())],
+                    [1, 1],
+                ),
+            }
+        });
+        WideDeep::from_parts(NetworkParts {
+            table: tensor(table, [rows, width]),
+            bias: tensor(vec![bias], [1, 1]),
+            deep,
+        })
+    }
+
     /// The network of [`WideDeep::parts`]' tensors.
     pub fn from_parts(parts: NetworkParts) -> WideDeep {
         let NetworkParts { table, bias, deep } = parts;
@@ -562,6 +627,60 @@ impl BatchLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_average_network_gives_the_mean_of_the_logits() {
+        let device = Device::flex();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut random = |shape: [usize; 2]| {
+            let values: Vec<f32> = (0..shape[0] * shape[1])
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            Tensor::<2>::from_data(TensorData::new(values, shape), &device)
+        };
+        let (rows, dim, hidden) = (7, 3, 4);
+        for deep in [false, true] {
+            let networks: Vec<WideDeep> = (0..3)
+                .map(|_| {
+                    let columns = if deep { 1 + dim } else { 1 };
+                    WideDeep::from_parts(NetworkParts {
+                        table: random([rows, columns]),
+                        bias: random([1, 1]),
+                        deep: deep.then(|| DeepParts {
+                            w1: random([dim, hidden]),
+                            b1: random([1, hidden]),
+                            w2: random([hidden, 1]),
+                            b2: random([1, 1]),
+                        }),
+                    })
+                })
+                .collect();
+            let average = WideDeep::average(&networks);
+            let ids = Tensor::<2, Int>::from_data(
+                TensorData::new(vec![1i32, 2, 0, 3, 6, 5, 0, 0, 0], [3, 3]),
+                &device,
+            );
+            let values = Tensor::<2>::from_data(
+                TensorData::new(
+                    vec![1.0f32, -0.5, 0.0, 2.0, 1.0, 0.3, 0.0, 0.0, 0.0],
+                    [3, 3],
+                ),
+                &device,
+            );
+            let read = |t: Tensor<1>| t.into_data().try_into_vec_as::<f32>().unwrap();
+            let mut mean = vec![0.0f32; 3];
+            for network in &networks {
+                let logits = read(network.forward(ids.clone(), values.clone()));
+                mean.iter_mut().zip(logits).for_each(|(m, z)| *m += z / 3.0);
+            }
+            let averaged = read(average.forward(ids.clone(), values.clone()));
+            for (m, a) in mean.iter().zip(&averaged) {
+                assert!((m - a).abs() < 1e-5, "deep {deep}: {mean:?} {averaged:?}");
+            }
+            let expected_dim = if deep { 3 * dim } else { 0 };
+            assert_eq!(average.architecture().embedding_dim, expected_dim);
+        }
+    }
 
     #[test]
     fn parts_rebuild_the_same_network() {

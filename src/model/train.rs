@@ -160,6 +160,8 @@ pub struct TrainedModel {
     pub l2: f64,
     /// (l2, best validation AUC) of every candidate of `l2_grid`, in grid order
     pub l2_search: Vec<(f64, f64)>,
+    /// how k-fold cross-validation chose the settings, where it did (small tables)
+    pub cross_validation: Option<super::cross_validation::CrossValidation>,
 }
 
 /// Which part of training a user's row serves; a hash of the user id decides, so the same
@@ -259,11 +261,63 @@ pub fn train(
 /// One training run with `config`'s L2: gradient steps on the fit split, early stopping and
 /// calibration on the validation split. Never reads the holdout.
 fn fit(set: &TrainingSet, l2_scales: &[f32], config: &TrainingConfig, device: &Device) -> Fitted {
-    let n_features = l2_scales.len();
     let [fit, validation] = [Split::Fit, Split::Validation].map(|part| rows_in(set, part, config));
     let validation_csr = set.rows.select(&validation);
     let validation_labels: Vec<f32> = validation.iter().map(|&i| set.labels[i]).collect();
+    let mut stop = EarlyStop::default();
+    let progress = progress_bar(config.epochs as u64 * steps_per_epoch(config, fit.len()));
+    let run = run_epochs(
+        (set, &fit, l2_scales),
+        config,
+        config.epochs,
+        (device, &progress),
+        |network| {
+            let pd = predict(&network, &validation_csr, device, 4096);
+            let validation_auc = metrics::auc(&pd, &validation_labels).unwrap_or(0.5);
+            let stopping = stop.after_epoch(validation_auc, network, config.patience);
+            (validation_auc, stopping)
+        },
+    );
+    progress.finish_and_clear();
+    info!(
+        epochs = run.epochs_run,
+        best_validation_auc = stop.best.as_ref().map(|b| b.0),
+        "training done"
+    );
+    let (best_validation_auc, network) = stop.best.unwrap_or((f64::NAN, run.network));
+    let calibration = Platt::fit(
+        &logits(&network, &validation_csr, device, 4096),
+        &validation_labels,
+    );
+    Fitted {
+        network,
+        calibration,
+        best_validation_auc,
+        epochs_run: run.epochs_run,
+        fit_rows: fit.len(),
+        fit_seconds: run.fit_seconds,
+    }
+}
 
+/// What a run of epochs leaves: the network after the last one.
+pub(crate) struct EpochRun {
+    pub network: WideDeep,
+    pub epochs_run: usize,
+    pub fit_seconds: f64,
+}
+
+/// Up to `epochs` passes of gradient steps over the `fit` rows of `set` (each feature's L2
+/// multiple in `l2_scales`), shuffled anew each epoch, advancing `progress` a step a batch.
+/// After each, `after_epoch` gets the network as it stands and returns the epoch's validation
+/// AUC (NaN: none; for the progress bar and the log) and whether to stop.
+pub(crate) fn run_epochs(
+    (set, fit, l2_scales): (&TrainingSet, &[usize], &[f32]),
+    config: &TrainingConfig,
+    epochs: usize,
+    (device, progress): (&Device, &ProgressBar),
+    mut after_epoch: impl FnMut(WideDeep) -> (f64, bool),
+) -> EpochRun {
+    let n_features = l2_scales.len();
     let architecture = Architecture {
         n_features,
         embedding_dim: config.embedding_dim,
@@ -273,10 +327,7 @@ fn fit(set: &TrainingSet, l2_scales: &[f32], config: &TrainingConfig, device: &D
     let l2 = config.l2 / fit.len().max(1) as f64 * config.batch_size as f64;
     let mut learner = Learner::new(layout, architecture, l2_scales, config.seed, device);
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    let mut order = fit.clone();
-    let mut stop = EarlyStop::default();
-    let mut epochs_run = 0;
-    let progress = progress_bar(config, fit.len());
+    let mut order = fit.to_vec();
     let steps = Steps {
         set,
         config,
@@ -289,47 +340,33 @@ fn fit(set: &TrainingSet, l2_scales: &[f32], config: &TrainingConfig, device: &D
         },
     };
     debug!(?layout, "training batch layout");
-    let mut fit_seconds = 0.0;
+    let (mut fit_seconds, mut epochs_run) = (0.0, 0);
     let mut profile = StepProfile::from_env(&learner.device());
-    for epoch in 0..config.epochs {
+    for _ in 0..epochs {
         let epoch_started = std::time::Instant::now();
         order.shuffle(&mut rng);
         let mut loss = RunningLoss::new(&learner.device());
-        learner = steps.epoch(learner, &order, &mut loss, &mut profile, &progress);
+        learner = steps.epoch(learner, &order, &mut loss, &mut profile, progress);
         // the epoch's one read-back, which also waits for the device's queued work, so the
         // fit time is the real one
         let train_loss = loss.mean();
         fit_seconds += epoch_started.elapsed().as_secs_f64();
-        epochs_run = epoch + 1;
-        let valid = learner.network();
-        let pd = predict(&valid, &validation_csr, device, 4096);
-        let validation_auc = metrics::auc(&pd, &validation_labels).unwrap_or(0.5);
-        progress.set_message(format!(
-            "epoch {epochs_run} train loss {train_loss:.4} validation AUC {validation_auc:.4}"
-        ));
+        epochs_run += 1;
+        let (validation_auc, stop) = after_epoch(learner.network());
+        let mut message = format!("epoch {epochs_run} train loss {train_loss:.4}");
+        if !validation_auc.is_nan() {
+            message += &format!(" validation AUC {validation_auc:.4}");
+        }
+        progress.set_message(message);
         debug!(epoch = epochs_run, train_loss, validation_auc, "epoch done");
-        if stop.after_epoch(validation_auc, valid, config.patience) {
+        if stop {
             break;
         }
     }
-    progress.finish_and_clear();
     profile.log();
-    info!(
-        epochs = epochs_run,
-        best_validation_auc = stop.best.as_ref().map(|b| b.0),
-        "training done"
-    );
-    let (best_validation_auc, network) = stop.best.unwrap_or_else(|| (f64::NAN, learner.network()));
-    let calibration = Platt::fit(
-        &logits(&network, &validation_csr, device, 4096),
-        &validation_labels,
-    );
-    Fitted {
-        network,
-        calibration,
-        best_validation_auc,
+    EpochRun {
+        network: learner.network(),
         epochs_run,
-        fit_rows: fit.len(),
         fit_seconds,
     }
 }
@@ -534,9 +571,13 @@ fn upload(labels: Vec<f32>, device: &Device) -> Tensor<1> {
     Tensor::from_data(TensorData::new(labels, [rows]), device)
 }
 
-fn progress_bar(config: &TrainingConfig, fit_rows: usize) -> ProgressBar {
-    let steps_per_epoch = fit_rows.div_ceil(config.batch_size) as u64;
-    ProgressBar::new(config.epochs as u64 * steps_per_epoch).with_style(
+/// Gradient steps in an epoch over `fit_rows` rows.
+pub(crate) fn steps_per_epoch(config: &TrainingConfig, fit_rows: usize) -> u64 {
+    fit_rows.div_ceil(config.batch_size) as u64
+}
+
+pub(crate) fn progress_bar(steps: u64) -> ProgressBar {
+    ProgressBar::new(steps).with_style(
         ProgressStyle::with_template("train  {bar:40} {pos}/{len} steps  {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     )
@@ -576,7 +617,7 @@ impl EarlyStop {
 }
 
 /// Row positions of `set` in `part`.
-fn rows_in(set: &TrainingSet, part: Split, config: &TrainingConfig) -> Vec<usize> {
+pub(crate) fn rows_in(set: &TrainingSet, part: Split, config: &TrainingConfig) -> Vec<usize> {
     let users = &set.rows.users;
     (0..users.len())
         .filter(|&i| Split::of(users[i], config) == part)
@@ -584,16 +625,17 @@ fn rows_in(set: &TrainingSet, part: Split, config: &TrainingConfig) -> Vec<usize
 }
 
 /// What the fit left: the best network by validation AUC, calibrated on the validation rows.
-struct Fitted {
-    network: WideDeep,
-    calibration: Platt,
-    best_validation_auc: f64,
-    epochs_run: usize,
-    fit_rows: usize,
-    fit_seconds: f64,
+pub(crate) struct Fitted {
+    pub network: WideDeep,
+    pub calibration: Platt,
+    pub best_validation_auc: f64,
+    pub epochs_run: usize,
+    pub fit_rows: usize,
+    pub fit_seconds: f64,
 }
 
-fn evaluate_on_holdout(
+/// The held-out rows' PD with the chosen model: its metrics, read once.
+pub(crate) fn evaluate_on_holdout(
     set: &TrainingSet,
     holdout: &[usize],
     fitted: Fitted,
@@ -637,6 +679,7 @@ fn evaluate_on_holdout(
         fit_seconds,
         l2,
         l2_search,
+        cross_validation: None,
     }
 }
 
