@@ -45,6 +45,8 @@ pub struct NightlyConfig {
     pub training: TrainingConfig,
     pub evaluation: EvaluationConfig,
     pub publish: PublishConfig,
+    /// how tables of your own (`train --table`) are trained
+    pub table: TableConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,13 +123,14 @@ fn parse_nightly(text: &str, file: &str) -> Result<NightlyConfig, PipelinesError
 impl NightlyConfig {
     /// Every section's own check, the error naming the section and the key.
     fn check(&self) -> Result<(), String> {
-        let sections: [(&str, Result<(), String>); 6] = [
+        let sections: [(&str, Result<(), String>); 7] = [
             ("engine", self.engine.check()),
             ("label", self.label.check()),
             ("validation", self.validation.check()),
             ("training", self.training.check()),
             ("evaluation", self.evaluation.check()),
             ("publish", self.publish.check()),
+            ("table", self.table.check()),
         ];
         for (section, checked) in sections {
             checked.map_err(|problem| format!("[{section}] {problem}"))?;
@@ -142,6 +145,93 @@ impl ValidationConfig {
             return Err("max_bad_share must be between 0 and 1".into());
         }
         Ok(())
+    }
+}
+
+/// `[table]` of nightly.toml: how tables of your own are trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// tables with fewer labelled rows are cross-validated instead of using one validation
+    /// split
+    pub cross_validate_below_rows: usize,
+    pub folds: usize,
+    /// value bins per numeric column for the binned encoding (0: standardized values only)
+    pub bins: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    /// the most epochs; cross-validation (or early stopping) chooses how many
+    pub epochs: usize,
+    /// L2 penalties to choose from, per example (the objective is the mean log loss plus
+    /// l2 / rows times the sum of squared weights)
+    pub l2_grid: Vec<f64>,
+    /// embedding sizes cross-validation chooses from (0: the wide part alone); larger tables
+    /// use the largest
+    pub embedding_dims: Vec<usize>,
+    /// width of the deep part's hidden layer
+    pub hidden: usize,
+    /// networks refitted on all training rows after cross-validation and averaged into one
+    pub refits: usize,
+}
+
+impl TableConfig {
+    pub fn check(&self) -> Result<(), String> {
+        if !(2..=20).contains(&self.folds) {
+            return Err("folds must be between 2 and 20".into());
+        }
+        if self.bins > 100 {
+            return Err("bins must be at most 100".into());
+        }
+        if !(1..=16).contains(&self.embedding_dims.len())
+            || self.embedding_dims.iter().any(|d| *d > 64)
+        {
+            return Err("embedding_dims must hold 1 to 16 sizes, each at most 64".into());
+        }
+        if !(1..=4096).contains(&self.hidden) {
+            return Err("hidden must be between 1 and 4096".into());
+        }
+        if !(1..=16).contains(&self.refits) {
+            return Err("refits must be between 1 and 16".into());
+        }
+        let checks = [
+            (
+                (1..=1 << 20).contains(&self.batch_size),
+                "batch_size must be between 1 and 1048576",
+            ),
+            (
+                self.learning_rate.is_finite() && self.learning_rate > 0.0,
+                "learning_rate must be a positive number",
+            ),
+            (
+                (1..=10_000).contains(&self.epochs),
+                "epochs must be between 1 and 10000",
+            ),
+            (
+                (1..=16).contains(&self.l2_grid.len())
+                    && self.l2_grid.iter().all(|l2| l2.is_finite() && *l2 > 0.0),
+                "l2_grid must hold 1 to 16 positive numbers",
+            ),
+        ];
+        match checks.into_iter().find(|(ok, _)| !ok) {
+            Some((_, problem)) => Err(problem.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// `[training]` with this section's batch, rate, epochs and L2 grid (as multiples of 1).
+    pub fn training(&self, base: &TrainingConfig, holdout_share: Option<f64>) -> TrainingConfig {
+        TrainingConfig {
+            batch_size: self.batch_size,
+            learning_rate: self.learning_rate,
+            epochs: self.epochs,
+            l2: 1.0,
+            l2_grid: self.l2_grid.clone(),
+            l2_scale: Default::default(),
+            embedding_dim: self.embedding_dims.iter().copied().max().unwrap_or(0),
+            hidden: self.hidden,
+            holdout_share: holdout_share.unwrap_or(base.holdout_share),
+            ..base.clone()
+        }
     }
 }
 

@@ -16,7 +16,6 @@
 //! features    declarative families -> long sparse (user_id, feature_id, value) + dictionary
 //! dataset     CSR rows and point-in-time labels
 //! model       Burn wide & deep network: training, calibration, metrics, reports, registry
-//! table       bring-your-own-table training sets from Parquet or CSV
 //! scoring     PD, scorecard points and reason codes for every user
 //! policy      the limit policy: PD -> grade -> limit, certificate boosts, user caps,
 //!             scenarios, fraud checks, and the inputs it weighs
@@ -25,6 +24,8 @@
 //!             codec and the in-memory snapshot both read paths answer from
 //! config      the configuration files of a run (`pipelines/`)
 //! training    train / evaluate / compare workflows on a root's newest labelled window
+//! table       your own table: its encoding stored with the model, small-data training by
+//!             cross-validation, scoring another table with it
 //! nightly     the job that runs the stages in order, with checkpoints, a lease and shards
 //! serve       the online read path: HTTP lookups by user id, following new versions
 //! sink        loading a published table into Redis with versioned keys and a switch
@@ -59,8 +60,6 @@ pub mod dataset;
 
 pub mod model;
 
-pub mod table;
-
 pub mod scoring;
 
 pub mod policy;
@@ -72,6 +71,8 @@ pub mod publish;
 pub mod config;
 
 pub mod training;
+
+pub mod table;
 
 pub mod nightly;
 

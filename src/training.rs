@@ -17,7 +17,9 @@ use crate::features::FeatureError;
 use crate::features::{self, FeatureDictionary, FeatureSet};
 use crate::model::ModelError;
 use crate::model::evaluation::{self, Evaluation, EvaluationInput};
-use crate::model::{self, Model, ModelCard, Provenance, Split, TrainingConfig, report};
+use crate::model::{
+    self, Model, ModelCard, Provenance, Split, TrainedModel, TrainingConfig, report,
+};
 use crate::sources::{self, SourceError};
 use crate::store::{Store, StoreError, layout};
 use crate::synth::{SynthError, truth};
@@ -195,14 +197,29 @@ async fn champion_pd(
     Ok(Some((champion.version, model.pd(rows, device))))
 }
 
-/// Trains on a training set, registers the model with its evaluation and report, and
-/// promotes it as asked. `dictionary` is None for tables that bring their own columns.
-#[allow(clippy::too_many_arguments)]
+/// What registering a trained model records besides the model itself.
+pub struct Registration<'a> {
+    /// where the rows come from, for the model card
+    pub data: String,
+    pub trained_as_of: NaiveDate,
+    pub dictionary: &'a FeatureDictionary,
+    /// the settings it was trained with (`l2` as the trainer chose it goes on the card)
+    pub training: &'a TrainingConfig,
+    /// rows of a redflower world: users with segments in the dictionary and, where the root
+    /// has `truth/`, an oracle; false for a table of your own, whose row numbers are nobody
+    pub from_world: bool,
+    /// more for the card's limitations
+    pub notes: Vec<String>,
+    /// files saved beside the weights: (name, JSON)
+    pub attachments: Vec<(String, serde_json::Value)>,
+}
+
+/// Trains on a world's training set, registers the model with its evaluation and report,
+/// and promotes it as asked.
 pub async fn train_and_register(
     store: &Store,
     set: &TrainingSet,
     dictionary: &FeatureDictionary,
-    segments_from_dictionary: bool,
     data: String,
     pipelines: &Pipelines,
     device: &Device,
@@ -211,39 +228,60 @@ pub async fn train_and_register(
     let config = &pipelines.nightly;
     let l2_scales = config.training.l2_scales(dictionary.families());
     let trained = model::train(set, &l2_scales, &config.training, device);
-    let (oracle_auc, visible_oracle_auc) =
-        OracleAuc::split(oracle_auc(store, &trained.holdout_users, &trained.holdout_labels).await?);
-    let model = model::register(
-        store,
-        &trained,
+    let registration = Registration {
+        data,
+        trained_as_of: set.as_of,
         dictionary,
-        &Provenance {
-            data,
-            trained_as_of: set.as_of,
-            training: &config.training,
-            scorecard: config.evaluation.scorecard,
-            oracle_auc,
-            visible_oracle_auc,
-        },
-    )
-    .await?;
+        training: &config.training,
+        from_world: true,
+        notes: Vec::new(),
+        attachments: Vec::new(),
+    };
+    register_trained(store, &trained, registration, pipelines, device, promote).await
+}
+
+/// Registers a trained model with its evaluation on the holdout (next to the champion, when
+/// the champion reads the same dictionary) and its report, and promotes it as asked.
+pub async fn register_trained(
+    store: &Store,
+    trained: &TrainedModel,
+    registration: Registration<'_>,
+    pipelines: &Pipelines,
+    device: &Device,
+    promote: Promote,
+) -> Result<(Model, TrainOutcome), TrainingError> {
+    let config = &pipelines.nightly;
+    let dictionary = registration.dictionary;
+    let oracle = match registration.from_world {
+        true => oracle_auc(store, &trained.holdout_users, &trained.holdout_labels).await?,
+        false => None,
+    };
+    let (oracle_auc, visible_oracle_auc) = OracleAuc::split(oracle);
+    let provenance = Provenance {
+        data: registration.data,
+        trained_as_of: registration.trained_as_of,
+        training: registration.training,
+        scorecard: config.evaluation.scorecard,
+        oracle_auc,
+        visible_oracle_auc,
+        notes: registration.notes,
+        attachments: registration.attachments,
+    };
+    let model = model::register(store, trained, dictionary, &provenance).await?;
     let version = model.card.version.clone();
-    let champion = champion_pd(
-        store,
-        &trained.holdout_rows,
-        segments_from_dictionary.then_some(dictionary),
-        &version,
-        device,
-    )
-    .await?;
+    let holdout = &trained.holdout_rows;
+    let champion = champion_pd(store, holdout, Some(dictionary), &version, device).await?;
     let evaluation = evaluation::evaluate(EvaluationInput {
         model_version: &version,
-        rows_evaluated: format!("the holdout of the training set as of {}", set.as_of),
+        rows_evaluated: format!(
+            "the holdout of the training set as of {}",
+            registration.trained_as_of
+        ),
         pd: &trained.holdout_pd,
         uncalibrated: Some(trained.holdout_raw),
         labels: &trained.holdout_labels,
-        rows: &trained.holdout_rows,
-        dictionary: segments_from_dictionary.then_some(dictionary),
+        rows: holdout,
+        dictionary: registration.from_world.then_some(dictionary),
         config: &config.evaluation,
         oracle_auc,
         visible_oracle_auc,
@@ -304,7 +342,7 @@ pub async fn evaluate(
     });
     let report = write_evaluation(
         store,
-        &layout::evaluation(&version, window.run_date),
+        &layout::evaluation(version, window.run_date),
         &model.card,
         &evaluation,
     )

@@ -394,7 +394,6 @@ async fn scoring_model(
         store,
         training_set,
         dictionary,
-        true,
         data,
         run.pipelines,
         device,

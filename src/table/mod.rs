@@ -1,12 +1,17 @@
 //! Bring your own table: a training set from any Parquet or CSV table with a 0/1 label
-//! column, so ML engineers can try the trainer on their own data.
+//! column, so ML engineers can try the trainer on their own data, and the same encoding
+//! applied to any later table to score it (`score`).
 //!
-//! Numeric columns become one standardized feature each (plus `<column>=null` where a value
-//! is missing); text, boolean and date columns one indicator per value (`<column>=<value>`),
-//! the `MAX_LEVELS` most frequent values per column. Row numbers stand in for user ids, so
-//! the holdout split is the same hash split the world uses. Reads the table; writes nothing.
+//! Row positions (0-based) stand in for user ids, so the holdout split is the same hash split
+//! the world uses, and the encoding ([`encoding`]) is learned on the other labelled rows
+//! only. Reads tables; writes nothing (the model registry stores the encoding, `score` its
+//! output).
 
-use std::collections::HashMap;
+pub mod encoding;
+pub mod score;
+pub mod train;
+
+pub use encoding::{ColumnEncoding, ColumnValues, MAX_LEVELS, TableEncoding};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
@@ -15,12 +20,9 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
 
 use crate::cause::{Cause, Classify};
-use crate::dataset::{Csr, TrainingSet};
+use crate::dataset::{Csr, TrainingSet, is_holdout};
 use crate::features::FeatureDictionary;
 use crate::store::{Store, StoreError};
-
-/// Values kept per categorical column; rarer ones share no feature.
-pub const MAX_LEVELS: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
@@ -33,6 +35,18 @@ pub enum TableError {
     },
     #[error("{table}: {problem}")]
     Invalid { table: String, problem: String },
+    #[error(
+        "{table}: column '{column}' was {trained} when model {version} was trained and is {now} now: convert it back, or retrain on tables of the new type"
+    )]
+    TypeChanged {
+        table: String,
+        column: String,
+        version: String,
+        trained: &'static str,
+        now: String,
+    },
+    #[error("{path}: {problem}")]
+    Write { path: String, problem: String },
 }
 
 impl Classify for TableError {
@@ -43,25 +57,14 @@ impl Classify for TableError {
                 Cause::Transient => Cause::Transient,
                 _ => Cause::Input,
             },
-            TableError::Invalid { .. } => Cause::Input,
+            TableError::Invalid { .. } | TableError::TypeChanged { .. } => Cause::Input,
+            TableError::Write { .. } => Cause::Input,
         }
     }
 }
 
-/// A table turned into a training set, and what happened to its rows and columns.
-pub struct TableSet {
-    pub set: TrainingSet,
-    pub dictionary: FeatureDictionary,
-    pub rows: usize,
-    /// rows without a label: left out of training, counted here
-    pub unlabelled: usize,
-    pub numeric_columns: Vec<String>,
-    pub categorical_columns: Vec<String>,
-    /// constant columns, which carry nothing
-    pub skipped_columns: Vec<String>,
-}
-
-fn split_url(url: &str) -> (String, String) {
+/// A location's folder (the store root) and file name.
+pub(crate) fn split_url(url: &str) -> (String, String) {
     match url.rsplit_once('/') {
         Some((root, file)) if !root.is_empty() && !root.ends_with(':') && !root.ends_with("//") => {
             (root.to_string(), file.to_string())
@@ -100,22 +103,75 @@ async fn read(url: &str) -> Result<Vec<RecordBatch>, TableError> {
         .map_err(read_error)
 }
 
-fn is_numeric(data_type: &DataType) -> bool {
+pub fn is_numeric(data_type: &DataType) -> bool {
     data_type.is_integer()
         || data_type.is_floating()
         || matches!(data_type, DataType::Decimal128(..))
 }
 
 /// The table's columns, read whole, with errors naming the table and the column.
-struct Columns<'a> {
-    url: &'a str,
+pub struct Columns {
+    url: String,
     batches: Vec<RecordBatch>,
 }
 
-impl Columns<'_> {
+impl Columns {
+    /// Reads a `.csv` or `.parquet` table (a path or an object store URL).
+    pub async fn read(url: &str) -> Result<Columns, TableError> {
+        let batches = read(url).await?;
+        if batches.iter().all(|b| b.num_rows() == 0) {
+            return Err(TableError::Invalid {
+                table: url.to_string(),
+                problem: "the table has no rows".into(),
+            });
+        }
+        Ok(Columns {
+            url: url.to_string(),
+            batches,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    /// The column's type, if the table has it.
+    pub fn data_type(&self, name: &str) -> Option<DataType> {
+        let schema = self.batches.first()?.schema();
+        Some(schema.field_with_name(name).ok()?.data_type().clone())
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.batches.first().map_or_else(Vec::new, |b| {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
+        })
+    }
+
+    /// A column's values as the encoding reads them: numbers (NaN and infinities as missing)
+    /// for a numeric column, text for any other.
+    pub fn values(&self, name: &str) -> Result<ColumnValues, TableError> {
+        match self.data_type(name) {
+            Some(t) if is_numeric(&t) => Ok(ColumnValues::Numbers(
+                self.numbers(name)?
+                    .into_iter()
+                    .map(|v| v.filter(|v| v.is_finite()))
+                    .collect(),
+            )),
+            _ => Ok(ColumnValues::Text(self.text(name)?)),
+        }
+    }
+
     fn invalid(&self, problem: String) -> TableError {
         TableError::Invalid {
-            table: self.url.to_string(),
+            table: self.url.clone(),
             problem,
         }
     }
@@ -169,152 +225,150 @@ impl Columns<'_> {
     }
 }
 
-/// Per row, its (feature id, value) pairs, and the dictionary they use.
-#[derive(Default)]
-struct Encoded {
-    entries: Vec<Vec<(u32, f32)>>,
-    dictionary: FeatureDictionary,
+/// A table with a 0/1 label column, read whole.
+pub struct LabelledTable {
+    pub columns: Columns,
+    pub label: String,
+    /// per row: 0, 1, or None (unlabelled: left out of training)
+    pub labels: Vec<Option<f64>>,
 }
 
-impl Encoded {
-    /// A numeric column, standardized, with a `<name>=null` indicator where values are
-    /// missing; false (and nothing added) for a constant column.
-    fn add_numeric(&mut self, name: &str, values: &[Option<f64>]) -> bool {
-        let rows = values.len();
-        let present: Vec<f64> = values.iter().flatten().copied().collect();
-        let n = present.len().max(1) as f64;
-        let mean = present.iter().sum::<f64>() / n;
-        let std = (present.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
-        if std == 0.0 && present.len() == rows {
-            return false;
+impl LabelledTable {
+    pub async fn read(url: &str, label: &str) -> Result<LabelledTable, TableError> {
+        let columns = Columns::read(url).await?;
+        if columns.data_type(label).is_none() {
+            return Err(columns.invalid(format!(
+                "no label column '{label}'; columns are {}",
+                columns.names().join(", ")
+            )));
         }
-        let id = self.dictionary.id_or_insert(name, name);
-        let missing = (present.len() < rows)
-            .then(|| self.dictionary.id_or_insert(&format!("{name}=null"), name));
-        for (row, value) in values.iter().enumerate() {
-            match (value, missing) {
-                (Some(v), _) if std > 0.0 => {
-                    self.entries[row].push((id, ((v - mean) / std) as f32))
-                }
-                (None, Some(missing)) => self.entries[row].push((missing, 1.0)),
-                _ => {}
-            }
-        }
-        true
+        let labels = columns.labels(label)?;
+        Ok(LabelledTable {
+            columns,
+            label: label.to_string(),
+            labels,
+        })
     }
 
-    /// A categorical column, one indicator per level (the MAX_LEVELS most frequent) and one
-    /// for missing; false (and nothing added) for a constant column.
-    fn add_categorical(&mut self, name: &str, values: &[Option<String>]) -> bool {
-        let mut counts: HashMap<&str, usize> = HashMap::new();
-        for v in values.iter().flatten() {
-            *counts.entry(v.as_str()).or_default() += 1;
-        }
-        if counts.len() <= 1 && values.iter().all(|v| v.is_some()) {
-            return false;
-        }
-        let mut levels: Vec<(&str, usize)> = counts.into_iter().collect();
-        levels.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        levels.truncate(MAX_LEVELS);
-        levels.sort();
-        let ids: HashMap<&str, u32> = levels
-            .iter()
-            .map(|(v, _)| {
-                (
-                    *v,
-                    self.dictionary.id_or_insert(&format!("{name}={v}"), name),
-                )
-            })
-            .collect();
-        let missing = values
-            .iter()
-            .any(|v| v.is_none())
-            .then(|| self.dictionary.id_or_insert(&format!("{name}=null"), name));
-        for (row, value) in values.iter().enumerate() {
-            let id = match value {
-                Some(v) => ids.get(v.as_str()).copied(),
-                None => missing,
-            };
-            if let Some(id) = id {
-                self.entries[row].push((id, 1.0));
-            }
-        }
-        true
+    pub fn unlabelled(&self) -> usize {
+        self.labels.iter().filter(|l| l.is_none()).count()
     }
 
-    /// The labelled rows as CSR (row number as the user id), with their labels.
-    fn into_csr(mut self, labels: &[Option<f64>]) -> (Csr, Vec<f32>, FeatureDictionary) {
-        let mut csr = Csr {
-            offsets: vec![0],
-            ..Default::default()
+    /// Labelled rows outside the holdout: the rows an encoding and a model may learn from.
+    pub fn training_rows(&self, holdout_share: f64) -> Vec<usize> {
+        (0..self.labels.len())
+            .filter(|&r| self.labels[r].is_some() && !is_holdout(r as u64, holdout_share))
+            .collect()
+    }
+
+    /// The encoding of every column but the label, learned on the training rows, with `bins`
+    /// value ranges per numeric column (0: none). It has been through its JSON form, so the
+    /// rows trained on are encoded exactly as a table scored with the stored one.
+    pub fn learn_encoding(
+        &self,
+        holdout_share: f64,
+        bins: usize,
+    ) -> Result<TableEncoding, TableError> {
+        let training = self.training_rows(holdout_share);
+        let mut encoding = TableEncoding {
+            label: self.label.clone(),
+            columns: Vec::new(),
+            skipped: Vec::new(),
         };
-        let mut set_labels = Vec::new();
-        for (row, label) in labels.iter().enumerate() {
-            let Some(label) = label else { continue };
-            let mut row_entries = std::mem::take(&mut self.entries[row]);
-            row_entries.sort_by_key(|(id, _)| *id);
-            csr.users.push(row as u64);
-            for (id, value) in row_entries {
-                csr.ids.push(id);
-                csr.values.push(value);
+        for name in self.columns.names() {
+            if name == self.label {
+                continue;
             }
-            csr.offsets.push(csr.ids.len());
-            set_labels.push(*label as f32);
+            let values = self.columns.values(&name)?;
+            match ColumnEncoding::learn(&name, &values, &training, &self.labels, bins) {
+                Some(column) => encoding.columns.push(column),
+                None => encoding.skipped.push(name),
+            }
         }
-        (csr, set_labels, self.dictionary)
+        let json =
+            serde_json::to_vec(&encoding).map_err(|e| self.columns.invalid(e.to_string()))?;
+        serde_json::from_slice(&json).map_err(|e| self.columns.invalid(e.to_string()))
+    }
+
+    /// The labelled rows under `encoding` (row position as the user id), and its dictionary.
+    pub fn training_set(
+        &self,
+        encoding: &TableEncoding,
+    ) -> Result<(TrainingSet, FeatureDictionary), TableError> {
+        let dictionary = encoding.dictionary();
+        let encoded = encode(&self.columns, encoding, &dictionary, "new")?;
+        let labelled: Vec<usize> = (0..self.labels.len())
+            .filter(|&r| self.labels[r].is_some())
+            .collect();
+        let rows = encoded.rows.select(&labelled);
+        let labels = labelled
+            .iter()
+            .map(|&r| self.labels[r].unwrap_or_default() as f32)
+            .collect();
+        let set = TrainingSet {
+            as_of: chrono::Utc::now().date_naive(),
+            rows,
+            labels,
+        };
+        Ok((set, dictionary))
     }
 }
 
-pub async fn training_set(url: &str, label: &str) -> Result<TableSet, TableError> {
-    let columns = Columns {
-        url,
-        batches: read(url).await?,
-    };
-    let Some(schema) = columns.batches.first().map(|b| b.schema()) else {
-        return Err(columns.invalid("the table has no rows".into()));
-    };
-    if schema.index_of(label).is_err() {
-        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        return Err(columns.invalid(format!(
-            "no label column '{label}'; columns are {}",
-            names.join(", ")
-        )));
+/// A table's rows under an encoding, and the model columns it lacked.
+pub struct EncodedTable {
+    /// every row, its position as the user id
+    pub rows: Csr,
+    pub missing_columns: Vec<String>,
+}
+
+/// Every row of `columns` under `encoding`; `version` names the model in a type error.
+pub fn encode(
+    columns: &Columns,
+    encoding: &TableEncoding,
+    dictionary: &FeatureDictionary,
+    version: &str,
+) -> Result<EncodedTable, TableError> {
+    let mut rows = vec![Vec::new(); columns.rows()];
+    let mut missing_columns = Vec::new();
+    for column in &encoding.columns {
+        let name = column.name();
+        let values = match columns.data_type(name) {
+            None => {
+                missing_columns.push(name.to_string());
+                None
+            }
+            Some(t) if is_numeric(&t) != column.is_numeric() => {
+                return Err(TableError::TypeChanged {
+                    table: columns.url.clone(),
+                    column: name.to_string(),
+                    version: version.to_string(),
+                    trained: if column.is_numeric() {
+                        "numeric"
+                    } else {
+                        "text"
+                    },
+                    now: t.to_string(),
+                });
+            }
+            Some(_) => Some(columns.values(name)?),
+        };
+        column.encode(values.as_ref(), dictionary, &mut rows);
     }
-    let labels = columns.labels(label)?;
-    let rows = labels.len();
-    let mut encoded = Encoded {
-        entries: vec![Vec::new(); rows],
+    let mut csr = Csr {
+        offsets: vec![0],
         ..Default::default()
     };
-    let (mut numeric_columns, mut categorical_columns, mut skipped_columns) =
-        (Vec::new(), Vec::new(), Vec::new());
-    for field in schema.fields().iter().filter(|f| f.name() != label) {
-        let name = field.name();
-        let (kept, kind) = if is_numeric(field.data_type()) {
-            let kept = encoded.add_numeric(name, &columns.numbers(name)?);
-            (kept, &mut numeric_columns)
-        } else {
-            let kept = encoded.add_categorical(name, &columns.text(name)?);
-            (kept, &mut categorical_columns)
-        };
-        match kept {
-            true => kind.push(name.clone()),
-            false => skipped_columns.push(name.clone()),
+    for (position, mut entries) in rows.into_iter().enumerate() {
+        entries.sort_by_key(|(id, _)| *id);
+        csr.users.push(position as u64);
+        for (id, value) in entries {
+            csr.ids.push(id);
+            csr.values.push(value);
         }
+        csr.offsets.push(csr.ids.len());
     }
-    let labelled = labels.iter().filter(|l| l.is_some()).count();
-    let (csr, set_labels, dictionary) = encoded.into_csr(&labels);
-    Ok(TableSet {
-        set: TrainingSet {
-            as_of: chrono::Utc::now().date_naive(),
-            rows: csr,
-            labels: set_labels,
-        },
-        dictionary,
-        rows,
-        unlabelled: rows - labelled,
-        numeric_columns,
-        categorical_columns,
-        skipped_columns,
+    Ok(EncodedTable {
+        rows: csr,
+        missing_columns,
     })
 }

@@ -14,4 +14,5 @@ mod quarantine;
 mod s3;
 mod serving;
 mod support;
+mod tables;
 mod timelines;

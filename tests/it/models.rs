@@ -1,4 +1,4 @@
-//! The model registry end to end: champion scoring, explained scores, bring-your-own-table.
+//! The model registry end to end: champion scoring, explained scores, suggestions.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -75,7 +75,6 @@ async fn nightly_scores_with_the_champion_and_every_score_is_explained_by_its_fe
         &store,
         &window.set,
         &window.dictionary,
-        true,
         "again".into(),
         &pipelines,
         &device,
@@ -191,96 +190,6 @@ async fn nightly_scores_with_the_champion_and_every_score_is_explained_by_its_fe
         .filter(|x| *x)
         .count();
     assert!(with_model_reasons > 3_000, "{with_model_reasons}");
-}
-
-#[tokio::test]
-async fn a_csv_table_trains_a_registered_model_with_a_report() {
-    let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("loans.csv");
-    let mut text = String::from("income,city,tenure_years,defaulted\n");
-    for i in 0..3000u64 {
-        let income = 20_000 + (i * 7919) % 80_000;
-        let city = ["north", "south", "east", "west"][(i % 4) as usize];
-        let tenure = if i % 13 == 0 {
-            String::new()
-        } else {
-            ((i * 31) % 20).to_string()
-        };
-        // poorer borrowers in the south default more
-        let risk = (income < 40_000) as u64 + (city == "south") as u64;
-        let defaulted = if i % 101 == 0 {
-            String::new() // a row without a label
-        } else {
-            (((i * 2654435761) % 10) < 1 + 3 * risk)
-                .then_some(1)
-                .unwrap_or(0)
-                .to_string()
-        };
-        text.push_str(&format!("{income},{city},{tenure},{defaulted}\n"));
-    }
-    std::fs::write(&csv, text).unwrap();
-    let root = dir.path().join("registry");
-    let store = Store::open(root.to_str().unwrap()).unwrap();
-    let byo = redflower::table::training_set(csv.to_str().unwrap(), "defaulted")
-        .await
-        .unwrap();
-    assert_eq!(byo.rows, 3000);
-    assert_eq!(byo.unlabelled, 30);
-    assert_eq!(byo.numeric_columns, vec!["income", "tenure_years"]);
-    assert_eq!(byo.categorical_columns, vec!["city"]);
-    assert!(byo.dictionary.id("city=south").is_some());
-    assert!(byo.dictionary.id("tenure_years=null").is_some());
-
-    let pipelines = Pipelines::builtin();
-    let device = DeviceKind::Cpu.device().unwrap();
-    let (model, outcome) = training::train_and_register(
-        &store,
-        &byo.set,
-        &byo.dictionary,
-        false,
-        "loans.csv".into(),
-        &pipelines,
-        &device,
-        Promote::Never,
-    )
-    .await
-    .unwrap();
-    assert!(
-        outcome.evaluation.metrics.auc > 0.65,
-        "{:?}",
-        outcome.evaluation.metrics
-    );
-    assert!(!outcome.promoted);
-    assert!(model::champion(&store).await.unwrap().is_none());
-    let listed = model::list(&store).await.unwrap();
-    assert_eq!(listed[0].version, model.card.version);
-    assert!(
-        root.join(format!("models/{}/report.html", model.card.version))
-            .exists()
-    );
-    assert!(
-        root.join(format!("models/{}/metrics.json", model.card.version))
-            .exists()
-    );
-
-    // a label that is not 0/1 is named with its row
-    let bad = dir.path().join("bad.csv");
-    std::fs::write(&bad, "x,y\n1,0\n2,3\n").unwrap();
-    let err = redflower::table::training_set(bad.to_str().unwrap(), "y")
-        .await
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(err.contains("bad.csv") && err.contains("row 2"), "{err}");
-    let err = redflower::table::training_set(csv.to_str().unwrap(), "nope")
-        .await
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(
-        err.contains("no label column 'nope'") && err.contains("income"),
-        "{err}"
-    );
 }
 
 #[tokio::test]

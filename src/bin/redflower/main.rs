@@ -9,6 +9,7 @@ mod models;
 mod nightly;
 mod print;
 mod publish;
+mod score;
 mod serve;
 mod show;
 mod synth;
@@ -63,6 +64,11 @@ enum Command {
     /// Examples: redflower train --root ./data --date 2026-11-01 --promote
     ///           redflower train --root ./byo --table ./loans.csv --label defaulted
     Train(train::TrainArgs),
+    /// Score a table of your own with a model trained on one (`train --table`): PD, points and
+    /// reason codes per row, through the encoding stored with the model.
+    ///
+    /// Example: redflower score --root ./byo --model 2026-12-04-3f2a9c1b7d4e --table ./new.csv --out ./scores.csv
+    Score(score::ScoreArgs),
     /// Evaluate a registered model on the holdout of a date's training window, next to the
     /// champion; writes models/<version>/evaluations/<date>/.
     ///
@@ -119,6 +125,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Train(args) => train::run(args).await,
+        Command::Score(args) => score::run(args).await,
         Command::Evaluate(args) => evaluate::run(args).await,
         Command::Publish { action } => publish::run(action).await,
         Command::Models { action } => models::run(action).await,
@@ -149,6 +156,8 @@ fn cause_of(error: &anyhow::Error) -> Cause {
             sink::SinkError,
             redflower::serve::ServeError,
             model::ModelError,
+            table::train::TableTrainingError,
+            table::score::ScoreTableError,
             table::TableError,
             synth::SynthError,
             sources::SourceError,

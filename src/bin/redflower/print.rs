@@ -30,6 +30,22 @@ pub fn evaluation(card: &ModelCard, e: &Evaluation, report: &str) {
         "  ranking     AUC {:.4}, Gini {:.4}, KS {:.4}{oracle}",
         m.auc, m.gini, m.ks
     );
+    if let Some(cv) = &card.cross_validation {
+        println!(
+            "  cross-val.  AUC {:.4} ± {:.4} over {} folds of the training rows (chose {}, {}, l2 {}, {} epochs; {} refits averaged)",
+            cv.auc_mean,
+            cv.auc_sd,
+            cv.folds,
+            cv.chosen,
+            match cv.embedding_dim {
+                0 => "wide only".to_string(),
+                dim => format!("embedding {dim}"),
+            },
+            cv.l2,
+            cv.epochs,
+            cv.refits
+        );
+    }
     let before = e.uncalibrated.map_or(String::new(), |u| {
         format!(" (before calibration {:.4})", u.ece)
     });

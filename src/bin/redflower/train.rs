@@ -6,6 +6,7 @@ use anyhow::Result;
 use chrono::NaiveDate;
 use clap::Args;
 
+use redflower::table::train::{self, TableOptions};
 use redflower::training::{self, Promote, TrainOutcome};
 
 use crate::args::{DeviceArg, PipelinesArg, RootArg};
@@ -24,6 +25,14 @@ pub struct TrainArgs {
     /// the 0/1 label column of --table
     #[arg(long, requires = "table")]
     label: Option<String>,
+    /// share of --table's labelled rows held out for the reported metrics (default: [training]
+    /// holdout_share)
+    #[arg(long, requires = "table")]
+    holdout_share: Option<f64>,
+    /// cross-validate --table with this many folds, whatever its size (default: [table] folds,
+    /// below [table] cross_validate_below_rows labelled rows)
+    #[arg(long, requires = "table")]
+    folds: Option<usize>,
     #[command(flatten)]
     pipelines: PipelinesArg,
     #[command(flatten)]
@@ -71,31 +80,33 @@ async fn train_on_table(args: &TrainArgs, table: &str, label: &str) -> Result<Tr
     let store = args.root.open()?;
     let pipelines = args.pipelines.load()?;
     let device = args.device.device.device()?;
-    let byo = redflower::table::training_set(table, label).await?;
-    let skipped = if byo.skipped_columns.is_empty() {
-        String::new()
-    } else {
-        format!("; constant, skipped: {}", byo.skipped_columns.join(", "))
+    let options = TableOptions {
+        holdout_share: args.holdout_share,
+        folds: args.folds,
     };
-    println!(
-        "table {table}: {} rows ({} without a label, left out), {} numeric and {} categorical columns -> {} features{skipped}",
-        byo.rows,
-        byo.unlabelled,
-        byo.numeric_columns.len(),
-        byo.categorical_columns.len(),
-        byo.dictionary.len(),
-    );
-    let (_, outcome) = training::train_and_register(
+    let (byo, outcome) = train::train_on_table(
         &store,
-        &byo.set,
-        &byo.dictionary,
-        false,
-        format!("table {table}, label column '{label}'"),
+        (table, label),
+        options,
         &pipelines,
         &device,
         promote(args),
     )
     .await?;
+    let skipped = if byo.skipped_columns.is_empty() {
+        String::new()
+    } else {
+        format!("; constant, skipped: {}", byo.skipped_columns.join(", "))
+    };
+    // on stderr, so --json stays one document on stdout
+    eprintln!(
+        "table {table}: {} rows ({} without a label, left out), {} numeric and {} categorical columns -> {} features{skipped}",
+        byo.rows,
+        byo.unlabelled,
+        byo.numeric_columns.len(),
+        byo.categorical_columns.len(),
+        byo.features,
+    );
     Ok(outcome)
 }
 
@@ -109,7 +120,6 @@ async fn train_on_window(args: &TrainArgs, date: NaiveDate) -> Result<TrainOutco
         &store,
         &window.set,
         &window.dictionary,
-        true,
         window.data.clone(),
         &pipelines,
         &device,
