@@ -15,6 +15,7 @@ use crate::engine::EngineConfig;
 use crate::features::FeatureConfig;
 use crate::model::TrainingConfig;
 use crate::model::evaluation::EvaluationConfig;
+use crate::model::promotion::PromotionConfig;
 use crate::policy::LimitPolicy;
 use crate::publish::PublishConfig;
 
@@ -45,6 +46,8 @@ pub struct NightlyConfig {
     pub training: TrainingConfig,
     pub evaluation: EvaluationConfig,
     pub publish: PublishConfig,
+    /// what a model must show before it becomes the champion
+    pub promotion: PromotionConfig,
     /// how tables of your own (`train --table`) are trained
     pub table: TableConfig,
 }
@@ -123,13 +126,14 @@ fn parse_nightly(text: &str, file: &str) -> Result<NightlyConfig, PipelinesError
 impl NightlyConfig {
     /// Every section's own check, the error naming the section and the key.
     fn check(&self) -> Result<(), String> {
-        let sections: [(&str, Result<(), String>); 7] = [
+        let sections: [(&str, Result<(), String>); 8] = [
             ("engine", self.engine.check()),
             ("label", self.label.check()),
             ("validation", self.validation.check()),
             ("training", self.training.check()),
             ("evaluation", self.evaluation.check()),
             ("publish", self.publish.check()),
+            ("promotion", self.promotion.check()),
             ("table", self.table.check()),
         ];
         for (section, checked) in sections {

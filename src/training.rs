@@ -17,6 +17,7 @@ use crate::features::FeatureError;
 use crate::features::{self, FeatureDictionary, FeatureSet};
 use crate::model::ModelError;
 use crate::model::evaluation::{self, Evaluation, EvaluationInput};
+use crate::model::promotion::PromotionDecision;
 use crate::model::{
     self, Model, ModelCard, Provenance, Split, TrainedModel, TrainingConfig, report,
 };
@@ -44,6 +45,14 @@ pub enum TrainingError {
     Truth(#[from] SynthError),
     #[error("{path}: {error}")]
     Write { path: String, error: String },
+    #[error(
+        "model {version} did not pass the promotion gates: {}; it is registered but not the champion (see its report; --force promotes it anyway)",
+        refusals.join("; ")
+    )]
+    PromotionRefused {
+        version: String,
+        refusals: Vec<String>,
+    },
 }
 
 impl Classify for TrainingError {
@@ -58,6 +67,7 @@ impl Classify for TrainingError {
             TrainingError::Engine(e) => e.cause(),
             TrainingError::Truth(e) => e.cause(),
             TrainingError::Write { .. } => Cause::Transient,
+            TrainingError::PromotionRefused { .. } => Cause::GateRefused,
         }
     }
 }
@@ -140,8 +150,15 @@ pub fn holdout(set: &TrainingSet, config: &TrainingConfig) -> (Csr, Vec<f32>) {
 /// When `train` makes its model the champion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Promote {
-    Always,
-    IfNoChampion,
+    /// if it passes the promotion gates (`train --promote`)
+    IfGatesPass,
+    /// whatever the gates say, recording the ones it failed (`train --promote --force`)
+    Force,
+    /// if the root has no champion and it clears the floors (the first night); an error
+    /// otherwise, unless `force`
+    FirstModel {
+        force: bool,
+    },
     Never,
 }
 
@@ -150,6 +167,8 @@ pub struct TrainOutcome {
     pub card: ModelCard,
     pub evaluation: Evaluation,
     pub promoted: bool,
+    /// the gates' verdict (refusals empty: passed)
+    pub promotion: PromotionDecision,
     pub report: String,
 }
 
@@ -289,22 +308,54 @@ pub async fn register_trained(
     });
     let report =
         write_evaluation(store, &layout::model(&version), &model.card, &evaluation).await?;
-    let promoted = match promote {
-        Promote::Always => true,
-        Promote::IfNoChampion => model::champion(store).await?.is_none(),
-        Promote::Never => false,
-    };
-    if promoted {
-        model::promote(store, &version).await?;
-        info!(model = %version, "promoted to champion");
-    }
+    let promotion = decide_promotion(store, &version, &evaluation, promote, config).await?;
     let outcome = TrainOutcome {
         card: model.card.clone(),
         evaluation,
-        promoted,
+        promoted: promotion.promoted,
+        promotion,
         report,
     };
     Ok((model, outcome))
+}
+
+/// Applies the promotion gates to a registered model's holdout evaluation and promotes it as
+/// `promote` asks.
+async fn decide_promotion(
+    store: &Store,
+    version: &str,
+    evaluation: &Evaluation,
+    promote: Promote,
+    config: &crate::config::NightlyConfig,
+) -> Result<PromotionDecision, TrainingError> {
+    let refusals = config.promotion.refusals(evaluation);
+    let passed = refusals.is_empty();
+    let (promoted, forced) = match promote {
+        Promote::Never => (false, false),
+        Promote::IfGatesPass => (passed, false),
+        Promote::Force => (true, !passed),
+        Promote::FirstModel { force } => {
+            if model::champion(store).await?.is_some() {
+                (false, false)
+            } else if !passed && !force {
+                return Err(TrainingError::PromotionRefused {
+                    version: version.to_string(),
+                    refusals,
+                });
+            } else {
+                (true, !passed)
+            }
+        }
+    };
+    if promoted {
+        model::promote(store, version, forced.then(|| refusals.clone())).await?;
+        info!(model = %version, forced, "promoted to champion");
+    }
+    Ok(PromotionDecision {
+        promoted,
+        refusals,
+        forced,
+    })
 }
 
 /// Evaluates a registered model on the holdout of `window`, next to the champion, and saves

@@ -13,6 +13,7 @@ pub mod evaluation;
 pub mod flat_step;
 pub mod metrics;
 pub mod network;
+pub mod promotion;
 pub mod reasons;
 pub mod report;
 pub mod step_profile;
@@ -392,6 +393,9 @@ pub struct Champion {
     /// the champion it replaced, for a quick way back
     pub previous: Option<String>,
     pub promoted_at: String,
+    /// the promotion gates it failed, where a person promoted it anyway (`--force`)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced_past: Option<Vec<String>>,
 }
 
 pub async fn champion(store: &Store) -> Result<Option<Champion>, ModelError> {
@@ -406,14 +410,20 @@ pub async fn champion(store: &Store) -> Result<Option<Champion>, ModelError> {
         })
 }
 
-/// Makes `version` the champion; the model must exist.
-pub async fn promote(store: &Store, version: &str) -> Result<Champion, ModelError> {
+/// Makes `version` the champion; the model must exist. `forced_past`: the gates it failed,
+/// where a person overrode them, kept in the record.
+pub async fn promote(
+    store: &Store,
+    version: &str,
+    forced_past: Option<Vec<String>>,
+) -> Result<Champion, ModelError> {
     card(store, version).await?;
     let previous = champion(store).await?.map(|c| c.version);
     let champion = Champion {
         version: version.to_string(),
         previous: previous.filter(|p| p != version),
         promoted_at: chrono::Utc::now().to_rfc3339(),
+        forced_past,
     };
     let json = serde_json::to_vec_pretty(&champion).map_err(|e| ModelError::Artifact {
         version: version.to_string(),
@@ -714,12 +724,12 @@ mod tests {
             .await
             .unwrap();
         assert_ne!(a.card.version, b.card.version);
-        promote(&store, &a.card.version).await.unwrap();
-        let now = promote(&store, &b.card.version).await.unwrap();
+        promote(&store, &a.card.version, None).await.unwrap();
+        let now = promote(&store, &b.card.version, None).await.unwrap();
         assert_eq!(now.version, b.card.version);
         assert_eq!(now.previous.as_deref(), Some(a.card.version.as_str()));
         assert_eq!(list(&store).await.unwrap().len(), 2);
-        let err = promote(&store, "no-such-model")
+        let err = promote(&store, "no-such-model", None)
             .await
             .unwrap_err()
             .to_string();

@@ -397,7 +397,9 @@ async fn scoring_model(
         data,
         run.pipelines,
         device,
-        Promote::IfNoChampion,
+        Promote::FirstModel {
+            force: run.options.force,
+        },
     )
     .await?;
     Ok((model, true))

@@ -9,6 +9,7 @@ mod exit_codes;
 mod leakage;
 mod models;
 mod operations;
+mod promotion;
 mod publishing;
 mod quarantine;
 mod s3;

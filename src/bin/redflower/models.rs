@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use redflower::model;
 use redflower::training;
 
-use crate::args::RootArg;
+use crate::args::{PipelinesArg, RootArg};
 use crate::evaluate::WindowArgs;
 
 #[derive(Subcommand)]
@@ -19,13 +19,20 @@ pub enum ModelsAction {
     ///
     /// Example: redflower models compare --root ./data --date 2026-11-01 A B
     Compare(CompareArgs),
-    /// Make a model the champion the nightly job scores with.
+    /// Make a model the champion the nightly job scores with, if its own holdout clears the
+    /// floors of [promotion] (min_auc, max_ece); comparing it with the champion on the same
+    /// rows is `train --promote`'s, or `models compare`.
     ///
     /// Example: redflower models promote --root ./data 2026-08-03-e10e27e0ff12
     Promote {
         #[command(flatten)]
         root: RootArg,
+        #[command(flatten)]
+        pipelines: PipelinesArg,
         version: String,
+        /// promote even below the floors (models/_champion.json records which)
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -41,16 +48,38 @@ pub async fn run(action: ModelsAction) -> Result<()> {
     match action {
         ModelsAction::List(root) => list(root).await,
         ModelsAction::Compare(args) => compare(args).await,
-        ModelsAction::Promote { root, version } => {
-            let champion = model::promote(&root.open()?, &version).await?;
-            println!(
-                "champion is now {} (was {}); the next nightly run scores with it",
-                champion.version,
-                champion.previous.as_deref().unwrap_or("none")
-            );
-            Ok(())
-        }
+        ModelsAction::Promote {
+            root,
+            pipelines,
+            version,
+            force,
+        } => promote(root, pipelines, &version, force).await,
     }
+}
+
+async fn promote(root: RootArg, pipelines: PipelinesArg, version: &str, force: bool) -> Result<()> {
+    let store = root.open()?;
+    let gates = pipelines.load()?.nightly.promotion;
+    let refusals = gates.card_refusals(&model::card(&store, version).await?);
+    if !refusals.is_empty() && !force {
+        return Err(training::TrainingError::PromotionRefused {
+            version: version.to_string(),
+            refusals,
+        }
+        .into());
+    }
+    let forced = (!refusals.is_empty()).then_some(refusals);
+    let champion = model::promote(&store, version, forced.clone()).await?;
+    println!(
+        "champion is now {} (was {}); the next nightly run scores with it{}",
+        champion.version,
+        champion.previous.as_deref().unwrap_or("none"),
+        forced.map_or(String::new(), |r| format!(
+            "; promoted past the gates (--force): {}",
+            r.join("; ")
+        ))
+    );
+    Ok(())
 }
 
 async fn list(root: RootArg) -> Result<()> {

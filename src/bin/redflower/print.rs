@@ -2,6 +2,7 @@
 
 use redflower::model::ModelCard;
 use redflower::model::evaluation::Evaluation;
+use redflower::model::promotion::PromotionDecision;
 use redflower::nightly::NightlyReport;
 use redflower::store::layout;
 
@@ -66,6 +67,21 @@ pub fn evaluation(card: &ModelCard, e: &Evaluation, report: &str) {
         );
     }
     println!("  report      {report}");
+}
+
+/// The promotion gates' verdict on a trained model, and what happened.
+pub fn promotion(decision: &PromotionDecision, asked: bool) {
+    let gates = match decision.refusals.as_slice() {
+        [] => "passes the promotion gates".to_string(),
+        refusals => format!("fails the promotion gates: {}", refusals.join("; ")),
+    };
+    let what = match (decision.promoted, decision.forced, asked) {
+        (true, true, _) => "promoted anyway (--force, recorded in models/_champion.json)",
+        (true, false, _) => "promoted: the nightly job scores with this model from now on",
+        (false, _, true) => "not promoted (--force promotes anyway)",
+        (false, _, false) => "not promoted (--promote, or redflower models promote)",
+    };
+    println!("  champion    {gates}; {what}");
 }
 
 pub fn nightly_summary(report: &NightlyReport) {

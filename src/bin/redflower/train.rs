@@ -37,9 +37,13 @@ pub struct TrainArgs {
     pipelines: PipelinesArg,
     #[command(flatten)]
     device: DeviceArg,
-    /// make the new model the champion the nightly job scores with
+    /// make the new model the champion the nightly job scores with, if it passes the
+    /// promotion gates ([promotion] in nightly.toml)
     #[arg(long)]
     promote: bool,
+    /// with --promote: promote even if it fails the gates (models/_champion.json records which)
+    #[arg(long, requires = "promote")]
+    force: bool,
     #[arg(long)]
     json: bool,
 }
@@ -56,23 +60,16 @@ pub async fn run(args: TrainArgs) -> Result<()> {
         return Ok(());
     }
     print::evaluation(&outcome.card, &outcome.evaluation, &outcome.report);
-    println!(
-        "  champion    {}",
-        if outcome.promoted {
-            "promoted: the nightly job scores with this model from now on"
-        } else {
-            "not promoted (redflower models promote to make it the champion)"
-        }
-    );
+    print::promotion(&outcome.promotion, args.promote);
     println!("  took        {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
 fn promote(args: &TrainArgs) -> Promote {
-    if args.promote {
-        Promote::Always
-    } else {
-        Promote::Never
+    match (args.promote, args.force) {
+        (true, true) => Promote::Force,
+        (true, false) => Promote::IfGatesPass,
+        (false, _) => Promote::Never,
     }
 }
 

@@ -1,0 +1,96 @@
+//! Promotion gates: what a model must show on its holdout before it becomes the champion the
+//! nightly job scores everyone with. A challenger must rank about as well as the champion on
+//! the same rows and be calibrated; the first model of a root, with no champion to compare
+//! with, must clear absolute floors. A person can override with `--force`, which the
+//! champion record keeps.
+//!
+//! Reads evaluations and cards; writes nothing (the registry records the promotion).
+
+use serde::{Deserialize, Serialize};
+
+use super::ModelCard;
+use super::evaluation::Evaluation;
+
+/// `[promotion]` of nightly.toml.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromotionConfig {
+    /// a challenger's holdout AUC may trail the champion's on the same rows by at most this
+    pub max_auc_drop: f64,
+    /// the most expected calibration error a champion may have on its holdout
+    pub max_ece: f64,
+    /// the least holdout AUC a model must reach to become champion when there is none to
+    /// compare with (the first night of a root) or it cannot be compared on the same rows
+    pub min_auc: f64,
+}
+
+impl PromotionConfig {
+    pub fn check(&self) -> Result<(), String> {
+        let share = |x: f64| (0.0..=1.0).contains(&x);
+        if !share(self.max_auc_drop) || !share(self.max_ece) || !share(self.min_auc) {
+            return Err("max_auc_drop, max_ece and min_auc must be between 0 and 1".into());
+        }
+        Ok(())
+    }
+
+    /// Why a model with this holdout evaluation may not become champion; empty: it may. The
+    /// champion comparison is the evaluation's own (the champion's AUC on the same rows);
+    /// without one, the AUC floor applies.
+    pub fn refusals(&self, evaluation: &Evaluation) -> Vec<String> {
+        let m = &evaluation.metrics;
+        let mut refusals = Vec::new();
+        match &evaluation.champion {
+            Some(champion) if champion.auc.is_finite() => {
+                if m.auc < champion.auc - self.max_auc_drop {
+                    refusals.push(format!(
+                        "holdout AUC {:.4} is more than {} below champion {}'s {:.4} on the same rows",
+                        m.auc, self.max_auc_drop, champion.version, champion.auc
+                    ));
+                }
+            }
+            _ => {
+                if !(m.auc >= self.min_auc) {
+                    refusals.push(format!(
+                        "holdout AUC {:.4} is below the floor {} ([promotion] min_auc)",
+                        m.auc, self.min_auc
+                    ));
+                }
+            }
+        }
+        if !(m.ece <= self.max_ece) {
+            refusals.push(format!(
+                "holdout ECE {:.4} is above {} ([promotion] max_ece)",
+                m.ece, self.max_ece
+            ));
+        }
+        refusals
+    }
+
+    /// The floors alone, on a registered model's card (for `models promote`, which has no
+    /// rows to compare the champion on).
+    pub fn card_refusals(&self, card: &ModelCard) -> Vec<String> {
+        let mut refusals = Vec::new();
+        if !(card.holdout.auc >= self.min_auc) {
+            refusals.push(format!(
+                "holdout AUC {:.4} is below the floor {} ([promotion] min_auc)",
+                card.holdout.auc, self.min_auc
+            ));
+        }
+        if !(card.holdout.ece <= self.max_ece) {
+            refusals.push(format!(
+                "holdout ECE {:.4} is above {} ([promotion] max_ece)",
+                card.holdout.ece, self.max_ece
+            ));
+        }
+        refusals
+    }
+}
+
+/// What happened to a trained model's promotion.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PromotionDecision {
+    pub promoted: bool,
+    /// the gates it failed (promoted anyway when `forced`)
+    pub refusals: Vec<String>,
+    pub forced: bool,
+}

@@ -1,0 +1,139 @@
+//! Promotion gates: a challenger that ranks worse than the champion on the same rows, or is
+//! badly calibrated, or a first model below the floors, is not made champion unless forced,
+//! and a forced promotion is recorded.
+
+use redflower::cause::{Cause, Classify};
+use redflower::config::Pipelines;
+use redflower::dataset::Csr;
+use redflower::model::evaluation::{self, EvaluationInput};
+use redflower::model::{self, DeviceKind};
+use redflower::nightly;
+use redflower::store::{Store, layout};
+use redflower::training::{self, Promote, Writes};
+
+use crate::support::{run_date, synth_world};
+
+#[test]
+fn a_challenger_is_measured_against_the_champion_on_the_same_rows_or_the_floors() {
+    let gates = Pipelines::builtin().nightly.promotion;
+    let labels: Vec<f32> = (0..400).map(|i| f32::from(u8::from(i % 5 == 0))).collect();
+    // the champion ranks perfectly; the challenger's ranking is half noise
+    let champion: Vec<f64> = labels.iter().map(|&y| 0.1 + 0.5 * f64::from(y)).collect();
+    let challenger: Vec<f64> = (labels.iter().enumerate())
+        .map(|(i, &y)| 0.1 + 0.3 * f64::from(y) + 0.4 * ((i * 7919 % 100) as f64 / 100.0))
+        .collect();
+    let rows = Csr {
+        users: (0..400).collect(),
+        offsets: vec![0; 401],
+        ..Default::default()
+    };
+    let config = Pipelines::builtin().nightly.evaluation;
+    let evaluate = |pd: &[f64], against: Option<(&str, &[f64])>| {
+        evaluation::evaluate(EvaluationInput {
+            model_version: "challenger",
+            rows_evaluated: "test rows".into(),
+            pd,
+            uncalibrated: None,
+            labels: &labels,
+            rows: &rows,
+            dictionary: None,
+            config: &config,
+            oracle_auc: None,
+            visible_oracle_auc: None,
+            champion: against,
+        })
+    };
+    let worse = evaluate(&challenger, Some(("champ", &champion)));
+    let refusals = gates.refusals(&worse);
+    assert!(
+        refusals
+            .iter()
+            .any(|r| r.contains("below champion champ's")),
+        "{refusals:?}"
+    );
+    // the champion against itself passes the ranking gate
+    let same = evaluate(&champion, Some(("champ", &champion)));
+    assert!(
+        !gates.refusals(&same).iter().any(|r| r.contains("champion")),
+        "{:?}",
+        gates.refusals(&same)
+    );
+    // with no champion, the floor: a ranking no better than chance is refused
+    let chance: Vec<f64> = (0..400).map(|i| 0.2 + (i % 2) as f64 * 0.01).collect();
+    let alone = evaluate(&chance, None);
+    assert!(
+        gates.refusals(&alone).iter().any(|r| r.contains("floor")),
+        "{:?}",
+        gates.refusals(&alone)
+    );
+}
+
+#[tokio::test]
+async fn the_first_night_below_the_floors_publishes_nothing_and_force_is_recorded() {
+    let store = Store::open("memory://promotion-gates").unwrap();
+    synth_world(&store, 3_000, 41).await;
+    let mut strict = Pipelines::builtin();
+    strict.nightly.promotion.min_auc = 0.999;
+    let err = nightly::run(&store, run_date(), &strict, DeviceKind::Cpu)
+        .await
+        .expect_err("refused by the floor");
+    assert_eq!(err.cause(), Cause::GateRefused, "{err}");
+    assert!(err.to_string().contains("min_auc"), "{err}");
+    assert!(model::champion(&store).await.unwrap().is_none());
+    assert!(
+        store.list(layout::MANIFESTS).await.unwrap().is_empty(),
+        "nothing published"
+    );
+
+    // a challenger trained with --promote on a calibration bound no model meets: registered,
+    // not promoted; with --force, promoted and the failed gate recorded
+    let shipped = Pipelines::builtin();
+    let report = nightly::run(&store, run_date(), &shipped, DeviceKind::Cpu)
+        .await
+        .unwrap();
+    assert!(report.trained_tonight);
+    let champion = model::champion(&store).await.unwrap().unwrap();
+    assert_eq!(champion.forced_past, None);
+    let window = training::labelled_window(&store, run_date(), &shipped, Writes::Nothing)
+        .await
+        .unwrap();
+    let mut exacting = Pipelines::builtin();
+    exacting.nightly.promotion.max_ece = 0.0;
+    exacting.nightly.training.seed = 8; // another model than the champion
+    let device = DeviceKind::Cpu.device().unwrap();
+    let train = async |promote| {
+        let (_, outcome) = training::train_and_register(
+            &store,
+            &window.set,
+            &window.dictionary,
+            "challenger".into(),
+            &exacting,
+            &device,
+            promote,
+        )
+        .await
+        .unwrap();
+        outcome
+    };
+    let refused = train(Promote::IfGatesPass).await;
+    assert!(!refused.promoted);
+    assert!(
+        refused
+            .promotion
+            .refusals
+            .iter()
+            .any(|r| r.contains("max_ece")),
+        "{:?}",
+        refused.promotion
+    );
+    assert_eq!(
+        model::champion(&store).await.unwrap().unwrap().version,
+        champion.version
+    );
+    let forced = train(Promote::Force).await;
+    assert!(forced.promoted && forced.promotion.forced);
+    let now = model::champion(&store).await.unwrap().unwrap();
+    assert_eq!(now.version, forced.card.version);
+    assert_eq!(now.forced_past.as_ref(), Some(&forced.promotion.refusals));
+    assert_eq!(now.previous.as_deref(), Some(champion.version.as_str()));
+}
