@@ -38,52 +38,53 @@ impl PromotionConfig {
     /// without one, the AUC floor applies.
     pub fn refusals(&self, evaluation: &Evaluation) -> Vec<String> {
         let m = &evaluation.metrics;
-        let mut refusals = Vec::new();
         match &evaluation.champion {
             Some(champion) if champion.auc.is_finite() => {
-                if m.auc < champion.auc - self.max_auc_drop {
+                let mut refusals = Vec::new();
+                if below(m.auc, champion.auc - self.max_auc_drop) {
                     refusals.push(format!(
                         "holdout AUC {:.4} is more than {} below champion {}'s {:.4} on the same rows",
                         m.auc, self.max_auc_drop, champion.version, champion.auc
                     ));
                 }
+                refusals.extend(self.ece_refusal(m.ece));
+                refusals
             }
-            _ => {
-                if !(m.auc >= self.min_auc) {
-                    refusals.push(format!(
-                        "holdout AUC {:.4} is below the floor {} ([promotion] min_auc)",
-                        m.auc, self.min_auc
-                    ));
-                }
-            }
+            _ => self.floor_refusals(m.auc, m.ece),
         }
-        if !(m.ece <= self.max_ece) {
-            refusals.push(format!(
-                "holdout ECE {:.4} is above {} ([promotion] max_ece)",
-                m.ece, self.max_ece
-            ));
-        }
-        refusals
     }
 
     /// The floors alone, on a registered model's card (for `models promote`, which has no
     /// rows to compare the champion on).
     pub fn card_refusals(&self, card: &ModelCard) -> Vec<String> {
+        self.floor_refusals(card.holdout.auc, card.holdout.ece)
+    }
+
+    fn floor_refusals(&self, auc: f64, ece: f64) -> Vec<String> {
         let mut refusals = Vec::new();
-        if !(card.holdout.auc >= self.min_auc) {
+        if below(auc, self.min_auc) {
             refusals.push(format!(
-                "holdout AUC {:.4} is below the floor {} ([promotion] min_auc)",
-                card.holdout.auc, self.min_auc
+                "holdout AUC {auc:.4} is below the floor {} ([promotion] min_auc)",
+                self.min_auc
             ));
         }
-        if !(card.holdout.ece <= self.max_ece) {
-            refusals.push(format!(
-                "holdout ECE {:.4} is above {} ([promotion] max_ece)",
-                card.holdout.ece, self.max_ece
-            ));
-        }
+        refusals.extend(self.ece_refusal(ece));
         refusals
     }
+
+    fn ece_refusal(&self, ece: f64) -> Option<String> {
+        (ece.is_nan() || ece > self.max_ece).then(|| {
+            format!(
+                "holdout ECE {ece:.4} is above {} ([promotion] max_ece)",
+                self.max_ece
+            )
+        })
+    }
+}
+
+/// Below `floor`, or not a number (which no gate lets through).
+fn below(value: f64, floor: f64) -> bool {
+    value.is_nan() || value < floor
 }
 
 /// What happened to a trained model's promotion.
