@@ -386,6 +386,29 @@ fn card_table(html: &mut String, card: &ModelCard) {
         ),
     );
     metric_row(html, "epochs", card.epochs_run.to_string());
+    if let Some(cv) = &card.cross_validation {
+        metric_row(
+            html,
+            "cross-validated AUC",
+            format!(
+                "{:.4} ± {:.4} over {} folds of the training rows (folds: {}); chose {}, embedding {}, l2 {}, {} epochs, {} refits averaged; {} candidates tried",
+                cv.auc_mean,
+                cv.auc_sd,
+                cv.folds,
+                cv.fold_auc
+                    .iter()
+                    .map(|a| format!("{a:.4}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                cv.chosen,
+                cv.embedding_dim,
+                cv.l2,
+                cv.epochs,
+                cv.refits,
+                cv.candidates.len()
+            ),
+        );
+    }
     metric_row(
         html,
         "training",

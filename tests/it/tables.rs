@@ -107,6 +107,8 @@ async fn a_table_model_scores_another_table_through_its_stored_encoding() {
     for file in ["encoding.json", "report.html", "metrics.json"] {
         assert!(folder.join(file).exists(), "{file}");
     }
+    let report = std::fs::read_to_string(folder.join("report.html")).unwrap();
+    assert!(report.contains("cross-validated AUC"));
 
     // the round trip: the table scored with the stored encoding gives, on the rows training
     // held out, the holdout AUC training reported
