@@ -44,6 +44,9 @@ pub struct NightlyReport {
     /// because the root had none
     pub model_version: String,
     pub trained_tonight: bool,
+    /// the promotion gates tonight's model failed, promoted anyway with --force
+    #[serde(default)]
+    pub forced_past: Vec<String>,
     /// the scoring model on the holdout of tonight's training set (the newest labels)
     pub holdout: Metrics,
     /// AUC of the true PD on the same held-out users, when the root has a synthetic truth
@@ -125,6 +128,7 @@ impl NightlyReport {
             training_defaults: trained.training_defaults,
             model_version: trained.model_version,
             trained_tonight: trained.trained_tonight,
+            forced_past: trained.forced_past,
             holdout: trained.holdout,
             oracle_auc: trained.oracle_auc,
             visible_oracle_auc: trained.visible_oracle_auc,

@@ -113,6 +113,9 @@ impl Progress {
 pub(super) struct Trained {
     pub model_version: String,
     pub trained_tonight: bool,
+    /// the promotion gates the model trained tonight failed, promoted anyway with --force
+    #[serde(default)]
+    pub forced_past: Vec<String>,
     pub holdout: Metrics,
     pub oracle_auc: Option<f64>,
     /// absent from checkpoints written before it
@@ -355,7 +358,8 @@ async fn train_stage(
             dataset::training_set(&features, &labels)?
         }
     };
-    let (model, trained_tonight) = scoring_model(run, dictionary, &training_set).await?;
+    let (model, trained_tonight, forced_past) =
+        scoring_model(run, dictionary, &training_set).await?;
     let (holdout_rows, holdout_labels) = training::holdout(&training_set, &config.training);
     let holdout_pd = model.pd(&holdout_rows, device);
     let (oracle_auc, visible_oracle_auc) =
@@ -363,6 +367,7 @@ async fn train_stage(
     Ok(Trained {
         model_version: model.card.version.clone(),
         trained_tonight,
+        forced_past,
         holdout: model::metrics::evaluate(&holdout_pd, &holdout_labels),
         oracle_auc,
         visible_oracle_auc,
@@ -371,18 +376,19 @@ async fn train_stage(
     })
 }
 
-/// The champion; or, on a root without one, a model trained and promoted now (true).
+/// The champion; or, on a root without one, a model trained and promoted now (true), with
+/// the promotion gates it failed if `--force` promoted it past them.
 async fn scoring_model(
     run: &Run<'_>,
     dictionary: &FeatureDictionary,
     training_set: &dataset::TrainingSet,
-) -> Result<(Model, bool), NightlyError> {
+) -> Result<(Model, bool, Vec<String>), NightlyError> {
     let (store, device) = (run.store, &run.device);
     if let Some(champion) = model::champion(store).await? {
         let model = model::load(store, &champion.version, device).await?;
         model.check_dictionary(dictionary)?;
         info!(model = %champion.version, "scoring with the champion");
-        return Ok((model, false));
+        return Ok((model, false, Vec::new()));
     }
     info!("no champion under models/: training one");
     let data = format!(
@@ -390,7 +396,7 @@ async fn scoring_model(
         store.url(),
         dataset::describe_window(run.training_as_of, &run.pipelines.nightly.label)
     );
-    let (model, _) = training::train_and_register(
+    let (model, outcome) = training::train_and_register(
         store,
         training_set,
         dictionary,
@@ -402,7 +408,11 @@ async fn scoring_model(
         },
     )
     .await?;
-    Ok((model, true))
+    let forced_past = match outcome.promotion.forced {
+        true => outcome.promotion.refusals,
+        false => Vec::new(),
+    };
+    Ok((model, true, forced_past))
 }
 
 /// Every user's scores: the merge of the shards when all of one count completed, else

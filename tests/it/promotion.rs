@@ -7,7 +7,7 @@ use redflower::config::Pipelines;
 use redflower::dataset::Csr;
 use redflower::model::evaluation::{self, EvaluationInput};
 use redflower::model::{self, DeviceKind};
-use redflower::nightly;
+use redflower::nightly::{self, RunOptions, RunOutcome};
 use redflower::store::{Store, layout};
 use redflower::training::{self, Promote, Writes};
 
@@ -84,6 +84,27 @@ async fn the_first_night_below_the_floors_publishes_nothing_and_force_is_recorde
         store.list(layout::MANIFESTS).await.unwrap().is_empty(),
         "nothing published"
     );
+    // --force promotes past the floor: the run says so and the champion record keeps it
+    let forced = RunOptions {
+        force: true,
+        ..RunOptions::new(DeviceKind::Cpu)
+    };
+    let other = Store::open("memory://promotion-gates-forced").unwrap();
+    synth_world(&other, 3_000, 41).await;
+    let RunOutcome::Published(report) = nightly::run_with(&other, run_date(), &strict, &forced)
+        .await
+        .unwrap()
+    else {
+        panic!("a whole run publishes")
+    };
+    assert!(report.trained_tonight);
+    assert!(
+        report.forced_past.iter().any(|r| r.contains("min_auc")),
+        "{:?}",
+        report.forced_past
+    );
+    let recorded = model::champion(&other).await.unwrap().unwrap();
+    assert_eq!(recorded.forced_past, Some(report.forced_past.clone()));
 
     // a challenger trained with --promote on a calibration bound no model meets: registered,
     // not promoted; with --force, promoted and the failed gate recorded

@@ -180,10 +180,14 @@ fn model_and_limits(report: &NightlyReport) {
     println!(
         "  model       {} ({}): holdout AUC {:.4}, oracle AUC {} on {} held-out users; ECE {:.4}, log loss {:.4}",
         report.model_version,
-        if report.trained_tonight {
-            "no champion yet: trained and promoted tonight"
-        } else {
-            "the champion"
+        match (report.trained_tonight, report.forced_past.as_slice()) {
+            (false, _) => "the champion".to_string(),
+            (true, []) => "no champion yet: trained tonight, promoted above the [promotion] floors"
+                .to_string(),
+            (true, failed) => format!(
+                "no champion yet: trained tonight, promoted past the floors by --force: {}",
+                failed.join("; ")
+            ),
         },
         report.holdout.auc,
         oracle,
