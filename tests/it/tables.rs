@@ -110,18 +110,13 @@ async fn a_table_model_scores_another_table_through_its_stored_encoding() {
     let report = std::fs::read_to_string(folder.join("report.html")).unwrap();
     assert!(report.contains("cross-validated AUC"));
 
+    let score = async |table: &str, out: &str| {
+        score_table(&store, &card.version, &path(table), &path(out), 4, &device).await
+    };
+
     // the round trip: the table scored with the stored encoding gives, on the rows training
     // held out, the holdout AUC training reported
-    let scoring = score_table(
-        &store,
-        &card.version,
-        &path("loans.csv"),
-        &path("scores.csv"),
-        4,
-        &device,
-    )
-    .await
-    .unwrap();
+    let scoring = score("loans.csv", "scores.csv").await.unwrap();
     assert_eq!((scoring.rows, scoring.missing_columns.len()), (3000, 0));
     let scores = std::fs::read_to_string(path("scores.csv")).unwrap();
     let (pd, y) = holdout_scores(&text, &scores, 0.25);
@@ -137,59 +132,27 @@ async fn a_table_model_scores_another_table_through_its_stored_encoding() {
     let mut other = String::from("income,tenure_years\n");
     other.push_str("25000,3\n90000,\n");
     std::fs::write(path("new.csv"), other).unwrap();
-    let scoring = score_table(
-        &store,
-        &card.version,
-        &path("new.csv"),
-        &path("new.parquet"),
-        4,
-        &device,
-    )
-    .await
-    .unwrap();
+    let scoring = score("new.csv", "new.parquet").await.unwrap();
     assert_eq!(scoring.missing_columns, vec!["city"]);
     assert!(dir.path().join("new.parquet").exists());
     std::fs::write(path("mars.csv"), "income,city,tenure_years\n25000,mars,3\n").unwrap();
-    let scoring = score_table(
-        &store,
-        &card.version,
-        &path("mars.csv"),
-        &path("mars.csv.out.csv"),
-        4,
-        &device,
-    )
-    .await
-    .unwrap();
+    let scoring = score("mars.csv", "mars.csv.out.csv").await.unwrap();
     assert_eq!((scoring.rows, scoring.missing_columns.len()), (1, 0));
 
     // a column whose type changed is refused, naming it
     std::fs::write(path("typed.csv"), "income,city,tenure_years\nlow,north,3\n").unwrap();
-    let err = score_table(
-        &store,
-        &card.version,
-        &path("typed.csv"),
-        &path("t.csv"),
-        4,
-        &device,
-    )
-    .await
-    .expect_err("refused")
-    .to_string();
+    let err = score("typed.csv", "t.csv")
+        .await
+        .expect_err("refused")
+        .to_string();
     assert!(
         err.contains("'income' was numeric") && err.contains("typed.csv"),
         "{err}"
     );
-    let err = score_table(
-        &store,
-        &card.version,
-        &path("new.csv"),
-        &path("t.txt"),
-        4,
-        &device,
-    )
-    .await
-    .expect_err("refused")
-    .to_string();
+    let err = score("new.csv", "t.txt")
+        .await
+        .expect_err("refused")
+        .to_string();
     assert!(err.contains(".csv or .parquet"), "{err}");
 }
 
