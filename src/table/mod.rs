@@ -354,6 +354,13 @@ pub fn encode(
         };
         column.encode(values.as_ref(), dictionary, &mut rows);
     }
+    if !encoding.columns.is_empty() && missing_columns.len() == encoding.columns.len() {
+        return Err(columns.invalid(format!(
+            "none of the {} columns model {version} reads is in the table (it has {}): the wrong file?",
+            encoding.columns.len(),
+            columns.names().join(", ")
+        )));
+    }
     let mut csr = Csr {
         offsets: vec![0],
         ..Default::default()

@@ -149,6 +149,12 @@ async fn a_table_model_scores_another_table_through_its_stored_encoding() {
         err.contains("'income' was numeric") && err.contains("typed.csv"),
         "{err}"
     );
+    std::fs::write(path("other.csv"), "a,b\n1,2\n").unwrap();
+    let err = score("other.csv", "o.csv")
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("none of the 3 columns"), "{err}");
     let err = score("new.csv", "t.txt")
         .await
         .expect_err("refused")
