@@ -48,16 +48,31 @@ pub struct Scores {
     pub reasons: Vec<Vec<String>>,
 }
 
+/// Which reason codes a score gives: how many per user, and the feature families never given
+/// (protected attributes: `protected = true` in features.toml).
+#[derive(Debug, Clone, Copy)]
+pub struct ReasonCodes<'a> {
+    pub per_user: usize,
+    pub withheld_families: &'a [String],
+}
+
 pub fn score(
     model: &Model,
     rows: &Csr,
     dictionary: &FeatureDictionary,
-    reasons_per_user: usize,
+    reasons: ReasonCodes,
     device: &Device,
 ) -> Scores {
     let logits = logits(&model.network, rows, device, 4096);
     let (weights, bias) = model.network.coefficients();
     let explained = reasons::explain(&weights, bias, rows, &logits);
+    let withheld: Vec<bool> = (0..dictionary.len() as u32)
+        .map(|id| {
+            let family = dictionary.family(id);
+            reasons.withheld_families.iter().any(|f| f == family)
+        })
+        .collect();
+    let may_give = |id: u32| !withheld.get(id as usize).copied().unwrap_or(false);
     let pd: Vec<f64> = logits
         .par_iter()
         .map(|&z| model.card.calibration.pd(z))
@@ -75,7 +90,7 @@ pub fn score(
         reasons: explained
             .par_iter()
             .map(|e| {
-                e.adverse(reasons_per_user)
+                e.adverse_among(reasons.per_user, may_give)
                     .into_iter()
                     .map(|(id, _)| dictionary.name(id).to_string())
                     .collect()

@@ -105,6 +105,10 @@ pub struct FeatureFamily {
     /// Keep at most this many key values per window, the most supported first.
     #[serde(default)]
     pub top_k: Option<usize>,
+    /// A protected attribute (age, say): its features are never given as an adverse reason
+    /// for a user's score or limit.
+    #[serde(default)]
+    pub protected: bool,
 }
 
 fn one() -> u64 {
@@ -135,6 +139,14 @@ impl FeatureFamily {
 }
 
 impl FeatureConfig {
+    /// The families marked `protected = true`.
+    pub fn protected_families(&self) -> Vec<String> {
+        (self.families.iter())
+            .filter(|f| f.protected)
+            .map(|f| f.name.clone())
+            .collect()
+    }
+
     pub fn load(path: &std::path::Path) -> Result<FeatureConfig, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Parse {

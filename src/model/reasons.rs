@@ -20,11 +20,17 @@ pub struct Explanation {
 impl Explanation {
     /// The `k` features that raised the logit most, largest first (ties by feature id).
     pub fn adverse(&self, k: usize) -> Vec<(u32, f64)> {
+        self.adverse_among(k, |_| true)
+    }
+
+    /// The `k` features `may_give` allows that raised the logit most, largest first: a
+    /// withheld feature (a protected attribute) is passed over, not replaced by nothing.
+    pub fn adverse_among(&self, k: usize, may_give: impl Fn(u32) -> bool) -> Vec<(u32, f64)> {
         let mut adverse: Vec<(u32, f64)> = self
             .contributions
             .iter()
             .copied()
-            .filter(|(_, c)| *c > 0.0)
+            .filter(|(id, c)| *c > 0.0 && may_give(*id))
             .collect();
         adverse.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         adverse.truncate(k);
@@ -72,5 +78,6 @@ mod tests {
         assert!((e.wide_logit - (-2.0 + 0.5 - 0.5 + 0.75)).abs() < 1e-12);
         assert!((e.wide_logit + e.deep_logit - (-0.5)).abs() < 1e-12);
         assert_eq!(e.adverse(5), vec![(2, 0.75), (0, 0.5)]);
+        assert_eq!(e.adverse_among(1, |id| id != 2), vec![(0, 0.5)]);
     }
 }

@@ -114,7 +114,11 @@ async fn score_one_shard(
     model.check_dictionary(&dictionary)?;
     let rows = Csr::from_features(&features::read(store, run_date).await?);
     let slice: Vec<usize> = shard.rows(rows.len()).collect();
-    let reasons = pipelines.nightly.evaluation.reasons_per_user;
+    let withheld = pipelines.features.protected_families();
+    let reasons = scoring::ReasonCodes {
+        per_user: pipelines.nightly.evaluation.reasons_per_user,
+        withheld_families: &withheld,
+    };
     let scores = scoring::score(&model, &rows.select(&slice), &dictionary, reasons, &device);
     lease.check()?;
     scoring::write_shard(store, run_date, shard, &scores).await?;

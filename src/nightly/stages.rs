@@ -434,7 +434,11 @@ async fn score(
                 scoring::merge_shards(store, run_date, count).await?
             }
             None => {
-                let reasons = run.pipelines.nightly.evaluation.reasons_per_user;
+                let withheld = run.pipelines.features.protected_families();
+                let reasons = scoring::ReasonCodes {
+                    per_user: run.pipelines.nightly.evaluation.reasons_per_user,
+                    withheld_families: &withheld,
+                };
                 scoring::score(model, rows, dictionary, reasons, &run.device)
             }
         };

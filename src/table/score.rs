@@ -74,7 +74,11 @@ pub async fn score_table(
     model.check_dictionary(&dictionary)?;
     let columns = Columns::read(table_url).await?;
     let encoded = encode(&columns, &encoding, &dictionary, version)?;
-    let scores = scoring::score(&model, &encoded.rows, &dictionary, reasons_per_row, device);
+    let reasons = scoring::ReasonCodes {
+        per_user: reasons_per_row,
+        withheld_families: &[],
+    };
+    let scores = scoring::score(&model, &encoded.rows, &dictionary, reasons, device);
     let rows = encoded.rows.len();
     let batch = output_batch(&scores).map_err(|e| TableError::Write {
         path: out_url.to_string(),

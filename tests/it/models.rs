@@ -319,3 +319,39 @@ async fn evaluating_and_comparing_leave_the_root_as_it_was() {
         later - chrono::Duration::days(90)
     ))));
 }
+
+#[tokio::test]
+async fn a_protected_attribute_is_never_given_as_a_reason() {
+    // the same world and model twice: age_band protected (shipped), and not
+    let mut unprotected = Pipelines::builtin();
+    for family in &mut unprotected.features.families {
+        family.protected = false;
+    }
+    let mut mentions = Vec::new();
+    let mut versions = Vec::new();
+    for (name, pipelines) in [("shipped", Pipelines::builtin()), ("open", unprotected)] {
+        let store = Store::open(&format!("memory://protected-{name}")).unwrap();
+        synth_world(&store, 3_000, 12).await;
+        let report = nightly::run(&store, run_date(), &pipelines, DeviceKind::Cpu)
+            .await
+            .unwrap();
+        versions.push(report.model_version.clone());
+        let (_, batches) = published(&store).await;
+        let with_age: usize = batches
+            .iter()
+            .map(|b| {
+                let reasons = str_column(b, "reasons");
+                (0..b.num_rows())
+                    .filter(|&i| reasons.value(i).contains("age_band"))
+                    .count()
+            })
+            .sum();
+        mentions.push(with_age);
+    }
+    assert_eq!(versions[0], versions[1], "the model is the same either way");
+    assert_eq!(mentions[0], 0, "protected: never a reason");
+    assert!(
+        mentions[1] > 0,
+        "unprotected, age is a reason for some users"
+    );
+}
