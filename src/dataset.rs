@@ -127,6 +127,28 @@ impl Csr {
     }
 }
 
+impl Csr {
+    /// The same rows without the entries whose id `drop` marks (ids past its end are kept).
+    pub fn without(&self, drop: &[bool]) -> Csr {
+        let mut out = Csr {
+            offsets: vec![0],
+            users: self.users.clone(),
+            ..Default::default()
+        };
+        for r in 0..self.len() {
+            let (ids, values) = self.row(r);
+            for (&id, &value) in ids.iter().zip(values) {
+                if !drop.get(id as usize).copied().unwrap_or(false) {
+                    out.ids.push(id);
+                    out.values.push(value);
+                }
+            }
+            out.offsets.push(out.ids.len());
+        }
+        out
+    }
+}
+
 /// Labelled rows for training and evaluation.
 #[derive(Debug, Clone)]
 pub struct TrainingSet {

@@ -246,17 +246,65 @@ pub async fn train_and_register(
 ) -> Result<(Model, TrainOutcome), TrainingError> {
     let config = &pipelines.nightly;
     let l2_scales = config.training.l2_scales(dictionary.families());
-    let trained = model::train(set, &l2_scales, &config.training, device);
+    let excluded = match config.training.exclude_protected {
+        true => pipelines.features.protected_families(),
+        false => Vec::new(),
+    };
+    let trained = match excluded.is_empty() {
+        true => model::train(set, &l2_scales, &config.training, device),
+        false => train_without(
+            set,
+            dictionary,
+            &excluded,
+            &l2_scales,
+            &config.training,
+            device,
+        ),
+    };
+    let notes = match excluded.is_empty() {
+        true => Vec::new(),
+        false => vec![format!(
+            "Protected attributes left out ([training] exclude_protected): {}; trained without them and their parameters are zero, so no score depends on them (a correlated feature still can stand in for one).",
+            excluded.join(", ")
+        )],
+    };
     let registration = Registration {
         data,
         trained_as_of: set.as_of,
         dictionary,
         training: &config.training,
         from_world: true,
-        notes: Vec::new(),
+        notes,
         attachments: Vec::new(),
     };
     register_trained(store, &trained, registration, pipelines, device, promote).await
+}
+
+/// Trains on `set` without the features of the `excluded` families, then zeroes their
+/// parameters, so the model reads the same on rows that still carry them.
+fn train_without(
+    set: &TrainingSet,
+    dictionary: &FeatureDictionary,
+    excluded: &[String],
+    l2_scales: &[f32],
+    config: &TrainingConfig,
+    device: &Device,
+) -> TrainedModel {
+    let drop: Vec<bool> = (dictionary.families())
+        .map(|family| excluded.iter().any(|e| e == family))
+        .collect();
+    let without = TrainingSet {
+        as_of: set.as_of,
+        rows: set.rows.without(&drop),
+        labels: set.labels.clone(),
+    };
+    let trained = model::train(&without, l2_scales, config, device);
+    TrainedModel {
+        network: trained.network.without_features(&drop),
+        // the rows as they are, so the champion is compared on what it reads
+        holdout_rows: holdout(set, config).0,
+        ..trained
+    }
 }
 
 /// Registers a trained model with its evaluation on the holdout (next to the champion, when

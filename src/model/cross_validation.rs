@@ -422,6 +422,7 @@ mod tests {
             embedding_dim: 4,
             hidden: 4,
             l2_grid: vec![0.1, 10.0],
+            exclude_protected: false,
         };
         let candidates = [("noise", &noise), ("signal", &signal)].map(|(name, set)| CandidateSet {
             name: name.into(),

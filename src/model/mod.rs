@@ -505,6 +505,7 @@ mod tests {
             embedding_dim: 4,
             hidden: 8,
             l2_grid: Vec::new(),
+            exclude_protected: false,
         }
     }
 

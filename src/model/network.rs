@@ -243,6 +243,25 @@ impl WideDeep {
         })
     }
 
+    /// The same network with the wide weight and embedding of every feature `drop` marks set
+    /// to zero: those features no longer move any logit.
+    pub fn without_features(&self, drop: &[bool]) -> WideDeep {
+        let mut parts = self.parts();
+        let [rows, columns] = parts.table.dims();
+        let mut table: Vec<f32> = (parts.table.clone().into_data())
+            .try_into_vec_as::<f32>()
+            .unwrap_or_default();
+        for (id, _) in drop.iter().enumerate().filter(|(_, d)| **d) {
+            // row 0 is the padding id
+            if let Some(row) = table.get_mut((id + 1) * columns..(id + 2) * columns) {
+                row.fill(0.0);
+            }
+        }
+        let device = parts.table.device();
+        parts.table = Tensor::from_data(TensorData::new(table, [rows, columns]), &device);
+        WideDeep::from_parts(parts)
+    }
+
     /// The network of [`WideDeep::parts`]' tensors.
     pub fn from_parts(parts: NetworkParts) -> WideDeep {
         let NetworkParts { table, bias, deep } = parts;

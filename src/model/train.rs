@@ -58,6 +58,10 @@ pub struct TrainingConfig {
     /// validation split wins, and only the winner is scored on the holdout; empty: `l2` as is
     #[serde(default)]
     pub l2_grid: Vec<f64>,
+    /// leave protected attributes (`protected = true` families) out of the model: trained
+    /// without them, and their parameters zero, so no score depends on them
+    #[serde(default)]
+    pub exclude_protected: bool,
 }
 
 fn one() -> f64 {

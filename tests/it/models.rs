@@ -350,6 +350,45 @@ async fn a_protected_attribute_is_never_given_as_a_reason() {
     }
     assert_eq!(versions[0], versions[1], "the model is the same either way");
     assert_eq!(mentions[0], 0, "protected: never a reason");
+
+    // excluded from the model: age moves no score
+    let mut excluding = Pipelines::builtin();
+    excluding.nightly.training.exclude_protected = true;
+    let store = Store::open("memory://protected-excluded").unwrap();
+    synth_world(&store, 3_000, 12).await;
+    let report = nightly::run(&store, run_date(), &excluding, DeviceKind::Cpu)
+        .await
+        .unwrap();
+    let device = DeviceKind::Cpu.device().unwrap();
+    let model = model::load(&store, &report.model_version, &device)
+        .await
+        .unwrap();
+    assert!(model.card.training.exclude_protected);
+    assert!(
+        model
+            .card
+            .limitations
+            .iter()
+            .any(|l| l.contains("age_band")),
+        "{:?}",
+        model.card.limitations
+    );
+    let dictionary = redflower::features::FeatureDictionary::load(&store)
+        .await
+        .unwrap();
+    let age: Vec<bool> = dictionary.families().map(|f| f == "age_band").collect();
+    assert!(age.iter().any(|a| *a));
+    let rows = redflower::dataset::Csr::from_features(
+        &redflower::features::read(&store, run_date()).await.unwrap(),
+    );
+    assert!(
+        rows.ids.iter().any(|&id| age[id as usize]),
+        "rows carry age"
+    );
+    assert_eq!(
+        model.pd(&rows, &device),
+        model.pd(&rows.without(&age), &device)
+    );
     assert!(
         mentions[1] > 0,
         "unprotected, age is a reason for some users"
