@@ -125,9 +125,7 @@ impl Csr {
         }
         out
     }
-}
 
-impl Csr {
     /// The same rows without the entries whose id `drop` marks (ids past its end are kept).
     pub fn without(&self, drop: &[bool]) -> Csr {
         let mut out = Csr {

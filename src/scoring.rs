@@ -66,12 +66,7 @@ pub fn score(
     let logits = logits(&model.network, rows, device, 4096);
     let (weights, bias) = model.network.coefficients();
     let explained = reasons::explain(&weights, bias, rows, &logits);
-    let withheld: Vec<bool> = (0..dictionary.len() as u32)
-        .map(|id| {
-            let family = dictionary.family(id);
-            reasons.withheld_families.iter().any(|f| f == family)
-        })
-        .collect();
+    let withheld = dictionary.family_mask(reasons.withheld_families);
     let may_give = |id: u32| !withheld.get(id as usize).copied().unwrap_or(false);
     let pd: Vec<f64> = logits
         .par_iter()

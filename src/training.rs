@@ -250,23 +250,25 @@ pub async fn train_and_register(
         true => pipelines.features.protected_families(),
         false => Vec::new(),
     };
-    let trained = match excluded.is_empty() {
-        true => model::train(set, &l2_scales, &config.training, device),
-        false => train_without(
-            set,
-            dictionary,
-            &excluded,
-            &l2_scales,
-            &config.training,
-            device,
+    let (trained, notes) = match excluded.is_empty() {
+        true => (
+            model::train(set, &l2_scales, &config.training, device),
+            Vec::new(),
         ),
-    };
-    let notes = match excluded.is_empty() {
-        true => Vec::new(),
-        false => vec![format!(
-            "Protected attributes left out ([training] exclude_protected): {}; trained without them and their parameters are zero, so no score depends on them (a correlated feature still can stand in for one).",
-            excluded.join(", ")
-        )],
+        false => (
+            train_without(
+                set,
+                dictionary,
+                &excluded,
+                &l2_scales,
+                &config.training,
+                device,
+            ),
+            vec![format!(
+                "Protected attributes left out ([training] exclude_protected): {}; trained without them and their parameters are zero, so no score depends on them (a correlated feature still can stand in for one).",
+                excluded.join(", ")
+            )],
+        ),
     };
     let registration = Registration {
         data,
@@ -290,9 +292,7 @@ fn train_without(
     config: &TrainingConfig,
     device: &Device,
 ) -> TrainedModel {
-    let drop: Vec<bool> = (dictionary.families())
-        .map(|family| excluded.iter().any(|e| e == family))
-        .collect();
+    let drop = dictionary.family_mask(excluded);
     let without = TrainingSet {
         as_of: set.as_of,
         rows: set.rows.without(&drop),

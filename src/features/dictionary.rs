@@ -50,6 +50,13 @@ impl FeatureDictionary {
         self.families.iter().map(String::as_str)
     }
 
+    /// Per id, whether its family is one of `families`.
+    pub fn family_mask(&self, families: &[String]) -> Vec<bool> {
+        (self.families.iter())
+            .map(|family| families.iter().any(|f| f == family))
+            .collect()
+    }
+
     pub fn id(&self, name: &str) -> Option<u32> {
         self.index.get(name).copied()
     }

@@ -157,7 +157,7 @@ fn fold_curves(
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut results = Vec::with_capacity(folds.len());
     let ks: Vec<usize> = (0..folds.len()).collect();
-    for wave in ks.chunks(threads.max(1)) {
+    for wave in ks.chunks(threads) {
         std::thread::scope(|scope| {
             let running: Vec<_> = (wave.iter())
                 .map(|&k| scope.spawn(move || one_fold(k)))

@@ -66,7 +66,7 @@ pub struct TableSummary {
     pub features: usize,
 }
 
-fn summary(table: &LabelledTable, encoding: &TableEncoding) -> TableSummary {
+fn summary(table: &LabelledTable, encoding: &TableEncoding, features: usize) -> TableSummary {
     let names = |numeric: bool| {
         (encoding.columns.iter())
             .filter(|c| c.is_numeric() == numeric)
@@ -79,7 +79,7 @@ fn summary(table: &LabelledTable, encoding: &TableEncoding) -> TableSummary {
         numeric_columns: names(true),
         categorical_columns: names(false),
         skipped_columns: encoding.skipped.clone(),
-        features: encoding.dictionary().len(),
+        features,
     }
 }
 
@@ -134,11 +134,14 @@ pub async fn train_on_table(
 ) -> Result<(TableSummary, TrainOutcome), TableTrainingError> {
     let table = LabelledTable::read(url, label).await?;
     let (config, folds) = settings(&table, options, pipelines)?;
+    // cross-validation chooses between the plain and the binned encoding; one validation
+    // split takes the richest
     let bins = pipelines.nightly.table.bins;
-    let mut encodings = vec![(
-        "standardized",
-        table.learn_encoding(config.holdout_share, 0)?,
-    )];
+    let mut encodings = Vec::new();
+    if folds.is_some() || bins == 0 {
+        let plain = table.learn_encoding(config.holdout_share, 0)?;
+        encodings.push(("standardized", plain));
+    }
     if bins > 0 {
         let binned = table.learn_encoding(config.holdout_share, bins)?;
         encodings.push(("standardized + bins", binned));
@@ -163,14 +166,11 @@ pub async fn train_on_table(
             };
             train_cross_validated(&candidates, &config, plan, device)
         }
-        // enough rows for one validation split: the richest encoding, L2 chosen there
+        // enough rows for one validation split: L2 chosen there
         None => {
-            let last = sets.len() - 1;
-            let (set, dictionary) = &sets[last];
-            (
-                last,
-                model::train(set, &vec![1.0; dictionary.len()], &config, device),
-            )
+            let (set, dictionary) = &sets[0];
+            let scales = vec![1.0; dictionary.len()];
+            (0, model::train(set, &scales, &config, device))
         }
     };
     let (encoding, (set, dictionary)) = (&encodings[chosen].1, &sets[chosen]);
@@ -188,7 +188,7 @@ pub async fn train_on_table(
     let (_, outcome) =
         training::register_trained(store, &trained, registration, pipelines, device, promote)
             .await?;
-    Ok((summary(&table, encoding), outcome))
+    Ok((summary(&table, encoding, dictionary.len()), outcome))
 }
 
 fn notes(folds: Option<usize>) -> Vec<String> {

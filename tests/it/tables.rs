@@ -62,13 +62,31 @@ fn holdout_scores(table: &str, scores: &str, share: f64) -> (Vec<f64>, Vec<f32>)
     (pd, y)
 }
 
+/// A temporary folder holding loans.csv (`text`) and a model registry root.
+struct Folder {
+    dir: tempfile::TempDir,
+    text: String,
+    store: Store,
+}
+
+impl Folder {
+    fn with_loans() -> Folder {
+        let dir = tempfile::tempdir().unwrap();
+        let text = loans_csv();
+        std::fs::write(dir.path().join("loans.csv"), &text).unwrap();
+        let store = Store::open(dir.path().join("registry").to_str().unwrap()).unwrap();
+        Folder { dir, text, store }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_string()
+    }
+}
+
 #[tokio::test]
 async fn a_table_model_scores_another_table_through_its_stored_encoding() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    let text = loans_csv();
-    std::fs::write(path("loans.csv"), &text).unwrap();
-    let store = Store::open(&path("registry")).unwrap();
+    let folder = Folder::with_loans();
+    let (path, text, store) = (|name: &str| folder.path(name), &folder.text, &folder.store);
     let pipelines = quick_pipelines();
     let device = DeviceKind::Cpu.device().unwrap();
     let options = TableOptions {
@@ -76,7 +94,7 @@ async fn a_table_model_scores_another_table_through_its_stored_encoding() {
         folds: None,
     };
     let (byo, outcome) = train_on_table(
-        &store,
+        store,
         (&path("loans.csv"), "defaulted"),
         options,
         &pipelines,
@@ -102,16 +120,17 @@ async fn a_table_model_scores_another_table_through_its_stored_encoding() {
         "{:?}",
         outcome.evaluation.metrics
     );
-    assert!(model::champion(&store).await.unwrap().is_none());
-    let folder = dir.path().join(format!("registry/models/{}", card.version));
+    assert!(model::champion(store).await.unwrap().is_none());
+    let model_folder = path(&format!("registry/models/{}", card.version));
+    let model_folder = std::path::Path::new(&model_folder);
     for file in ["encoding.json", "report.html", "metrics.json"] {
-        assert!(folder.join(file).exists(), "{file}");
+        assert!(model_folder.join(file).exists(), "{file}");
     }
-    let report = std::fs::read_to_string(folder.join("report.html")).unwrap();
+    let report = std::fs::read_to_string(model_folder.join("report.html")).unwrap();
     assert!(report.contains("cross-validated AUC"));
 
     let score = async |table: &str, out: &str| {
-        score_table(&store, &card.version, &path(table), &path(out), 4, &device).await
+        score_table(store, &card.version, &path(table), &path(out), 4, &device).await
     };
 
     // the round trip: the table scored with the stored encoding gives, on the rows training
@@ -119,7 +138,7 @@ async fn a_table_model_scores_another_table_through_its_stored_encoding() {
     let scoring = score("loans.csv", "scores.csv").await.unwrap();
     assert_eq!((scoring.rows, scoring.missing_columns.len()), (3000, 0));
     let scores = std::fs::read_to_string(path("scores.csv")).unwrap();
-    let (pd, y) = holdout_scores(&text, &scores, 0.25);
+    let (pd, y) = holdout_scores(text, &scores, 0.25);
     assert_eq!(pd.len(), card.holdout.rows);
     let again = metrics::auc(&pd, &y).unwrap();
     assert!(
@@ -134,7 +153,7 @@ async fn a_table_model_scores_another_table_through_its_stored_encoding() {
     std::fs::write(path("new.csv"), other).unwrap();
     let scoring = score("new.csv", "new.parquet").await.unwrap();
     assert_eq!(scoring.missing_columns, vec!["city"]);
-    assert!(dir.path().join("new.parquet").exists());
+    assert!(std::path::Path::new(&path("new.parquet")).exists());
     std::fs::write(path("mars.csv"), "income,city,tenure_years\n25000,mars,3\n").unwrap();
     let scoring = score("mars.csv", "mars.csv.out.csv").await.unwrap();
     assert_eq!((scoring.rows, scoring.missing_columns.len()), (1, 0));
@@ -164,16 +183,13 @@ async fn a_table_model_scores_another_table_through_its_stored_encoding() {
 
 #[tokio::test]
 async fn a_large_table_chooses_on_the_validation_split_with_bins_and_round_trips() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    let text = loans_csv();
-    std::fs::write(path("loans.csv"), &text).unwrap();
-    let store = Store::open(&path("registry")).unwrap();
+    let folder = Folder::with_loans();
+    let (path, text, store) = (|name: &str| folder.path(name), &folder.text, &folder.store);
     let mut pipelines = quick_pipelines();
     pipelines.nightly.table.cross_validate_below_rows = 1000;
     let device = DeviceKind::Cpu.device().unwrap();
     let (_, outcome) = train_on_table(
-        &store,
+        store,
         (&path("loans.csv"), "defaulted"),
         TableOptions::default(),
         &pipelines,
@@ -190,7 +206,7 @@ async fn a_large_table_chooses_on_the_validation_split_with_bins_and_round_trips
         "the table's l2_grid, on validation"
     );
     assert_eq!(card.training.batch_size, pipelines.nightly.table.batch_size);
-    let encoding: TableEncoding = model::attachment(&store, &card.version, "encoding.json")
+    let encoding: TableEncoding = model::attachment(store, &card.version, "encoding.json")
         .await
         .unwrap()
         .unwrap();
@@ -200,7 +216,7 @@ async fn a_large_table_chooses_on_the_validation_split_with_bins_and_round_trips
     });
     assert!(binned, "{encoding:?}");
     score_table(
-        &store,
+        store,
         &card.version,
         &path("loans.csv"),
         &path("s.csv"),
@@ -211,7 +227,7 @@ async fn a_large_table_chooses_on_the_validation_split_with_bins_and_round_trips
     .unwrap();
     let scores = std::fs::read_to_string(path("s.csv")).unwrap();
     let share = pipelines.nightly.training.holdout_share;
-    let (pd, y) = holdout_scores(&text, &scores, share);
+    let (pd, y) = holdout_scores(text, &scores, share);
     assert_eq!(pd.len(), card.holdout.rows);
     let again = metrics::auc(&pd, &y).unwrap();
     assert!(
