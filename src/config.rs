@@ -64,6 +64,49 @@ pub struct Pipelines {
     pub features: FeatureConfig,
     pub policy: LimitPolicy,
     pub nightly: NightlyConfig,
+    /// every file of the folder as read (the shipped three when compiled in), for the lineage
+    /// a published version records
+    pub files: Vec<PipelineFile>,
+}
+
+/// One file of the `pipelines/` folder, as read.
+#[derive(Clone)]
+pub struct PipelineFile {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for PipelineFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({} bytes)", self.name, self.bytes.len())
+    }
+}
+
+/// Every regular file directly in `dir`, by name.
+fn read_folder(dir: &Path) -> Result<Vec<PipelineFile>, PipelinesError> {
+    let failed = |e: std::io::Error| PipelinesError {
+        file: dir.display().to_string(),
+        error: e.to_string(),
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(failed)? {
+        let path = entry.map_err(failed)?.path();
+        if path.is_file() {
+            files.push(PipelineFile {
+                name: path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+                bytes: std::fs::read(&path).map_err(|e| PipelinesError {
+                    file: path.display().to_string(),
+                    error: e.to_string(),
+                })?,
+            });
+        }
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(files)
 }
 
 impl Pipelines {
@@ -74,6 +117,17 @@ impl Pipelines {
             policy: LimitPolicy::builtin(),
             nightly: parse_nightly(SHIPPED_NIGHTLY, "pipelines/nightly.toml")
                 .expect("the shipped nightly.toml is valid"),
+            files: [
+                ("features.toml", include_str!("../pipelines/features.toml")),
+                ("limits.toml", include_str!("../pipelines/limits.toml")),
+                ("nightly.toml", SHIPPED_NIGHTLY),
+            ]
+            .into_iter()
+            .map(|(name, text)| PipelineFile {
+                name: name.into(),
+                bytes: text.as_bytes().to_vec(),
+            })
+            .collect(),
         }
     }
 
@@ -92,6 +146,7 @@ impl Pipelines {
             features: FeatureConfig::load(&dir.join("features.toml")).map_err(|e| config(&e))?,
             policy: LimitPolicy::load(&dir.join("limits.toml")).map_err(|e| config(&e))?,
             nightly: parse_nightly(&text, &nightly_file.display().to_string())?,
+            files: read_folder(dir)?,
         })
     }
 

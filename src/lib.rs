@@ -23,6 +23,8 @@
 //! publish     versioned limit tables committed by a create-only manifest; the table's row
 //!             codec and the in-memory snapshot both read paths answer from
 //! config      the configuration files of a run (`pipelines/`)
+//! audit       what a published version rests on (lineage), every user's decision record,
+//!             and `explain`, which replays one user's limit from them
 //! training    train / evaluate / compare workflows on a root's newest labelled window
 //! table       your own table: its encoding stored with the model, small-data training by
 //!             cross-validation, scoring another table with it
@@ -69,6 +71,8 @@ pub mod suggestions;
 pub mod publish;
 
 pub mod config;
+
+pub mod audit;
 
 pub mod training;
 

@@ -200,9 +200,10 @@ schema!(FEATURE_DICTIONARY, "feature_dictionary.json");
 schema!(LIMITS, "limits.json");
 schema!(TRUTH, "truth.json");
 schema!(SCORES, "scores.json");
+schema!(DECISIONS, "decisions.json");
 
 /// Every table, for tools that list or document them.
-pub fn all() -> [&'static TableSchema; 11] {
+pub fn all() -> [&'static TableSchema; 12] {
     [
         &PROFILES,
         &EVENTS,
@@ -215,6 +216,7 @@ pub fn all() -> [&'static TableSchema; 11] {
         &LIMITS,
         &TRUTH,
         &SCORES,
+        &DECISIONS,
     ]
 }
 

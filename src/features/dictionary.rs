@@ -33,6 +33,11 @@ impl FeatureDictionary {
         self.names.len()
     }
 
+    /// The committed version this was loaded from or committed as (0: none yet).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }

@@ -272,6 +272,11 @@ async fn renew(
 }
 
 impl Lease {
+    /// Who holds the lease: host, pid and the holder's random id.
+    pub fn holder(&self) -> String {
+        self.record.owner()
+    }
+
     /// Ok while this run still holds the lease; see the module's comment on fencing.
     pub fn check(&self) -> Result<(), LeaseError> {
         match self.held.why_lost(Utc::now().timestamp_millis()) {
@@ -415,6 +420,7 @@ mod tests {
             model_version: "m",
             policy_version: "p",
             run_id: Some("first"),
+            lineage: None,
             fence: Some(&fence),
         };
         let config = crate::config::Pipelines::builtin().nightly.publish;

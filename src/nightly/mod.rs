@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 
+use crate::audit::AuditError;
 use crate::cause::{Cause, Classify};
 use crate::config::{Pipelines, PipelinesError};
 use crate::dataset::DatasetError;
@@ -64,6 +65,8 @@ pub enum NightlyError {
     Pipelines(#[from] PipelinesError),
     #[error(transparent)]
     Lease(#[from] lease::LeaseError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     /// a run record or checkpoint that does not read back
     #[error("{path}: {error}")]
     Checkpoint { path: String, error: String },
@@ -89,6 +92,7 @@ impl Classify for NightlyError {
             NightlyError::Training(e) => e.cause(),
             NightlyError::Pipelines(e) => e.cause(),
             NightlyError::Lease(e) => e.cause(),
+            NightlyError::Audit(e) => e.cause(),
             // a damaged run record cannot be continued; the date can be run from the start
             NightlyError::Checkpoint { .. }
             | NightlyError::Resume(_)

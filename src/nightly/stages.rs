@@ -18,13 +18,14 @@ use super::checkpoint::Checkpoints;
 use super::lease::Lease;
 use super::report::{self, Stopwatch};
 use super::{NightlyError, RunOptions, RunOutcome, Stage, shard};
+use crate::audit;
 use crate::config::Pipelines;
 use crate::dataset::{self, Csr};
 use crate::features::stats::{self, Drift, Strength};
 use crate::features::{self, FeatureDictionary, FeatureReport, FeatureSet};
 use crate::model::{self, Metrics, Model};
 use crate::policy::{Decision, PolicyInputs, Reason, UserFacts};
-use crate::publish::{self, LimitRow, Manifest};
+use crate::publish::{self, LimitRow, Lineage, Manifest};
 use crate::scoring::{self, Scores};
 use crate::sources::{self, SourceReport};
 use crate::store::{Store, layout};
@@ -212,7 +213,14 @@ pub(super) async fn run_stages(run: &Run<'_>) -> Result<RunOutcome, NightlyError
         return Ok(progress.stopped(Stage::Suggest));
     }
     run.still_leased()?;
-    let manifest = publish(run, &mut progress, &rows, &model).await?;
+    let audit = AuditInputs {
+        model: &model,
+        rows: &scoring_rows,
+        dictionary: &dictionary,
+        scores: &scores,
+        facts: &facts,
+    };
+    let manifest = publish(run, &mut progress, &rows, audit).await?;
     let report =
         report::NightlyReport::new(run, sources, featured, trained, &rows, manifest, progress);
     report::write(run.store, &report).await?;
@@ -239,6 +247,8 @@ async fn start(run: &Run<'_>) -> Result<Progress, NightlyError> {
             Checkpoints::start(store, date, run.pipelines).await?
         }
     };
+    let folder = layout::run_folder(date, &checkpoints.run.run_id);
+    audit::lineage::record_inputs(store, date, &folder).await?;
     Ok(Progress {
         checkpoints,
         resumed: Vec::new(),
@@ -535,13 +545,46 @@ async fn suggest(
         .collect())
 }
 
+/// What the decision records and the lineage of a publish are made of.
+struct AuditInputs<'a> {
+    model: &'a Model,
+    rows: &'a Csr,
+    dictionary: &'a FeatureDictionary,
+    scores: &'a Scores,
+    facts: &'a [UserFacts],
+}
+
+/// Every user's decision record in the run's folder, and the lineage the manifest keeps.
+async fn record(
+    run: &Run<'_>,
+    run_id: &str,
+    audit: &AuditInputs<'_>,
+) -> Result<Lineage, NightlyError> {
+    let folder = layout::run_folder(run.run_date, run_id);
+    let reasons =
+        audit::records::model_reasons(audit.model, audit.rows, audit.dictionary, audit.scores);
+    let decisions =
+        audit::records::write(run.store, &folder, audit.scores, audit.facts, &reasons).await?;
+    let lineage = audit::lineage::RunLineage {
+        run_date: run.run_date,
+        run_id,
+        lease_holder: run.lease.holder(),
+        pipelines: run.pipelines,
+        dictionary: audit.dictionary,
+        model_version: &audit.model.card.version,
+        decisions,
+    };
+    Ok(audit::lineage::capture(run.store, lineage).await?)
+}
+
 /// The committed manifest: this run's earlier commit when it crashed between the commit and
-/// its checkpoint (the commit carries the run id), else a gated publish now.
+/// its checkpoint (the commit carries the run id), else a gated publish now, after the
+/// run's decision records and lineage are written.
 async fn publish(
     run: &Run<'_>,
     progress: &mut Progress,
     rows: &[LimitRow],
-    model: &Model,
+    audit: AuditInputs<'_>,
 ) -> Result<Manifest, NightlyError> {
     let store = run.store;
     let run_id = progress.checkpoints.run.run_id.clone();
@@ -551,12 +594,14 @@ async fn publish(
             recovered = true;
             return Ok::<_, NightlyError>(manifest);
         }
+        let lineage = record(run, &run_id, &audit).await?;
         let fence = || run.lease.check().map_err(|e| e.to_string());
         let publication = publish::Publication {
             as_of: run.run_date,
-            model_version: &model.card.version,
+            model_version: &audit.model.card.version,
             policy_version: &run.pipelines.policy.version,
             run_id: Some(&run_id),
+            lineage: Some(&lineage),
             fence: Some(&fence),
         };
         let config = &run.pipelines.nightly.publish;

@@ -3,15 +3,18 @@
 //! the invariants users rely on are property-tested here.
 //!
 //! Grades, reasons and withheld boosts are enums; their `Display` is the text the published
-//! table stores (`grade:A`, `certificate_boost_withheld:upload_burst`, ...).
+//! table stores (`grade:A`, `certificate_boost_withheld:upload_burst`, ...). `trace` is the
+//! same decision with every step that moved the number, for the audit record (`explain`).
 
 use std::collections::HashMap;
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use super::{FraudFlag, GradeRule, LimitPolicy};
 
 /// A verified certificate as the policy sees it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeldCertificate {
     pub cert_type_id: u32,
     pub name: String,
@@ -29,25 +32,35 @@ pub struct PreviousDecision {
     pub boosts: Vec<String>,
 }
 
-/// Everything about one user the policy weighs besides the PD.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Everything about one user the policy weighs besides the PD (kept per run in the audit
+/// record, so a decision can be replayed years later).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct UserFacts {
     /// recognized certificates whose newest version known before the run date is verified,
     /// unrevoked and unexpired
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<HeldCertificate>,
     /// verified certificates whose newest version known before the run date is revoked
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub revoked_certificates: Vec<HeldCertificate>,
     /// the certificate boosts of the last published decision (`certificate_boost:<family>:
     /// <name>` reason codes): a boost gone tonight because of a revocation says so
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub previous_boosts: Vec<String>,
     /// the ceiling the user asked for, until they lift it
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cap: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub income_band: Option<i32>,
     /// the policy limit (before the user's cap) in the last published table
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_limit: Option<f64>,
     /// fraud checks this user failed (no boost while any)
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fraud_flags: Vec<FraudFlag>,
     /// purchases per merchant category in the 90 days before the run
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
     pub category_purchases: HashMap<String, u32>,
 }
 
@@ -171,6 +184,28 @@ impl Decision {
     }
 }
 
+/// One step of a decision that set or moved the number: what it was and the limit after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyStep {
+    pub step: String,
+    pub detail: String,
+    pub limit: f64,
+}
+
+/// Where a decision records its steps: nowhere for the nightly's millions of users, a list
+/// for one user's audit record.
+type Trace = Option<Vec<PolicyStep>>;
+
+fn note(trace: &mut Trace, step: &str, limit: f64, detail: impl FnOnce() -> String) {
+    if let Some(steps) = trace {
+        steps.push(PolicyStep {
+            step: step.to_string(),
+            detail: detail(),
+            limit,
+        });
+    }
+}
+
 /// `certificate_revoked:<name>` for each boost of the last published decision that tonight's
 /// reasons no longer give, where a certificate of that type was revoked.
 fn withdrawn_boosts(facts: &UserFacts, reasons: &mut Vec<Reason>) {
@@ -197,19 +232,47 @@ fn withdrawn_boosts(facts: &UserFacts, reasons: &mut Vec<Reason>) {
 impl LimitPolicy {
     /// The limit of one user. Pure: the same inputs always give the same decision.
     pub fn decide(&self, pd: f64, facts: &UserFacts) -> Decision {
+        self.decide_traced(pd, facts, &mut None)
+    }
+
+    /// `decide`, with every step that set or moved the limit.
+    pub fn trace(&self, pd: f64, facts: &UserFacts) -> (Decision, Vec<PolicyStep>) {
+        let mut trace = Some(Vec::new());
+        let decision = self.decide_traced(pd, facts, &mut trace);
+        (decision, trace.unwrap_or_default())
+    }
+
+    fn decide_traced(&self, pd: f64, facts: &UserFacts, trace: &mut Trace) -> Decision {
         // a decline applies at once, whatever last night's limit was
         let Some(grade) = self.grades.iter().find(|g| pd <= g.max_pd) else {
+            note(trace, "decline", 0.0, || {
+                format!("PD {pd:.4} is above every grade's max_pd")
+            });
             return Decision::decline(facts.cap);
         };
         let mut reasons = vec![Reason::Grade(grade.name.clone())];
+        note(trace, "grade", grade.base_limit, || {
+            format!(
+                "grade {} (PD {pd:.4} <= {}): base limit {}",
+                grade.name, grade.max_pd, grade.base_limit
+            )
+        });
         let base_limit = grade.base_limit * self.income_multiplier(facts.income_band);
         if let Some(band) = facts.income_band {
             reasons.push(Reason::IncomeBand(band));
+            note(trace, "income_band", base_limit, || {
+                let multiplier = self.income_multiplier(Some(band));
+                format!("income band {band}: base limit x {multiplier}")
+            });
         }
-        let boost = self.certificate_boost(pd, facts, &mut reasons);
+        let boost = self.certificate_boost(pd, facts, &mut reasons, base_limit, trace);
         withdrawn_boosts(facts, &mut reasons);
-        let policy_limit =
-            self.policy_limit(base_limit + boost, facts.previous_limit, &mut reasons);
+        let policy_limit = self.policy_limit(
+            base_limit + boost,
+            facts.previous_limit,
+            &mut reasons,
+            trace,
+        );
         // the step moves the policy's limit; the user's own cap applies (and lifts) at once
         let mut credit_limit = policy_limit;
         if let Some(cap) = facts.cap
@@ -217,13 +280,20 @@ impl LimitPolicy {
         {
             credit_limit = self.round_down(cap.max(0.0));
             reasons.push(Reason::CappedByUserRequest);
+            note(trace, "user_request", credit_limit, || {
+                format!("the user asked for at most {cap}")
+            });
         }
         let scenarios = self.scenarios_for(pd, facts);
-        reasons.extend(
-            scenarios
-                .iter()
-                .map(|s| Reason::Scenario(s.category.clone())),
-        );
+        for s in &scenarios {
+            reasons.push(Reason::Scenario(s.category.clone()));
+            note(trace, "scenario", credit_limit, || {
+                format!(
+                    "+{} for {} for {} days (on top of the limit)",
+                    s.amount, s.category, s.valid_days
+                )
+            });
+        }
         Decision {
             grade: Grade::Granted(grade.name.clone()),
             base_limit,
@@ -243,17 +313,26 @@ impl LimitPolicy {
 
     /// One boost per certificate type, the best tiers first, up to the cap; none for a
     /// flagged user or a PD above the bound.
-    fn certificate_boost(&self, pd: f64, facts: &UserFacts, reasons: &mut Vec<Reason>) -> f64 {
+    fn certificate_boost(
+        &self,
+        pd: f64,
+        facts: &UserFacts,
+        reasons: &mut Vec<Reason>,
+        base_limit: f64,
+        trace: &mut Trace,
+    ) -> f64 {
         let rules = &self.certificate_boost;
         if facts.certificates.is_empty() {
             return 0.0;
         }
-        if let Some(flag) = facts.fraud_flags.first() {
-            reasons.push(Reason::BoostWithheld(Withheld::Fraud(*flag)));
-            return 0.0;
-        }
-        if pd > rules.max_pd {
-            reasons.push(Reason::BoostWithheld(Withheld::PdAboveBoostBound));
+        let withheld = match facts.fraud_flags.first() {
+            Some(flag) => Some(Withheld::Fraud(*flag)),
+            None => (pd > rules.max_pd).then_some(Withheld::PdAboveBoostBound),
+        };
+        if let Some(why) = withheld {
+            let reason = Reason::BoostWithheld(why);
+            note(trace, "boost_withheld", base_limit, || reason.to_string());
+            reasons.push(reason);
             return 0.0;
         }
         let mut held: Vec<&HeldCertificate> = facts
@@ -275,6 +354,17 @@ impl LimitPolicy {
                 break;
             }
             boost += tier_boost.min(room);
+            note(trace, "certificate_boost", base_limit + boost, || {
+                format!(
+                    "+{} for {} ({}, tier {}, type {}, confidence {})",
+                    tier_boost.min(room),
+                    cert.name,
+                    cert.family,
+                    cert.tier,
+                    cert.cert_type_id,
+                    cert.confidence
+                )
+            });
             reasons.push(Reason::CertificateBoost {
                 family: cert.family.clone(),
                 name: cert.name.clone(),
@@ -285,25 +375,54 @@ impl LimitPolicy {
 
     /// The policy's limit for `wanted` (base plus boosts): within floor and ceiling, at most
     /// one nightly step from last night's, and never above the ceiling.
-    fn policy_limit(&self, wanted: f64, previous: Option<f64>, reasons: &mut Vec<Reason>) -> f64 {
+    fn policy_limit(
+        &self,
+        wanted: f64,
+        previous: Option<f64>,
+        reasons: &mut Vec<Reason>,
+        trace: &mut Trace,
+    ) -> f64 {
         let ceiling = self.round_down(self.ceiling);
         let mut limit = self.round_down(wanted.clamp(self.floor, self.ceiling));
         if wanted > self.ceiling {
             reasons.push(Reason::PolicyCeiling);
+            note(trace, "ceiling", limit, || {
+                format!("{wanted:.2} is above the ceiling {}", self.ceiling)
+            });
         } else if wanted < self.floor {
             reasons.push(Reason::PolicyFloor);
+            note(trace, "floor", limit, || {
+                format!("{wanted:.2} is below the floor {}", self.floor)
+            });
+        } else if limit != wanted {
+            note(trace, "rounding", limit, || {
+                format!(
+                    "{wanted:.2} rounded down to a multiple of {}",
+                    self.rounding
+                )
+            });
         }
         if let Some(previous) = previous {
             let lowest = self.round_up(previous - self.max_nightly_change).max(0.0);
             let highest = self.round_down(previous + self.max_nightly_change);
             if limit < lowest || limit > highest {
+                let wanted = limit;
                 limit = limit.clamp(lowest, highest);
                 reasons.push(Reason::LimitedByNightlyStep);
+                note(trace, "nightly_step", limit, || {
+                    format!(
+                        "{wanted:.2} is more than max_nightly_change {} from last night's {previous:.2}",
+                        self.max_nightly_change
+                    )
+                });
             }
         }
         // the ceiling is hard: it wins over the step (a previous limit above a lowered ceiling)
         if limit > ceiling {
             limit = ceiling;
+            note(trace, "ceiling", limit, || {
+                format!("the ceiling {} wins over the nightly step", self.ceiling)
+            });
             if !reasons.contains(&Reason::PolicyCeiling) {
                 reasons.push(Reason::PolicyCeiling);
             }
@@ -591,6 +710,10 @@ mod tests {
         ) {
             let policy = LimitPolicy::builtin();
             let d = policy.decide(pd, &facts);
+            // the audit's trace is the same decision, and its steps end at the limit given
+            let (traced, steps) = policy.trace(pd, &facts);
+            prop_assert_eq!(&traced, &d);
+            prop_assert_eq!(steps.last().map(|s| s.limit), Some(d.credit_limit), "{:?}", steps);
             // a user's cap is a hard ceiling
             if let Some(cap) = facts.cap {
                 prop_assert!(d.credit_limit <= cap, "{d:?}");

@@ -11,7 +11,10 @@ use super::FraudChecks;
 
 /// A fraud check a user failed. Declared in the order of their stored names, so a user's
 /// sorted flags read the same as before they were an enum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum FraudFlag {
     ConfidenceJustOverThreshold,
     SharedCertificateNumber,

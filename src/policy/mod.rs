@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use crate::cause::{Cause, Classify};
 
 pub use decide::{
-    Decision, Grade, HeldCertificate, PreviousDecision, Reason, ScenarioGrant, UserFacts, Withheld,
+    Decision, Grade, HeldCertificate, PolicyStep, PreviousDecision, Reason, ScenarioGrant,
+    UserFacts, Withheld,
 };
 pub use fraud::{FraudFlag, Upload, fraud_flags};
 pub use inputs::{PolicyInputs, load_inputs};

@@ -115,8 +115,12 @@ pub struct PublishConfig {
     pub max_row_drop_share: f64,
     /// refuse when the mean limit moves (either way) by more than this share
     pub max_mean_limit_change: f64,
-    /// committed versions kept; older manifests, and data no kept manifest needs, are deleted
+    /// committed versions kept at least; older manifests, and data no kept manifest needs,
+    /// are deleted unless `keep_days` keeps them
     pub retain_versions: usize,
+    /// versions (with their data and decision records) younger than this many days are kept
+    /// whatever their number
+    pub keep_days: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,6 +160,57 @@ pub struct Manifest {
     /// publish already happened)
     #[serde(default)]
     pub run_id: Option<String>,
+    /// what the version rests on (absent from versions published before it was recorded, and
+    /// from tables published outside a nightly run)
+    #[serde(default)]
+    pub lineage: Option<Lineage>,
+}
+
+/// What a published version rests on, so a limit can be explained and its inputs traced years
+/// later. Everything here is a fingerprint or a path to an object the run never rewrites.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lineage {
+    /// the crate version the run was built as
+    pub code_version: String,
+    /// the git commit it was built from (`+dirty` when built with uncommitted changes)
+    pub git_commit: String,
+    pub run_id: String,
+    /// who held the date's lease (host, pid and the holder's random id)
+    pub lease_holder: String,
+    /// every file of the `pipelines/` folder the run was configured from
+    pub pipelines: Vec<FileDigest>,
+    pub dictionary_version: u64,
+    /// sha256 of the dictionary's names in id order
+    pub dictionary_hash: String,
+    pub model_version: String,
+    pub model_weights_sha256: String,
+    /// the raw and reference objects the run could read when it started
+    pub inputs: InputsDigest,
+    /// the run's own folder: its input listing, effective policy and decision records
+    pub run_folder: String,
+    /// every user's decision record (the facts the policy weighed, the model's reasons with
+    /// the feature values behind them)
+    pub decisions: DataFile,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDigest {
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputsDigest {
+    pub objects: usize,
+    pub bytes: u64,
+    /// sha256 of the listing (one `path bytes modified etag` line per object, sorted)
+    pub sha256: String,
+    /// where the listing itself is kept
+    pub listing: String,
 }
 
 /// What a published table is, besides its rows.
@@ -165,6 +220,7 @@ pub struct Publication<'a> {
     pub model_version: &'a str,
     pub policy_version: &'a str,
     pub run_id: Option<&'a str>,
+    pub lineage: Option<&'a Lineage>,
     /// asked right before the manifest is committed: an error (why this writer may no longer
     /// publish, e.g. its lease was lost) stops the commit, so nothing becomes visible
     pub fence: Option<Fence<'a>>,
@@ -229,6 +285,7 @@ pub async fn publish_version(
         model_version,
         policy_version,
         run_id: None,
+        lineage: None,
         fence: None,
     };
     write_and_commit(store, version, rows, &publication, Vec::new()).await
@@ -285,6 +342,7 @@ async fn write_and_commit(
         forced_past,
         rollback_of: None,
         run_id: publication.run_id.map(str::to_string),
+        lineage: publication.lineage.cloned(),
     };
     if let Some(fence) = publication.fence
         && let Err(why) = fence()
@@ -383,7 +441,7 @@ pub async fn publish_gated(
         tracing::warn!(version, ?violations, "publishing past the gates (--force)");
     }
     let manifest = write_and_commit(store, version, rows, publication, violations).await?;
-    retain(store, config.retain_versions).await?;
+    retain(store, config.keep()).await?;
     Ok(manifest)
 }
 
@@ -448,18 +506,50 @@ pub async fn rollback(store: &Store, to: u64) -> Result<Manifest, PublishError> 
 pub struct Retention {
     pub manifests_deleted: usize,
     pub data_files_deleted: usize,
+    /// run folders (decision records, input listings) no kept version rests on
+    pub run_folders_deleted: usize,
 }
 
-/// Keeps the newest `keep` manifests (at least one), deletes older ones, then deletes data
-/// files that no kept manifest points at and that belong to versions older than the oldest
-/// kept one (a writer still writing a newer version is never touched).
-pub async fn retain(store: &Store, keep: usize) -> Result<Retention, PublishError> {
+/// How long published versions are kept: a version goes once it is neither among the newest
+/// `versions` nor younger than `days` (by its publish time). Age keeps the records a lender
+/// must show for an adverse decision; the count keeps rollbacks possible.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Keep {
+    pub versions: usize,
+    pub days: u32,
+}
+
+impl PublishConfig {
+    pub fn keep(&self) -> Keep {
+        Keep {
+            versions: self.retain_versions,
+            days: self.keep_days,
+        }
+    }
+}
+
+/// Deletes the versions `keep` lets go (never the newest), then the data files no kept version
+/// needs that are older than the oldest kept version (a writer still writing a newer version
+/// is never touched), and the run folders (decision records) only deleted versions named.
+pub async fn retain(store: &Store, keep: Keep) -> Result<Retention, PublishError> {
     let all = versions(store).await?;
-    let keep = keep.max(1);
-    if all.len() <= keep {
+    let now = Utc::now();
+    let young = |m: &Manifest| {
+        chrono::DateTime::parse_from_rfc3339(&m.published_at).map_or(true, |at| {
+            (now - at.with_timezone(&Utc)).num_days() < keep.days as i64
+        })
+    };
+    // versions are committed in time order, so what is kept is a newest run of them
+    let by_count = all.len().saturating_sub(keep.versions.max(1));
+    let first_kept = all
+        .iter()
+        .position(young)
+        .unwrap_or(all.len())
+        .min(by_count);
+    if first_kept == 0 {
         return Ok(Retention::default());
     }
-    let (old, kept) = all.split_at(all.len() - keep);
+    let (old, kept) = all.split_at(first_kept);
     let oldest_kept = kept[0].version;
     let mut report = Retention::default();
     for manifest in old {
@@ -475,6 +565,19 @@ pub async fn retain(store: &Store, keep: usize) -> Result<Retention, PublishErro
         if version.is_some_and(|v| v < oldest_kept) && !needed.contains(path.as_str()) {
             store.delete(&path).await?;
             report.data_files_deleted += 1;
+        }
+    }
+    let kept_runs: std::collections::HashSet<&str> = kept
+        .iter()
+        .filter_map(|m| m.lineage.as_ref().map(|l| l.run_folder.as_str()))
+        .collect();
+    // a folder a manifest names belongs to a run that committed, so no writer is still in it
+    for manifest in old {
+        if let Some(lineage) = &manifest.lineage
+            && !kept_runs.contains(lineage.run_folder.as_str())
+        {
+            store.delete_prefix(&lineage.run_folder).await?;
+            report.run_folders_deleted += 1;
         }
     }
     info!(?report, "retention applied");

@@ -13,6 +13,7 @@
 //! scores/dt=<date>/{part-00000,shard-I-of-N}.parquet
 //! models/<version>/..., models/_champion.json
 //! runs/<date>/{run.json, report.json, lease/, checkpoints/<stage>.json}
+//! runs/<date>/run=<id>/{inputs.txt, policy.json, pipelines/, decisions.parquet}  (audit)
 //! published/limits/{data/<run>/, _manifests/<version>.json}
 //! ```
 //!
@@ -127,6 +128,12 @@ pub fn run_file(date: NaiveDate) -> String {
 /// Written last by a run that published: its presence means the date is done.
 pub fn run_report(date: NaiveDate) -> String {
     format!("runs/{date}/report.json")
+}
+
+/// One run's own folder: what its published version rests on, written before the publish
+/// commits and never after (a rerun of the date gets a folder of its own).
+pub fn run_folder(date: NaiveDate, run_id: &str) -> String {
+    format!("runs/{date}/run={run_id}")
 }
 
 pub fn run_lease(date: NaiveDate) -> String {

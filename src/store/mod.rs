@@ -380,6 +380,18 @@ impl Store {
         self.list_with(rel, |meta| meta.last_modified).await
     }
 
+    /// Like `list`, with each object's size, last-modified time and etag (what a run records
+    /// of the inputs it could read).
+    pub async fn list_described(
+        &self,
+        rel: &str,
+    ) -> Result<Vec<(String, (u64, DateTime<Utc>, Option<String>))>> {
+        self.list_with(rel, |meta| {
+            (meta.size, meta.last_modified, meta.e_tag.clone())
+        })
+        .await
+    }
+
     /// Every object under `rel` as (relative path, `field` of its metadata), sorted.
     async fn list_with<T: Ord>(
         &self,

@@ -54,7 +54,8 @@ async fn nights_under_store_faults_and_kills_end_as_clean_nights_do() {
     let text = std::fs::read_to_string(&nightly_toml).unwrap();
     std::fs::write(
         &nightly_toml,
-        text.replace("retain_versions = 14", "retain_versions = 3"),
+        text.replace("retain_versions = 14", "retain_versions = 3")
+            .replace("keep_days = 760", "keep_days = 0"),
     )
     .unwrap();
     let pipelines = redflower::config::Pipelines::load(&pipelines_dir).unwrap();

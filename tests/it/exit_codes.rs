@@ -93,6 +93,7 @@ async fn refused_gates_are_4_and_a_second_writer_is_5() {
         model_version: "m",
         policy_version: "p",
         run_id: None,
+        lineage: None,
         fence: None,
     };
     let config = Pipelines::builtin().nightly.publish;

@@ -2,6 +2,7 @@
 //! a binary of its own). One module per area.
 
 mod architecture;
+mod audit;
 mod chain;
 mod chaos;
 mod cli;

@@ -163,7 +163,19 @@ async fn retention_keeps_the_newest_versions_and_the_files_they_need() {
     }
     // version 6 points at version 2's files: they must survive retention of 2 versions
     publish::rollback(&store, 2).await.unwrap();
-    let report = publish::retain(&store, 2).await.unwrap();
+    // every version is younger than a day: kept by age whatever their number
+    let by_age = publish::Keep {
+        versions: 2,
+        days: 1,
+    };
+    let report = publish::retain(&store, by_age).await.unwrap();
+    assert_eq!(report, publish::Retention::default());
+    assert_eq!(publish::versions(&store).await.unwrap().len(), 6);
+    let keep = publish::Keep {
+        versions: 2,
+        days: 0,
+    };
+    let report = publish::retain(&store, keep).await.unwrap();
     assert_eq!(report.manifests_deleted, 4);
     assert_eq!(report.data_files_deleted, 3, "versions 1, 3 and 4");
     let kept: Vec<u64> = publish::versions(&store)
@@ -222,6 +234,7 @@ fn publication(as_of: NaiveDate) -> publish::Publication<'static> {
         model_version: "m",
         policy_version: "p",
         run_id: None,
+        lineage: None,
         fence: None,
     }
 }

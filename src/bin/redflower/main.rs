@@ -5,6 +5,7 @@
 mod args;
 mod demo;
 mod evaluate;
+mod explain;
 mod models;
 mod nightly;
 mod print;
@@ -88,6 +89,12 @@ enum Command {
     ///
     /// Example: redflower show --root ./data --user 42
     Show(show::ShowArgs),
+    /// The audit record behind one user's published limit: every policy step replayed from
+    /// the run's decision record, the model's reasons with their feature values, the
+    /// certificates counted and the version's lineage. Any retained version.
+    ///
+    /// Example: redflower explain --root ./data --user 42 --date 2026-11-01 [--json]
+    Explain(explain::ExplainArgs),
 }
 
 fn main() -> ExitCode {
@@ -130,6 +137,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Publish { action } => publish::run(action).await,
         Command::Models { action } => models::run(action).await,
         Command::Show(args) => show::run(args).await,
+        Command::Explain(args) => explain::run(args).await,
     }
 }
 
@@ -137,8 +145,8 @@ async fn execute(command: Command) -> anyhow::Result<()> {
 /// the command itself could not write, say) is taken as transient.
 fn cause_of(error: &anyhow::Error) -> Cause {
     use redflower::{
-        config, engine, features, model, nightly, policy, publish, sink, sources, store, synth,
-        table, training,
+        audit, config, engine, features, model, nightly, policy, publish, sink, sources, store,
+        synth, table, training,
     };
     for cause in error.chain() {
         macro_rules! classified {
@@ -150,6 +158,7 @@ fn cause_of(error: &anyhow::Error) -> Cause {
         }
         classified!(
             nightly::NightlyError,
+            audit::AuditError,
             training::TrainingError,
             publish::PublishError,
             publish::snapshot::SnapshotError,

@@ -23,14 +23,18 @@ pub enum PublishAction {
         #[arg(long)]
         to: u64,
     },
-    /// Keep the newest N versions; delete older manifests and data no kept version needs.
+    /// Keep the newest N versions and every version younger than D days; delete older
+    /// manifests, and the data and run folders (decision records) no kept version needs.
     ///
-    /// Example: redflower publish retain --root ./data --keep 14
+    /// Example: redflower publish retain --root ./data --keep 14 --keep-days 760
     Retain {
         #[command(flatten)]
         root: RootArg,
         #[arg(long)]
         keep: usize,
+        /// versions younger than this are kept whatever their number
+        #[arg(long, default_value_t = 0)]
+        keep_days: u32,
     },
     /// Load the newest committed table into Redis under versioned keys, then switch
     /// `<prefix>:current` to it; versions past the newest --keep are deleted.
@@ -66,11 +70,19 @@ pub async fn run(action: PublishAction) -> Result<()> {
                 manifest.version, manifest.row_count, manifest.as_of
             );
         }
-        PublishAction::Retain { root, keep } => {
-            let report = publish::retain(&root.open()?, keep).await?;
+        PublishAction::Retain {
+            root,
+            keep,
+            keep_days,
+        } => {
+            let policy = publish::Keep {
+                versions: keep,
+                days: keep_days,
+            };
+            let report = publish::retain(&root.open()?, policy).await?;
             println!(
-                "kept the newest {keep} versions: deleted {} manifests and {} data files",
-                report.manifests_deleted, report.data_files_deleted
+                "kept the newest {keep} versions and those younger than {keep_days} days: deleted {} manifests, {} data files and {} run folders",
+                report.manifests_deleted, report.data_files_deleted, report.run_folders_deleted
             );
         }
         PublishAction::Sink {
