@@ -17,10 +17,12 @@ use crate::features::FeatureError;
 use crate::features::{self, FeatureDictionary, FeatureSet};
 use crate::model::ModelError;
 use crate::model::evaluation::{self, Evaluation, EvaluationInput};
+use crate::model::metrics::Outcome;
 use crate::model::promotion::PromotionDecision;
 use crate::model::{
     self, Model, ModelCard, Provenance, Split, TrainedModel, TrainingConfig, report,
 };
+use crate::policy::{Grade, LimitPolicy, UserFacts};
 use crate::sources::{self, SourceError};
 use crate::store::{Store, StoreError, layout};
 use crate::synth::{SynthError, truth};
@@ -307,6 +309,21 @@ fn train_without(
     }
 }
 
+/// What the policy gives each PD on its own (no income band, certificates, caps or last
+/// night's limit): the model's part in approvals and limits, for the fairness view.
+pub fn policy_outcomes(policy: &LimitPolicy, pd: &[f64]) -> Vec<Outcome> {
+    let facts = UserFacts::default();
+    pd.iter()
+        .map(|&p| {
+            let decision = policy.decide(p, &facts);
+            Outcome {
+                approved: decision.grade != Grade::Decline,
+                limit: decision.credit_limit,
+            }
+        })
+        .collect()
+}
+
 /// Registers a trained model with its evaluation on the holdout (next to the champion, when
 /// the champion reads the same dictionary) and its report, and promotes it as asked.
 pub async fn register_trained(
@@ -353,6 +370,8 @@ pub async fn register_trained(
         oracle_auc,
         visible_oracle_auc,
         champion: champion.as_ref().map(|(v, pd)| (v.as_str(), pd.as_slice())),
+        outcomes: &policy_outcomes(&pipelines.policy, &trained.holdout_pd),
+        protected: &pipelines.features.protected_families(),
     });
     let report =
         write_evaluation(store, &layout::model(&version), &model.card, &evaluation).await?;
@@ -438,6 +457,8 @@ pub async fn evaluate(
         oracle_auc,
         visible_oracle_auc,
         champion: champion.as_ref().map(|(v, pd)| (v.as_str(), pd.as_slice())),
+        outcomes: &policy_outcomes(&pipelines.policy, &pd),
+        protected: &pipelines.features.protected_families(),
     });
     let report = write_evaluation(
         store,

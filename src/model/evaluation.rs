@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::calibration::Scorecard;
-use super::metrics::{self, CalibrationBin, Decile, Metrics, SegmentMetrics};
+use super::metrics::{self, CalibrationBin, Decile, Metrics, Outcome, SegmentMetrics};
 use crate::dataset::Csr;
 use crate::features::FeatureDictionary;
 
@@ -82,6 +82,9 @@ pub struct Evaluation {
     pub calibration: Vec<CalibrationBin>,
     pub deciles: Vec<Decile>,
     pub segments: Vec<SegmentMetrics>,
+    /// the segment families that are protected attributes (gated by `[promotion]`)
+    #[serde(default)]
+    pub protected: Vec<String>,
     pub champion: Option<ChampionComparison>,
     /// (false positive rate, true positive rate), at most ~200 points
     pub roc: Vec<(f64, f64)>,
@@ -162,19 +165,30 @@ pub struct EvaluationInput<'a> {
     pub visible_oracle_auc: Option<f64>,
     /// the champion's version and its PD on the same rows
     pub champion: Option<(&'a str, &'a [f64])>,
+    /// what the policy does with each row's PD, for approval rate and mean limit by segment
+    /// (empty: not given)
+    pub outcomes: &'a [Outcome],
+    /// families reported by segment besides `config.segments` (the protected attributes)
+    pub protected: &'a [String],
 }
 
 pub fn evaluate(input: EvaluationInput) -> Evaluation {
     let EvaluationInput {
         pd, labels, config, ..
     } = input;
-    let segments = match input.dictionary {
-        Some(dictionary) => config
-            .segments
+    let mut families: Vec<&String> = config.segments.iter().collect();
+    families.extend(
+        input
+            .protected
             .iter()
+            .filter(|p| !config.segments.contains(p)),
+    );
+    let segments = match input.dictionary {
+        Some(dictionary) => families
+            .into_iter()
             .flat_map(|family| {
                 let values = segment_values(input.rows, dictionary, family);
-                metrics::by_segment(family, &values, pd, labels)
+                metrics::by_segment(family, &values, pd, labels, input.outcomes)
             })
             .collect(),
         None => Vec::new(),
@@ -190,6 +204,10 @@ pub fn evaluate(input: EvaluationInput) -> Evaluation {
         calibration: metrics::calibration_table(pd, labels, metrics::CALIBRATION_BINS),
         deciles: metrics::lift_by_decile(pd, labels),
         segments,
+        protected: match input.dictionary {
+            Some(_) => input.protected.to_vec(),
+            None => Vec::new(),
+        },
         champion: input
             .champion
             .map(|(version, champion_pd)| ChampionComparison {

@@ -263,14 +263,37 @@ pub struct SegmentMetrics {
     pub mean_pd: f64,
     /// None where the segment has only one class
     pub auc: Option<f64>,
+    /// share of the segment's rows the policy grants a limit (where decisions were given)
+    #[serde(default)]
+    pub approval_rate: Option<f64>,
+    #[serde(default)]
+    pub mean_limit: Option<f64>,
+    /// each of the three divided by the best segment's of the same family (1 for the best;
+    /// the four-fifths rule reads `approval_ratio` below 0.8 as adverse impact)
+    #[serde(default)]
+    pub approval_ratio: Option<f64>,
+    #[serde(default)]
+    pub limit_ratio: Option<f64>,
+    #[serde(default)]
+    pub auc_ratio: Option<f64>,
+}
+
+/// What the policy did for one row: whether it granted a limit, and the limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outcome {
+    pub approved: bool,
+    pub limit: f64,
 }
 
 /// Metrics per value of a segment; `values[i]` is row i's value (None: not in the segment).
+/// `labels` and `outcomes` may be empty (no labels tonight; no decisions on a table of
+/// your own): the metrics that need them are then left out.
 pub fn by_segment(
     segment: &str,
     values: &[Option<String>],
     pd: &[f64],
     labels: &[f32],
+    outcomes: &[Outcome],
 ) -> Vec<SegmentMetrics> {
     let mut groups: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
     for (i, v) in values.iter().enumerate() {
@@ -278,23 +301,64 @@ pub fn by_segment(
             groups.entry(v.as_str()).or_default().push(i);
         }
     }
-    groups
+    let mut segments: Vec<SegmentMetrics> = groups
         .into_iter()
         .map(|(value, rows)| {
+            let n = rows.len() as f64;
             let pd: Vec<f64> = rows.iter().map(|&i| pd[i]).collect();
-            let labels: Vec<f32> = rows.iter().map(|&i| labels[i]).collect();
+            let labels: Vec<f32> = rows
+                .iter()
+                .filter_map(|&i| labels.get(i).copied())
+                .collect();
             let defaults = labels.iter().filter(|l| **l > 0.5).count();
+            let decided: Vec<Outcome> = rows
+                .iter()
+                .filter_map(|&i| outcomes.get(i).copied())
+                .collect();
+            let decided_share = |f: &dyn Fn(&Outcome) -> f64| {
+                (!decided.is_empty()).then(|| decided.iter().map(f).sum::<f64>() / n)
+            };
             SegmentMetrics {
                 segment: segment.to_string(),
                 value: value.to_string(),
                 rows: rows.len(),
                 defaults,
-                default_rate: defaults as f64 / rows.len() as f64,
-                mean_pd: pd.iter().sum::<f64>() / rows.len() as f64,
-                auc: auc(&pd, &labels),
+                default_rate: defaults as f64 / n,
+                mean_pd: pd.iter().sum::<f64>() / n,
+                auc: (labels.len() == pd.len())
+                    .then(|| auc(&pd, &labels))
+                    .flatten(),
+                approval_rate: decided_share(&|o| o.approved as u8 as f64),
+                mean_limit: decided_share(&|o| o.limit),
+                approval_ratio: None,
+                limit_ratio: None,
+                auc_ratio: None,
             }
         })
-        .collect()
+        .collect();
+    set_ratios(&mut segments);
+    segments
+}
+
+/// Each segment's approval rate, mean limit and AUC over the best segment's (of one family).
+pub fn set_ratios(segments: &mut [SegmentMetrics]) {
+    let best = |f: fn(&SegmentMetrics) -> Option<f64>, all: &[SegmentMetrics]| {
+        all.iter()
+            .filter_map(f)
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+    };
+    let ratio = |x: Option<f64>, best: Option<f64>| match (x, best) {
+        (Some(x), Some(b)) if b > 0.0 => Some(x / b),
+        _ => None,
+    };
+    let approval = best(|s| s.approval_rate, segments);
+    let limit = best(|s| s.mean_limit, segments);
+    let auc = best(|s| s.auc, segments);
+    for s in segments {
+        s.approval_ratio = ratio(s.approval_rate, approval);
+        s.limit_ratio = ratio(s.mean_limit, limit);
+        s.auc_ratio = ratio(s.auc, auc);
+    }
 }
 
 #[cfg(test)]

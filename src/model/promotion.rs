@@ -22,6 +22,11 @@ pub struct PromotionConfig {
     /// the least holdout AUC a model must reach to become champion when there is none to
     /// compare with (the first night of a root) or it cannot be compared on the same rows
     pub min_auc: f64,
+    /// the least approval rate of any segment of a protected attribute, as a share of the
+    /// best segment's (0.8: the four-fifths rule), on the holdout under the policy
+    pub min_approval_ratio: f64,
+    /// segments with fewer holdout rows are reported, not gated (their rates are noise)
+    pub min_segment_rows: usize,
 }
 
 impl PromotionConfig {
@@ -30,7 +35,40 @@ impl PromotionConfig {
         if !share(self.max_auc_drop) || !share(self.max_ece) || !share(self.min_auc) {
             return Err("max_auc_drop, max_ece and min_auc must be between 0 and 1".into());
         }
+        if !share(self.min_approval_ratio) {
+            return Err("min_approval_ratio must be between 0 and 1".into());
+        }
         Ok(())
+    }
+
+    /// Segments of a protected attribute (`evaluation.protected`) with at least
+    /// `min_segment_rows` rows whose approval rate is under `min_approval_ratio` of the best
+    /// such segment's.
+    pub fn disparity_refusals(&self, evaluation: &Evaluation) -> Vec<String> {
+        let mut refusals = Vec::new();
+        for family in &evaluation.protected {
+            let gated: Vec<_> = evaluation
+                .segments
+                .iter()
+                .filter(|s| &s.segment == family && s.rows >= self.min_segment_rows)
+                .filter_map(|s| Some((s, s.approval_rate?)))
+                .collect();
+            let Some(&(best, best_rate)) = gated.iter().max_by(|a, b| a.1.total_cmp(&b.1)) else {
+                continue;
+            };
+            for &(s, rate) in &gated {
+                if best_rate > 0.0 && rate / best_rate < self.min_approval_ratio {
+                    refusals.push(format!(
+                        "{family}={}: approval rate {rate:.3} is {:.3} of {family}={}'s {best_rate:.3} (below [promotion] min_approval_ratio {})",
+                        s.value,
+                        rate / best_rate,
+                        best.value,
+                        self.min_approval_ratio
+                    ));
+                }
+            }
+        }
+        refusals
     }
 
     /// Why a model with this holdout evaluation may not become champion; empty: it may. The
@@ -48,9 +86,14 @@ impl PromotionConfig {
                     ));
                 }
                 refusals.extend(self.ece_refusal(m.ece));
+                refusals.extend(self.disparity_refusals(evaluation));
                 refusals
             }
-            _ => self.floor_refusals(m.auc, m.ece),
+            _ => {
+                let mut refusals = self.floor_refusals(m.auc, m.ece);
+                refusals.extend(self.disparity_refusals(evaluation));
+                refusals
+            }
         }
     }
 

@@ -6,6 +6,7 @@ use std::fmt::Write;
 
 use super::ModelCard;
 use super::evaluation::Evaluation;
+use super::metrics::SegmentMetrics;
 
 const WIDTH: f64 = 420.0;
 const HEIGHT: f64 = 300.0;
@@ -350,18 +351,35 @@ fn breakdown_tables(html: &mut String, e: &Evaluation) {
             b.rows, b.min_pd, b.max_pd, b.mean_pd, b.default_rate
         );
     }
-    html.push_str("</table><h2>By segment (fairness view)</h2><table><tr><th>segment</th><th>value</th><th>rows</th><th>defaults</th><th>default rate</th><th>mean PD</th><th>AUC</th></tr>");
-    for s in &e.segments {
+    segment_table(html, &e.segments, &e.protected);
+}
+
+/// The fairness view: per segment, the model's and the policy's outcomes, each next to its
+/// ratio to the best segment of the family; protected attributes marked. Shared with the
+/// run report's view of tonight's decisions.
+pub fn segment_table(html: &mut String, segments: &[SegmentMetrics], protected: &[String]) {
+    html.push_str("</table><h2>By segment (fairness view)</h2><p>Ratios are to the best segment of the same family; an approval ratio under 0.8 is adverse impact by the four-fifths rule. Approval and mean limit are the policy's on the PD alone (no income band, certificates or caps).</p><table><tr><th>segment</th><th>value</th><th>rows</th><th>defaults</th><th>default rate</th><th>mean PD</th><th>AUC (ratio)</th><th>approval (ratio)</th><th>mean limit (ratio)</th></tr>");
+    let with_ratio = |x: Option<f64>, r: Option<f64>, digits: usize| match x {
+        Some(x) => format!("{x:.digits$} ({:.3})", r.unwrap_or(f64::NAN)),
+        None => "-".to_string(),
+    };
+    for s in segments {
+        let mark = match protected.contains(&s.segment) {
+            true => " (protected)",
+            false => "",
+        };
         let _ = write!(
             html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td></tr>",
+            "<tr><td>{}{mark}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&s.segment),
             escape(&s.value),
             s.rows,
             s.defaults,
             s.default_rate,
             s.mean_pd,
-            s.auc.map_or("-".to_string(), |a| format!("{a:.4}"))
+            with_ratio(s.auc, s.auc_ratio, 4),
+            with_ratio(s.approval_rate, s.approval_ratio, 3),
+            with_ratio(s.mean_limit, s.limit_ratio, 0),
         );
     }
 }

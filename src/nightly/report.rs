@@ -9,9 +9,13 @@ use tracing::info;
 
 use super::NightlyError;
 use super::stages::{Featured, Progress, Run, Trained};
+use crate::dataset::Csr;
+use crate::features::FeatureDictionary;
 use crate::features::FeatureReport;
 use crate::features::stats::{Drift, Strength};
 use crate::model::Metrics;
+use crate::model::evaluation::segment_values;
+use crate::model::metrics::{self, Outcome, SegmentMetrics};
 use crate::policy::{Reason, Withheld};
 use crate::publish::{LimitRow, Manifest};
 use crate::sources::SourceReport;
@@ -61,6 +65,12 @@ pub struct NightlyReport {
     pub boosts_withheld_for_fraud: usize,
     /// users granted at least one category-scoped scenario limit
     pub with_scenario_limits: usize,
+    /// tonight's approval rate and mean limit by segment (`[evaluation] segments` and the
+    /// protected attributes), with the scoring model's holdout AUC per segment, each with its
+    /// ratio to the best segment of its family
+    pub fairness: Vec<SegmentMetrics>,
+    /// the families of `fairness` that are protected attributes
+    pub protected: Vec<String>,
     pub manifest: Manifest,
     /// the run that published: its checkpoints are under runs/<date>/checkpoints/
     pub run_id: String,
@@ -146,6 +156,8 @@ impl NightlyReport {
                 .iter()
                 .filter(|r| !r.decision.scenarios.is_empty())
                 .count(),
+            fairness: Vec::new(),
+            protected: Vec::new(),
             manifest,
             run_id: progress.checkpoints.run.run_id.clone(),
             resumed_stages: progress.resumed,
@@ -153,6 +165,52 @@ impl NightlyReport {
             seconds: progress.clock.started.elapsed().as_secs_f64(),
         }
     }
+}
+
+/// The families a fairness view reports: the configured segments, then the protected
+/// attributes not among them.
+pub(super) fn segment_families(run: &Run<'_>) -> Vec<String> {
+    let mut families = run.pipelines.nightly.evaluation.segments.clone();
+    for family in run.pipelines.features.protected_families() {
+        if !families.contains(&family) {
+            families.push(family);
+        }
+    }
+    families
+}
+
+/// Tonight's published decisions by segment (`rows` are the scored rows, in the order of
+/// `published`), with the AUC of the holdout's segments merged in and every ratio set.
+pub(super) fn fairness(
+    families: &[String],
+    rows: &Csr,
+    dictionary: &FeatureDictionary,
+    published: &[LimitRow],
+    holdout: &[SegmentMetrics],
+) -> Vec<SegmentMetrics> {
+    let pd: Vec<f64> = published.iter().map(|r| r.pd).collect();
+    let outcomes: Vec<Outcome> = published
+        .iter()
+        .map(|r| Outcome {
+            approved: r.decision.grade != crate::policy::Grade::Decline,
+            limit: r.decision.credit_limit,
+        })
+        .collect();
+    families
+        .iter()
+        .flat_map(|family| {
+            let values = segment_values(rows, dictionary, family);
+            let mut segments = metrics::by_segment(family, &values, &pd, &[], &outcomes);
+            for s in &mut segments {
+                s.auc = holdout
+                    .iter()
+                    .find(|h| h.segment == s.segment && h.value == s.value)
+                    .and_then(|h| h.auc);
+            }
+            metrics::set_ratios(&mut segments);
+            segments
+        })
+        .collect()
 }
 
 /// Writes `runs/<date>/report.json`: the last write of a run that published.

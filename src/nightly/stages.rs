@@ -23,6 +23,8 @@ use crate::config::Pipelines;
 use crate::dataset::{self, Csr};
 use crate::features::stats::{self, Drift, Strength};
 use crate::features::{self, FeatureDictionary, FeatureReport, FeatureSet};
+use crate::model::evaluation::segment_values;
+use crate::model::metrics::SegmentMetrics;
 use crate::model::{self, Metrics, Model};
 use crate::policy::{Decision, PolicyInputs, Reason, UserFacts};
 use crate::publish::{self, LimitRow, Lineage, Manifest};
@@ -124,6 +126,9 @@ pub(super) struct Trained {
     pub visible_oracle_auc: Option<f64>,
     pub training_rows: usize,
     pub training_defaults: usize,
+    /// the holdout's metrics by segment (for the AUC per segment of the run's fairness view)
+    #[serde(default)]
+    pub holdout_segments: Vec<SegmentMetrics>,
 }
 
 /// What the features stage leaves for the report.
@@ -221,8 +226,18 @@ pub(super) async fn run_stages(run: &Run<'_>) -> Result<RunOutcome, NightlyError
         facts: &facts,
     };
     let manifest = publish(run, &mut progress, &rows, audit).await?;
-    let report =
+    let families = report::segment_families(run);
+    let fairness = report::fairness(
+        &families,
+        &scoring_rows,
+        &dictionary,
+        &rows,
+        &trained.holdout_segments,
+    );
+    let mut report =
         report::NightlyReport::new(run, sources, featured, trained, &rows, manifest, progress);
+    report.protected = run.pipelines.features.protected_families();
+    report.fairness = fairness;
     report::write(run.store, &report).await?;
     Ok(RunOutcome::Published(Box::new(report)))
 }
@@ -372,6 +387,13 @@ async fn train_stage(
         scoring_model(run, dictionary, &training_set).await?;
     let (holdout_rows, holdout_labels) = training::holdout(&training_set, &config.training);
     let holdout_pd = model.pd(&holdout_rows, device);
+    let holdout_segments = report::segment_families(run)
+        .iter()
+        .flat_map(|family| {
+            let values = segment_values(&holdout_rows, dictionary, family);
+            model::metrics::by_segment(family, &values, &holdout_pd, &holdout_labels, &[])
+        })
+        .collect();
     let (oracle_auc, visible_oracle_auc) =
         OracleAuc::split(training::oracle_auc(store, &holdout_rows.users, &holdout_labels).await?);
     Ok(Trained {
@@ -383,6 +405,7 @@ async fn train_stage(
         visible_oracle_auc,
         training_rows: training_set.labels.len(),
         training_defaults: training_set.positives(),
+        holdout_segments,
     })
 }
 
@@ -605,7 +628,16 @@ async fn publish(
             fence: Some(&fence),
         };
         let config = &run.pipelines.nightly.publish;
-        Ok(publish::publish_gated(store, rows, &publication, config, run.options.force).await?)
+        let published =
+            publish::publish_gated(store, rows, &publication, config, run.options.force).await;
+        if published.is_err() {
+            // nothing refers to the records of a publish that did not happen; a later try
+            // writes them again
+            if let Err(error) = store.delete(&lineage.decisions.path).await {
+                tracing::warn!(%error, "could not remove the records of a failed publish");
+            }
+        }
+        Ok(published?)
     };
     let (manifest, _) = progress.checkpointed(Stage::Publish, compute).await?;
     if recovered {

@@ -283,6 +283,14 @@ fn files(root: &Path) -> BTreeSet<String> {
 }
 
 fn published_version_folder(path: &str) -> String {
+    // a run's own folder is named by its run id, which differs between the two roots
+    if let Some((date, rest)) = path
+        .strip_prefix("runs/")
+        .and_then(|p| p.split_once("/run="))
+        && let Some((_, file)) = rest.split_once('/')
+    {
+        return format!("runs/{date}/run=*/{file}");
+    }
     match path.strip_prefix("published/limits/data/") {
         Some(rest) => match rest.split_once('/') {
             Some((folder, file)) => format!(

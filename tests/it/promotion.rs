@@ -13,6 +13,76 @@ use redflower::training::{self, Promote, Writes};
 
 use crate::support::{run_date, synth_world};
 
+/// 400 rows, half in each of two age bands; the younger band's PDs are declined 3 times in 10.
+#[test]
+fn a_protected_segment_approved_far_less_often_is_refused_and_reported_by_ratio() {
+    let pipelines = Pipelines::builtin();
+    let mut gates = pipelines.nightly.promotion.clone();
+    let mut dictionary = redflower::features::FeatureDictionary::default();
+    let young = dictionary.id_or_insert("age_band[age_from=20]", "age_band");
+    let older = dictionary.id_or_insert("age_band[age_from=40]", "age_band");
+    let rows = Csr {
+        users: (0..400).collect(),
+        offsets: (0..=400).collect(),
+        ids: (0..400)
+            .map(|i| if i % 2 == 0 { young } else { older })
+            .collect(),
+        values: vec![1.0; 400],
+    };
+    let labels: Vec<f32> = (0..400).map(|i| f32::from(u8::from(i % 7 == 0))).collect();
+    let pd: Vec<f64> = (0..400)
+        .map(|i| match (i % 2 == 0, i % 20 < 6) {
+            (true, true) => 0.5, // declined: above every grade
+            _ => 0.02 + 0.1 * f64::from(labels[i as usize]),
+        })
+        .collect();
+    let outcomes = training::policy_outcomes(&pipelines.policy, &pd);
+    let protected = pipelines.features.protected_families();
+    assert_eq!(protected, ["age_band"]);
+    let evaluation = evaluation::evaluate(EvaluationInput {
+        model_version: "challenger",
+        rows_evaluated: "test rows".into(),
+        pd: &pd,
+        uncalibrated: None,
+        labels: &labels,
+        rows: &rows,
+        dictionary: Some(&dictionary),
+        config: &pipelines.nightly.evaluation,
+        oracle_auc: None,
+        visible_oracle_auc: None,
+        champion: None,
+        outcomes: &outcomes,
+        protected: &protected,
+    });
+    let bands: Vec<_> = evaluation
+        .segments
+        .iter()
+        .filter(|s| s.segment == "age_band")
+        .collect();
+    assert_eq!(bands.len(), 2, "{:?}", evaluation.segments);
+    let (y, o) = (bands[0], bands[1]);
+    assert_eq!((y.value.as_str(), o.value.as_str()), ("20", "40"));
+    assert!((y.approval_rate.unwrap() - 0.7).abs() < 1e-9 && o.approval_rate == Some(1.0));
+    assert!((y.approval_ratio.unwrap() - 0.7).abs() < 1e-9 && o.approval_ratio == Some(1.0));
+    assert!(y.limit_ratio.unwrap() < 1.0 && o.limit_ratio == Some(1.0));
+    assert!(y.auc_ratio.is_some() && o.auc_ratio.is_some());
+    // 0.7 of the best segment's approval rate is under the four-fifths floor
+    let refusals = gates.refusals(&evaluation);
+    assert!(
+        refusals
+            .iter()
+            .any(|r| r.contains("age_band=20: approval rate 0.700")
+                && r.contains("min_approval_ratio")),
+        "{refusals:?}"
+    );
+    // a segment too small to gate is reported, not gated
+    gates.min_segment_rows = 201;
+    assert!(gates.disparity_refusals(&evaluation).is_empty());
+    gates.min_segment_rows = 100;
+    gates.min_approval_ratio = 0.6;
+    assert!(gates.disparity_refusals(&evaluation).is_empty());
+}
+
 #[test]
 fn a_challenger_is_measured_against_the_champion_on_the_same_rows_or_the_floors() {
     let gates = Pipelines::builtin().nightly.promotion;
@@ -41,6 +111,8 @@ fn a_challenger_is_measured_against_the_champion_on_the_same_rows_or_the_floors(
             oracle_auc: None,
             visible_oracle_auc: None,
             champion: against,
+            outcomes: &[],
+            protected: &[],
         })
     };
     let worse = evaluate(&challenger, Some(("champ", &champion)));

@@ -117,44 +117,48 @@ fn text(e: &Explanation) -> String {
         );
     }
     if let Some(l) = &e.lineage {
-        let _ = writeln!(out, "\nlineage:");
-        let _ = writeln!(
-            out,
-            "  code         redflower {} (git {})",
-            l.code_version, l.git_commit
-        );
-        let _ = writeln!(
-            out,
-            "  run          {} (lease holder {})",
-            l.run_id, l.lease_holder
-        );
-        let _ = writeln!(
-            out,
-            "  model        {} (weights sha256 {})",
-            l.model_version, l.model_weights_sha256
-        );
-        let _ = writeln!(
-            out,
-            "  dictionary   version {} (sha256 {})",
-            l.dictionary_version, l.dictionary_hash
-        );
-        for f in &l.pipelines {
-            let _ = writeln!(
-                out,
-                "  config       {} ({} bytes, sha256 {})",
-                f.path, f.bytes, f.sha256
-            );
-        }
-        let _ = writeln!(
-            out,
-            "  inputs       {} objects, {} bytes (listing {}, sha256 {})",
-            l.inputs.objects, l.inputs.bytes, l.inputs.listing, l.inputs.sha256
-        );
-        let _ = writeln!(
-            out,
-            "  record       {} (sha256 {})",
-            l.decisions.path, l.decisions.sha256
-        );
+        lineage_text(&mut out, l);
     }
     out
+}
+
+fn lineage_text(out: &mut String, l: &redflower::publish::Lineage) {
+    let _ = writeln!(out, "\nlineage:");
+    let _ = writeln!(
+        out,
+        "  code         redflower {} (git {})",
+        l.code_version, l.git_commit
+    );
+    let _ = writeln!(
+        out,
+        "  run          {} (lease holder {})",
+        l.run_id, l.lease_holder
+    );
+    let _ = writeln!(
+        out,
+        "  model        {} (weights sha256 {})",
+        l.model_version, l.model_weights_sha256
+    );
+    let _ = writeln!(
+        out,
+        "  dictionary   version {} (sha256 {})",
+        l.dictionary_version, l.dictionary_hash
+    );
+    for f in &l.pipelines {
+        let _ = writeln!(
+            out,
+            "  config       {} ({} bytes, sha256 {})",
+            f.path, f.bytes, f.sha256
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  inputs       {} objects, {} bytes (listing {}, sha256 {})",
+        l.inputs.objects, l.inputs.bytes, l.inputs.listing, l.inputs.sha256
+    );
+    let _ = writeln!(
+        out,
+        "  record       {} (sha256 {})",
+        l.decisions.path, l.decisions.sha256
+    );
 }

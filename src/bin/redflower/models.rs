@@ -60,7 +60,13 @@ pub async fn run(action: ModelsAction) -> Result<()> {
 async fn promote(root: RootArg, pipelines: PipelinesArg, version: &str, force: bool) -> Result<()> {
     let store = root.open()?;
     let gates = pipelines.load()?.nightly.promotion;
-    let refusals = gates.card_refusals(&model::card(&store, version).await?);
+    let mut refusals = gates.card_refusals(&model::card(&store, version).await?);
+    // the holdout evaluation registered with it carries the disparity by segment
+    let evaluation: Option<model::evaluation::Evaluation> =
+        model::attachment(&store, version, "metrics.json").await?;
+    if let Some(evaluation) = evaluation {
+        refusals.extend(gates.disparity_refusals(&evaluation));
+    }
     if !refusals.is_empty() && !force {
         return Err(training::TrainingError::PromotionRefused {
             version: version.to_string(),

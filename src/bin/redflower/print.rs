@@ -66,6 +66,9 @@ pub fn evaluation(card: &ModelCard, e: &Evaluation, report: &str) {
             c.version, c.auc, c.score_psi
         );
     }
+    for family in &e.protected {
+        println!("  fairness    {}", lowest_ratios(&e.segments, family));
+    }
     println!("  report      {report}");
 }
 
@@ -206,4 +209,45 @@ fn model_and_limits(report: &NightlyReport) {
     for (band, count) in &report.limit_distribution {
         println!("              {band:>14}: {count}");
     }
+    for family in &report.protected {
+        println!("  fairness    {}", lowest_ratios(&report.fairness, family));
+    }
+}
+
+/// `age_band (protected): lowest approval ratio 0.97 (age_from=20), ...` over one family's
+/// segments.
+pub fn lowest_ratios(
+    segments: &[redflower::model::metrics::SegmentMetrics],
+    family: &str,
+) -> String {
+    let of_family: Vec<_> = segments.iter().filter(|s| s.segment == family).collect();
+    let lowest =
+        |name: &str, ratio: fn(&redflower::model::metrics::SegmentMetrics) -> Option<f64>| {
+            of_family
+                .iter()
+                .filter_map(|s| Some((s, ratio(s)?)))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(s, r)| {
+                    format!(
+                        "lowest {name} ratio {r:.3} ({}={}, {} users)",
+                        family, s.value, s.rows
+                    )
+                })
+        };
+    let parts: Vec<String> = [
+        lowest("approval", |s| s.approval_ratio),
+        lowest("mean limit", |s| s.limit_ratio),
+        lowest("AUC", |s| s.auc_ratio),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    format!(
+        "{family} (protected), {} segments: {}",
+        of_family.len(),
+        match parts.is_empty() {
+            true => "no users in any segment".to_string(),
+            false => parts.join("; "),
+        }
+    )
 }
