@@ -9,6 +9,7 @@
 //! user_index  where a user id sits in a list of users (population, table rows)
 //! store       object storage roots (file://, s3://, memory://), retries, Parquet I/O, and
 //!             `store::layout`: every object path of a root
+//! erasure     users who withdrew consent: create-only requests every stage leaves out
 //! schema      the Arrow schema of every input and output (schemas/*.json)
 //! engine      DataFusion sessions (local or Ballista), running a statement, error causes
 //! synth       a deterministic synthetic world of raw fragments, with its true PD
@@ -47,6 +48,8 @@ mod serde_date;
 pub mod user_index;
 
 pub mod store;
+
+pub mod erasure;
 
 pub mod schema;
 

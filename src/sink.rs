@@ -384,7 +384,38 @@ pub async fn load_latest(
         .ok_or_else(|| SinkError::NothingPublished {
             root: store.url().to_string(),
         })?;
-    load(target, &snapshot, keep).await
+    let loaded = load(target, &snapshot, keep).await?;
+    // the new version lacks them; older versions kept in Redis must not answer for them
+    let erased = crate::erasure::erased(store)
+        .await
+        .map_err(crate::publish::snapshot::SnapshotError::from)?;
+    erase(target, &erased).await?;
+    Ok(loaded)
+}
+
+/// Deletes the keys of `users` in every version loaded into `target`; returns how many
+/// existed.
+pub async fn erase(
+    target: &RedisTarget,
+    users: &std::collections::BTreeSet<u64>,
+) -> Result<usize, SinkError> {
+    if users.is_empty() {
+        return Ok(0);
+    }
+    let mut redis = Redis::connect(target).await?;
+    let mut deleted = 0;
+    for version in switched_versions(&mut redis, target).await? {
+        for &user in users {
+            let key = target.key(version, user);
+            if let Reply::Integer(n) = redis.call(&[b"DEL", key.as_bytes()]).await? {
+                deleted += n as usize;
+            }
+        }
+    }
+    if deleted > 0 {
+        info!(deleted, address = %target.address, "erased users' keys deleted from Redis");
+    }
+    Ok(deleted)
 }
 
 /// Loads `snapshot` as its version, switches `current` to it, and deletes versions past the

@@ -28,6 +28,8 @@ pub enum SourceError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
+    Erasure(#[from] crate::erasure::ErasureError),
+    #[error(transparent)]
     Schema(#[from] SchemaError),
     #[error("no files under {0}: is this a redflower root? (run `redflower synth` to make one)")]
     Empty(String),
@@ -60,6 +62,7 @@ impl Classify for SourceError {
     fn cause(&self) -> Cause {
         match self {
             SourceError::Store(e) => e.cause(),
+            SourceError::Erasure(e) => e.cause(),
             SourceError::Schema(_) | SourceError::TooManyBadRows { .. } => Cause::Input,
             // a root without the files a run needs is the wrong root, or data not yet landed
             SourceError::Empty(_) | SourceError::NoSnapshot { .. } => Cause::Input,
@@ -478,9 +481,11 @@ pub async fn register(
     )
     .await?;
 
+    let exclusion = crate::erasure::sql_exclusion(&crate::erasure::erased(store).await?);
     let mut registered = Vec::new();
     for source in sources() {
-        registered.push(register_source(ctx, store, &source, run_date).await?);
+        let exclusion = exclusion.as_deref();
+        registered.push(register_source(ctx, store, &source, run_date, exclusion).await?);
     }
     Ok(registered)
 }
@@ -496,7 +501,7 @@ struct Checks {
     clean_conditions: Vec<String>,
 }
 
-fn checks(source: &Source, raw: &str, run_date: NaiveDate) -> Checks {
+fn checks(source: &Source, raw: &str, run_date: NaiveDate, exclusion: Option<&str>) -> Checks {
     let columns: Vec<&str> = source
         .table
         .fields
@@ -533,8 +538,15 @@ fn checks(source: &Source, raw: &str, run_date: NaiveDate) -> Checks {
         }
         None => String::new(),
     };
+    // erased users' rows are not read at all: no stage after this one ever sees them
+    let erased = match exclusion {
+        Some(exclusion) if source.table.fields.iter().any(|f| f.name == "user_id") => {
+            format!(" AND {exclusion}")
+        }
+        _ => String::new(),
+    };
     let candidates = format!(
-        "(SELECT {columns}, dt{copy_no} FROM {raw} WHERE dt < '{run_date}') {lookup}",
+        "(SELECT {columns}, dt{copy_no} FROM {raw} WHERE dt < '{run_date}'{erased}) {lookup}",
         lookup = source.lookup
     );
     Checks {
@@ -553,6 +565,7 @@ async fn register_source(
     store: &Store,
     source: &Source,
     run_date: NaiveDate,
+    exclusion: Option<&str>,
 ) -> Result<RegisteredSource, SourceError> {
     let name = source.name().to_string();
     let folder = layout::raw(&name);
@@ -564,7 +577,7 @@ async fn register_source(
         mut checked,
         candidates,
         clean_conditions,
-    } = checks(source, &raw, run_date);
+    } = checks(source, &raw, run_date, exclusion);
     let clean = if let Some(key) = source.unique_key {
         // numbered once, into staged files that both validation and the clean view read;
         // each clean version carries when the next clean version of its key became known

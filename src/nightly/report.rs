@@ -71,6 +71,8 @@ pub struct NightlyReport {
     pub fairness: Vec<SegmentMetrics>,
     /// the families of `fairness` that are protected attributes
     pub protected: Vec<String>,
+    /// erasure requests applied tonight to the data derived before them
+    pub erasures: crate::audit::erase::Erased,
     pub manifest: Manifest,
     /// the run that published: its checkpoints are under runs/<date>/checkpoints/
     pub run_id: String,
@@ -158,6 +160,7 @@ impl NightlyReport {
                 .count(),
             fairness: Vec::new(),
             protected: Vec::new(),
+            erasures: Default::default(),
             manifest,
             run_id: progress.checkpoints.run.run_id.clone(),
             resumed_stages: progress.resumed,

@@ -226,6 +226,8 @@ pub(super) async fn run_stages(run: &Run<'_>) -> Result<RunOutcome, NightlyError
         facts: &facts,
     };
     let manifest = publish(run, &mut progress, &rows, audit).await?;
+    // data derived before an erasure request is rewritten without the user, tonight
+    let erasures = audit::erase::apply(run.store).await?;
     let families = report::segment_families(run);
     let fairness = report::fairness(
         &families,
@@ -238,6 +240,7 @@ pub(super) async fn run_stages(run: &Run<'_>) -> Result<RunOutcome, NightlyError
         report::NightlyReport::new(run, sources, featured, trained, &rows, manifest, progress);
     report.protected = run.pipelines.features.protected_families();
     report.fairness = fairness;
+    report.erasures = erasures;
     report::write(run.store, &report).await?;
     Ok(RunOutcome::Published(Box::new(report)))
 }

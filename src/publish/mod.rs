@@ -164,6 +164,10 @@ pub struct Manifest {
     /// from tables published outside a nightly run)
     #[serde(default)]
     pub lineage: Option<Lineage>,
+    /// when the version's files were rewritten without erased users, and how many rows that
+    /// removed: the one change a committed version ever sees
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub erasures: Vec<String>,
 }
 
 /// What a published version rests on, so a limit can be explained and its inputs traced years
@@ -343,6 +347,7 @@ async fn write_and_commit(
         rollback_of: None,
         run_id: publication.run_id.map(str::to_string),
         lineage: publication.lineage.cloned(),
+        erasures: Vec::new(),
     };
     if let Some(fence) = publication.fence
         && let Err(why) = fence()
@@ -499,6 +504,109 @@ pub async fn rollback(store: &Store, to: u64) -> Result<Manifest, PublishError> 
     commit(store, &manifest).await?;
     info!(version = manifest.version, rollback_of = to, "rolled back");
     Ok(manifest)
+}
+
+/// What rewriting the published versions without erased users did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PublishedErasure {
+    pub manifests_rewritten: usize,
+    pub files_rewritten: usize,
+    pub rows_removed: usize,
+}
+
+/// Rewrites every file a retained version names (its table, its run's decision records)
+/// without the `erased` users, into new files, then the manifests that name them, then deletes
+/// the old files: a rollback to any version can no longer bring the users back. A manifest
+/// is otherwise never rewritten; this one change is recorded in its `erasures`.
+pub async fn erase(
+    store: &Store,
+    erased: &std::collections::BTreeSet<u64>,
+) -> Result<PublishedErasure, PublishError> {
+    let mut report = PublishedErasure::default();
+    let stamp = Utc::now();
+    let suffix = stamp.format("%Y%m%dT%H%M%S%.6f").to_string();
+    // old path -> (the new file, rows removed), shared by manifests naming the same file
+    let mut moved: std::collections::HashMap<String, (DataFile, usize)> = Default::default();
+    for mut manifest in versions(store).await? {
+        let (mut removed_rows, mut changed) = (0, false);
+        let tables = manifest.files.len();
+        let mut files: Vec<&mut DataFile> = manifest.files.iter_mut().collect();
+        if let Some(lineage) = manifest.lineage.as_mut() {
+            files.push(&mut lineage.decisions);
+        }
+        for (i, file) in files.into_iter().enumerate() {
+            if !moved.contains_key(&file.path) {
+                let renamed = erased_path(&file.path, &suffix);
+                let rewrite = crate::erasure::rewrite_file(store, &file.path, &renamed, erased);
+                let removed = rewrite.await.map_err(|e| PublishError::Manifest {
+                    path: file.path.clone(),
+                    problem: e.to_string(),
+                })?;
+                let new = match removed {
+                    0 => file.clone(),
+                    _ => data_file(store, &renamed).await?,
+                };
+                moved.insert(file.path.clone(), (new, removed));
+            }
+            let (new, removed) = &moved[&file.path];
+            if *removed > 0 {
+                changed = true;
+                if i < tables {
+                    removed_rows += removed;
+                }
+                *file = new.clone();
+            }
+        }
+        if changed {
+            manifest.row_count -= removed_rows as u64;
+            manifest.erasures.push(format!(
+                "{}: {removed_rows} rows removed",
+                stamp.to_rfc3339()
+            ));
+            let json =
+                serde_json::to_vec_pretty(&manifest).map_err(|e| PublishError::Manifest {
+                    path: layout::manifest(manifest.version),
+                    problem: e.to_string(),
+                })?;
+            store
+                .put(&layout::manifest(manifest.version), json.into())
+                .await?;
+            report.manifests_rewritten += 1;
+        }
+    }
+    for (old, (new, removed)) in &moved {
+        if *removed > 0 && new.path != *old {
+            store.delete(old).await?;
+            report.files_rewritten += 1;
+            report.rows_removed += removed;
+        }
+    }
+    info!(?report, "published versions rewritten without erased users");
+    Ok(report)
+}
+
+/// `.../part-00000.parquet` -> `.../part-00000-erased-<stamp>.parquet`, in the same folder
+/// (so retention still reads the version from the folder name).
+fn erased_path(path: &str, suffix: &str) -> String {
+    let stem = path.strip_suffix(".parquet").unwrap_or(path);
+    let stem = stem.split("-erased-").next().unwrap_or(stem);
+    format!("{stem}-erased-{suffix}.parquet")
+}
+
+/// A file as the store holds it: its size and checksum.
+async fn data_file(store: &Store, path: &str) -> Result<DataFile, PublishError> {
+    let bytes = store
+        .get(path)
+        .await?
+        .ok_or_else(|| PublishError::Manifest {
+            path: path.to_string(),
+            problem: "missing right after writing".into(),
+        })?;
+    Ok(DataFile {
+        path: path.to_string(),
+        bytes: bytes.len() as u64,
+        sha256: format!("{:x}", Sha256::digest(&bytes)),
+    })
 }
 
 /// What retention deleted.

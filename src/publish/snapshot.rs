@@ -70,6 +70,8 @@ pub struct LimitAnswer {
 pub enum SnapshotError {
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error(transparent)]
+    Erasure(#[from] crate::erasure::ErasureError),
     #[error("published table version {version}: {problem}")]
     Table { version: u64, problem: String },
 }
@@ -78,6 +80,7 @@ impl Classify for SnapshotError {
     fn cause(&self) -> Cause {
         match self {
             SnapshotError::Publish(e) => e.cause(),
+            SnapshotError::Erasure(e) => e.cause(),
             SnapshotError::Table { .. } => Cause::Input,
         }
     }
@@ -103,6 +106,8 @@ pub struct Snapshot {
     /// the first day after `rendered_for` on which some user's scenario limit ends, when the
     /// answers must be rendered again (see [`Snapshot::stale_on`])
     next_expiry: Option<NaiveDate>,
+    /// the erased users left out at load; a reader loads again when more are erased
+    pub erased: usize,
 }
 
 /// Rows rendered per parallel task at load.
@@ -205,12 +210,25 @@ impl Snapshot {
     ) -> Result<Snapshot, SnapshotError> {
         let version = manifest.version;
         let batches = super::read_table(store, &manifest).await?;
-        tokio::task::spawn_blocking(move || Snapshot::from_batches_for(manifest, &batches, day))
-            .await
-            .map_err(|error| SnapshotError::Table {
+        // an erased user is never answered, whatever version (or rollback) is read
+        let erased = crate::erasure::erased(store).await?;
+        let (batches, _) =
+            crate::erasure::without(batches, &erased).map_err(|e| SnapshotError::Table {
                 version,
-                problem: format!("indexing stopped: {error}"),
-            })?
+                problem: e.to_string(),
+            })?;
+        let indexed = tokio::task::spawn_blocking(move || {
+            Snapshot::from_batches_for(manifest, &batches, day)
+        })
+        .await
+        .map_err(|error| SnapshotError::Table {
+            version,
+            problem: format!("indexing stopped: {error}"),
+        })?;
+        indexed.map(|snapshot| Snapshot {
+            erased: erased.len(),
+            ..snapshot
+        })
     }
 
     /// The table in `batches`, rendered for today (UTC).
@@ -254,6 +272,7 @@ impl Snapshot {
             manifest,
             rendered_for: day,
             next_expiry,
+            erased: 0,
         })
     }
 

@@ -286,6 +286,7 @@ async fn follow(store: Store, state: Arc<AppState>, poll: Duration) {
         let Some(manifest) = newest
             .filter(|m| Some(m.version) != serving && Some(m.version) != failed)
             .or_else(|| rerender_for(&state, today))
+            .or(newly_erased(&store, &state).await)
         else {
             continue;
         };
@@ -305,6 +306,26 @@ async fn follow(store: Store, state: Arc<AppState>, poll: Duration) {
                     .fetch_add(1, Ordering::Relaxed);
                 warn!(version, %error, "cannot load the new table; still serving version {serving:?} (not retried until a newer version is committed)");
             }
+        }
+    }
+}
+
+/// The served table's manifest when users were erased since it was loaded: it is loaded
+/// again without them (one listing of `erasures/` a poll).
+async fn newly_erased(store: &Store, state: &AppState) -> Option<publish::Manifest> {
+    let snapshot = state.snapshot()?;
+    match crate::erasure::erased(store).await {
+        Ok(erased) if erased.len() != snapshot.erased => {
+            info!(
+                version = snapshot.version(),
+                "users were erased: loading the table again without them"
+            );
+            Some(snapshot.manifest.clone())
+        }
+        Ok(_) => None,
+        Err(error) => {
+            warn!(%error, "cannot list the erasure requests");
+            None
         }
     }
 }

@@ -15,6 +15,7 @@
 //! runs/<date>/{run.json, report.json, lease/, checkpoints/<stage>.json}
 //! runs/<date>/run=<id>/{inputs.txt, policy.json, pipelines/, decisions.parquet}  (audit)
 //! published/limits/{data/<run>/, _manifests/<version>.json}
+//! erasures/user=<id>.json, erasures/applied/user=<id>.json   (create-only requests)
 //! ```
 //!
 //! Pure string functions: no I/O.
@@ -45,6 +46,28 @@ pub fn dictionary_version_of(path: &str) -> Option<u64> {
         .ok()
 }
 pub const CHAMPION_FILE: &str = "models/_champion.json";
+pub const ERASURES: &str = "erasures";
+pub const ERASURES_APPLIED: &str = "erasures/applied";
+
+/// The erasure request of `user_id`.
+pub fn erasure(user_id: u64) -> String {
+    format!("{ERASURES}/user={user_id}.json")
+}
+
+/// The note that `user_id`'s derived data was rewritten without them.
+pub fn erasure_applied(user_id: u64) -> String {
+    format!("{ERASURES_APPLIED}/user={user_id}.json")
+}
+
+/// The user an `erasure` or `erasure_applied` path names.
+pub fn erased_user_of(path: &str) -> Option<u64> {
+    path.rsplit('/')
+        .next()?
+        .strip_prefix("user=")?
+        .strip_suffix(".json")?
+        .parse()
+        .ok()
+}
 pub const MANIFESTS: &str = "published/limits/_manifests";
 pub const PUBLISHED_DATA: &str = "published/limits/data";
 

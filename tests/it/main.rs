@@ -6,6 +6,7 @@ mod audit;
 mod chain;
 mod chaos;
 mod cli;
+mod erasure;
 mod exit_codes;
 mod leakage;
 mod models;

@@ -4,6 +4,7 @@
 
 mod args;
 mod demo;
+mod erase;
 mod evaluate;
 mod explain;
 mod models;
@@ -95,6 +96,12 @@ enum Command {
     ///
     /// Example: redflower explain --root ./data --user 42 --date 2026-11-01 [--json]
     Explain(explain::ExplainArgs),
+    /// Erase a user who withdrew consent: records the request (create-only), after which no
+    /// run reads them and no read path answers for them; their earlier derived data is
+    /// rewritten by the next night, or now with --apply.
+    ///
+    /// Example: redflower erase --root ./data --user 42 --reason "withdrew consent, ticket 1234" --apply
+    Erase(erase::EraseArgs),
 }
 
 fn main() -> ExitCode {
@@ -138,6 +145,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Models { action } => models::run(action).await,
         Command::Show(args) => show::run(args).await,
         Command::Explain(args) => explain::run(args).await,
+        Command::Erase(args) => erase::run(args).await,
     }
 }
 
@@ -159,6 +167,7 @@ fn cause_of(error: &anyhow::Error) -> Cause {
         classified!(
             nightly::NightlyError,
             audit::AuditError,
+            redflower::erasure::ErasureError,
             training::TrainingError,
             publish::PublishError,
             publish::snapshot::SnapshotError,

@@ -212,6 +212,16 @@ fn model_and_limits(report: &NightlyReport) {
     for family in &report.protected {
         println!("  fairness    {}", lowest_ratios(&report.fairness, family));
     }
+    let erased = &report.erasures;
+    if !erased.users.is_empty() {
+        println!(
+            "  erasure     {} users' earlier data rewritten without them: {} rows from {} files, {} published versions",
+            erased.users.len(),
+            erased.rows_removed + erased.published.rows_removed,
+            erased.files_rewritten + erased.published.files_rewritten,
+            erased.published.manifests_rewritten
+        );
+    }
 }
 
 /// `age_band (protected): lowest approval ratio 0.97 (age_from=20), ...` over one family's

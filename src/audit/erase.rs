@@ -1,0 +1,60 @@
+//! Applying erasures to data already derived: every feature, score and quarantine file, every
+//! retained published table and its run's decision records, rewritten without the users whose
+//! erasure requests (`crate::erasure`) are not yet applied; then the requests are marked
+//! applied. New runs never read erased users at all; this is for what came before the request.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use tracing::info;
+
+use super::AuditError;
+use crate::erasure;
+use crate::publish::{self, PublishedErasure};
+use crate::store::Store;
+
+/// The run outputs that hold users' rows, besides the published tables (`publish::erase`).
+const DERIVED: [&str; 3] = ["features", "scores", "quarantine"];
+
+/// What an application of erasures did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Erased {
+    pub users: BTreeSet<u64>,
+    pub files_rewritten: usize,
+    pub rows_removed: usize,
+    pub published: PublishedErasure,
+}
+
+/// Rewrites the derived data without every erased user whose request is pending; nothing to
+/// do (and nothing read) when none is.
+pub async fn apply(store: &Store) -> Result<Erased, AuditError> {
+    let pending = erasure::pending(store).await?;
+    if pending.is_empty() {
+        return Ok(Erased::default());
+    }
+    let mut done = Erased {
+        users: pending.clone(),
+        ..Erased::default()
+    };
+    for prefix in DERIVED {
+        for (path, _) in store.list(prefix).await? {
+            if !path.ends_with(".parquet") {
+                continue;
+            }
+            let removed = erasure::rewrite_file(store, &path, &path, &pending).await?;
+            if removed > 0 {
+                done.files_rewritten += 1;
+                done.rows_removed += removed;
+            }
+        }
+    }
+    done.published = publish::erase(store, &pending).await?;
+    erasure::mark_applied(store, &pending).await?;
+    info!(
+        users = pending.len(),
+        files = done.files_rewritten,
+        rows = done.rows_removed,
+        "erasures applied"
+    );
+    Ok(done)
+}
