@@ -238,6 +238,7 @@ fn main() -> anyhow::Result<()> {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             max_table_age: None,
+            tls: None,
         },
     ))?;
     let base = format!("http://{}", server.addr());

@@ -18,11 +18,12 @@ use crate::model::evaluation::EvaluationConfig;
 use crate::model::promotion::PromotionConfig;
 use crate::policy::LimitPolicy;
 use crate::publish::PublishConfig;
+use crate::store::EncryptionConfig;
 
 const SHIPPED_NIGHTLY: &str = include_str!("../pipelines/nightly.toml");
 
 /// Sections of `nightly.toml` a user's file may leave out (the shipped one's then apply).
-const OPTIONAL_SECTIONS: [&str; 2] = ["evaluation", "publish"];
+const OPTIONAL_SECTIONS: [&str; 3] = ["evaluation", "publish", "encryption"];
 
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {error}")]
@@ -50,6 +51,8 @@ pub struct NightlyConfig {
     pub promotion: PromotionConfig,
     /// how tables of your own (`train --table`) are trained
     pub table: TableConfig,
+    /// where the data keys are that encrypt every file holding personal data
+    pub encryption: EncryptionConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -181,7 +184,7 @@ fn parse_nightly(text: &str, file: &str) -> Result<NightlyConfig, PipelinesError
 impl NightlyConfig {
     /// Every section's own check, the error naming the section and the key.
     fn check(&self) -> Result<(), String> {
-        let sections: [(&str, Result<(), String>); 8] = [
+        let sections: [(&str, Result<(), String>); 9] = [
             ("engine", self.engine.check()),
             ("label", self.label.check()),
             ("validation", self.validation.check()),
@@ -190,6 +193,7 @@ impl NightlyConfig {
             ("publish", self.publish.check()),
             ("promotion", self.promotion.check()),
             ("table", self.table.check()),
+            ("encryption", self.encryption.check()),
         ];
         for (section, checked) in sections {
             checked.map_err(|problem| format!("[{section}] {problem}"))?;

@@ -14,7 +14,7 @@
 use std::time::Instant;
 
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
@@ -28,8 +28,12 @@ pub enum SinkError {
     Snapshot(#[from] SnapshotError),
     #[error("nothing is published under {root}: nothing to load")]
     NothingPublished { root: String },
-    #[error("'{0}' is not a Redis URL: use redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]")]
+    #[error(
+        "'{0}' is not a Redis URL: use redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (rediss:// for TLS)"
+    )]
     Url(String),
+    #[error("Redis at {address}: TLS: {problem}")]
+    Tls { address: String, problem: String },
     #[error("Redis at {address}: {source}")]
     Io {
         address: String,
@@ -51,6 +55,8 @@ impl Classify for SinkError {
             SinkError::NothingPublished { .. } => Cause::StartOver,
             SinkError::Url(_) => Cause::Configuration,
             SinkError::Io { .. } => Cause::Transient,
+            // a certificate not trusted, a name that does not match: somebody's setting
+            SinkError::Tls { .. } => Cause::Configuration,
             // Redis refuses a command for a wrong password, a read-only replica, full memory
             SinkError::Refused { .. } => Cause::Configuration,
         }
@@ -68,6 +74,9 @@ pub struct RedisTarget {
     pub prefix: String,
     /// how long one connect, write or reply may take before the load fails
     pub timeout: std::time::Duration,
+    /// `rediss://`: TLS, trusting `ca_file` (PEM) or, without one, the system's roots
+    pub tls: bool,
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for RedisTarget {
@@ -116,7 +125,10 @@ impl RedisTarget {
     /// percent-encoded. Errors never repeat the password.
     pub fn parse(url: &str, prefix: &str) -> Result<RedisTarget, SinkError> {
         let bad = || SinkError::Url(redacted(url));
-        let rest = url.strip_prefix("redis://").ok_or_else(bad)?;
+        let (tls, rest) = match url.strip_prefix("rediss://") {
+            Some(rest) => (true, rest),
+            None => (false, url.strip_prefix("redis://").ok_or_else(bad)?),
+        };
         let (auth, rest) = match rest.rsplit_once('@') {
             Some((auth, rest)) => (Some(auth), rest),
             None => (None, rest),
@@ -149,7 +161,45 @@ impl RedisTarget {
             database,
             prefix: prefix.to_string(),
             timeout: Self::TIMEOUT,
+            tls,
+            ca_file: None,
         })
+    }
+
+    /// The same target trusting the CA certificates in `ca_file` (PEM) for `rediss://`.
+    pub fn with_ca_file(mut self, ca_file: Option<std::path::PathBuf>) -> RedisTarget {
+        self.ca_file = ca_file;
+        self
+    }
+
+    /// The TLS client configuration of a `rediss://` target.
+    fn tls_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, SinkError> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let failed = |problem: String| SinkError::Tls {
+            address: self.address.clone(),
+            problem,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        let certificates: Vec<CertificateDer<'static>> = match &self.ca_file {
+            Some(file) => CertificateDer::pem_file_iter(file)
+                .and_then(|certs| certs.collect::<Result<_, _>>())
+                .map_err(|e| failed(format!("CA file {}: {e}", file.display())))?,
+            None => rustls_native_certs::load_native_certs().certs,
+        };
+        roots.add_parsable_certificates(certificates);
+        if roots.is_empty() {
+            return Err(failed(
+                "no CA certificate to trust: give --sink-ca PATH".into(),
+            ));
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| failed(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(std::sync::Arc::new(config))
     }
 
     pub fn key(&self, version: u64, user_id: u64) -> String {
@@ -187,10 +237,14 @@ const PIPELINE: usize = 2_000;
 /// A RESP connection.
 pub struct Redis {
     address: String,
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
+    reader: BufReader<ReadHalf<Box<dyn Stream>>>,
+    writer: WriteHalf<Box<dyn Stream>>,
     timeout: std::time::Duration,
 }
+
+/// A connection to Redis, plain or TLS.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for S {}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
@@ -219,7 +273,29 @@ impl Redis {
             .await
             .map_err(io)?;
         let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
+        let stream: Box<dyn Stream> = match target.tls {
+            false => Box::new(stream),
+            true => {
+                let host = target
+                    .address
+                    .rsplit_once(':')
+                    .map_or(&*target.address, |(h, _)| h);
+                let name =
+                    rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
+                        SinkError::Tls {
+                            address: target.address.clone(),
+                            problem: e.to_string(),
+                        }
+                    })?;
+                let connector = tokio_rustls::TlsConnector::from(target.tls_config()?);
+                let handshake = timed(target.timeout, connector.connect(name, stream));
+                Box::new(handshake.await.map_err(|e| SinkError::Tls {
+                    address: target.address.clone(),
+                    problem: e.to_string(),
+                })?)
+            }
+        };
+        let (read, write) = tokio::io::split(stream);
         let mut redis = Redis {
             address: target.address.clone(),
             reader: BufReader::new(read),

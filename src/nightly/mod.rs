@@ -248,6 +248,12 @@ pub async fn run_with(
     pipelines: &Pipelines,
     options: &RunOptions,
 ) -> Result<RunOutcome, NightlyError> {
+    if store.write_key_id().is_none() {
+        tracing::warn!(
+            keys = %pipelines.nightly.encryption.keys,
+            "no data keys: features, scores, limits and decision records are written in plaintext"
+        );
+    }
     let lease = lease::acquire(store, &layout::run_lease(run_date), options.lease_ttl).await?;
     let outcome = match engine::session_for(&pipelines.nightly.engine, &options.engine).await {
         Ok(ctx) => {

@@ -185,12 +185,13 @@ pub(super) fn segment_families(run: &Run<'_>) -> Vec<String> {
 /// Tonight's published decisions by segment (`rows` are the scored rows, in the order of
 /// `published`), with the AUC of the holdout's segments merged in and every ratio set.
 pub(super) fn fairness(
-    families: &[String],
+    run: &Run<'_>,
     rows: &Csr,
     dictionary: &FeatureDictionary,
     published: &[LimitRow],
-    holdout: &[SegmentMetrics],
+    trained: &Trained,
 ) -> Vec<SegmentMetrics> {
+    let holdout = &trained.holdout_segments;
     let pd: Vec<f64> = published.iter().map(|r| r.pd).collect();
     let outcomes: Vec<Outcome> = published
         .iter()
@@ -199,7 +200,7 @@ pub(super) fn fairness(
             limit: r.decision.credit_limit,
         })
         .collect();
-    families
+    segment_families(run)
         .iter()
         .flat_map(|family| {
             let values = segment_values(rows, dictionary, family);

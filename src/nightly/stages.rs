@@ -228,19 +228,11 @@ pub(super) async fn run_stages(run: &Run<'_>) -> Result<RunOutcome, NightlyError
     let manifest = publish(run, &mut progress, &rows, audit).await?;
     // data derived before an erasure request is rewritten without the user, tonight
     let erasures = audit::erase::apply(run.store).await?;
-    let families = report::segment_families(run);
-    let fairness = report::fairness(
-        &families,
-        &scoring_rows,
-        &dictionary,
-        &rows,
-        &trained.holdout_segments,
-    );
+    let fairness = report::fairness(run, &scoring_rows, &dictionary, &rows, &trained);
     let mut report =
         report::NightlyReport::new(run, sources, featured, trained, &rows, manifest, progress);
+    (report.fairness, report.erasures) = (fairness, erasures);
     report.protected = run.pipelines.features.protected_families();
-    report.fairness = fairness;
-    report.erasures = erasures;
     report::write(run.store, &report).await?;
     Ok(RunOutcome::Published(Box::new(report)))
 }

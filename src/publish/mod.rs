@@ -168,6 +168,9 @@ pub struct Manifest {
     /// removed: the one change a committed version ever sees
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub erasures: Vec<String>,
+    /// the id of the data key the version's files are encrypted with (None: plaintext)
+    #[serde(default)]
+    pub encryption_key: Option<String>,
 }
 
 /// What a published version rests on, so a limit can be explained and its inputs traced years
@@ -348,6 +351,7 @@ async fn write_and_commit(
         run_id: publication.run_id.map(str::to_string),
         lineage: publication.lineage.cloned(),
         erasures: Vec::new(),
+        encryption_key: store.write_key_id().map(str::to_string),
     };
     if let Some(fence) = publication.fence
         && let Err(why) = fence()

@@ -17,6 +17,7 @@
 //! nothing after every answer.
 
 pub mod client;
+pub mod tls;
 
 #[cfg(unix)]
 mod socket;
@@ -61,6 +62,8 @@ pub enum ServeError {
     Publish(#[from] PublishError),
     #[error("server stopped with an error: {0}")]
     Server(String),
+    #[error("TLS: {file}: {problem}")]
+    Tls { file: String, problem: String },
 }
 
 impl Classify for ServeError {
@@ -71,6 +74,8 @@ impl Classify for ServeError {
             ServeError::Snapshot(e) => e.cause(),
             ServeError::Publish(e) => e.cause(),
             ServeError::Server(_) => Cause::Transient,
+            // a certificate or key somebody gave
+            ServeError::Tls { .. } => Cause::Configuration,
         }
     }
 }
@@ -90,6 +95,8 @@ pub struct ServeConfig {
     /// `/healthz` answers 503 once the table served was published longer ago than this
     /// (a missed night), when set
     pub max_table_age: Option<Duration>,
+    /// answer over TLS only, with this configuration (`tls::server_config`), when set
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Latency buckets (seconds) of the request histogram.
@@ -211,10 +218,11 @@ pub async fn start(store: Store, config: ServeConfig) -> Result<Server, ServeErr
     let (stop, stopped) = oneshot::channel::<()>();
     let limits = ConnectionLimits {
         header_read_timeout: config.header_read_timeout,
+        tls: config.tls.clone(),
         slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
     };
     let server = tokio::spawn(accept(listener, state.clone(), router, limits, stopped));
-    info!(%addr, "listening");
+    info!(%addr, tls = config.tls.is_some(), "listening");
     Ok(Server {
         addr,
         state,
@@ -381,8 +389,42 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// What one client may hold of the server.
 struct ConnectionLimits {
     header_read_timeout: Duration,
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// one permit per open connection
     slots: Arc<Semaphore>,
+}
+
+/// HTTP/1.1 on one connection, plain or TLS, until the client ends it or the server closes.
+async fn serve_http<S>(
+    stream: S,
+    state: Arc<AppState>,
+    router: Router,
+    header_read_timeout: Duration,
+    mut close: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let answer = route(&state, &router, request);
+        async move { Ok::<_, Infallible>(answer.await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        // a client may end its side after the request and still wait for the answer
+        .half_close(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = close.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        debug!(%error, "connection ended with an error");
+    }
 }
 
 /// Accepts connections until `stopped`, then lets each finish its request in flight.
@@ -422,13 +464,10 @@ async fn accept(
         };
         // answers are one write each; do not let Nagle hold the next one back
         let _ = stream.set_nodelay(true);
-        let (state, router, mut close, open) =
+        let (state, router, close, open) =
             (state.clone(), router.clone(), close.clone(), open.clone());
+        let tls = limits.tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let answer = route(&state, &router, request);
-                async move { Ok::<_, Infallible>(answer.await) }
-            });
             #[cfg(unix)]
             let stream = match socket::ClientSocket::new(stream) {
                 Ok(socket) => socket,
@@ -437,22 +476,19 @@ async fn accept(
                     return;
                 }
             };
-            let connection = hyper::server::conn::http1::Builder::new()
-                // a client may end its side after the request and still wait for the answer
-                .half_close(true)
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                _ = close.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            match tls {
+                None => serve_http(stream, state, router, header_read_timeout, close).await,
+                Some(tls) => {
+                    // a client gets as long for the handshake as for a request's header
+                    let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+                    match tokio::time::timeout(header_read_timeout, handshake).await {
+                        Ok(Ok(stream)) => {
+                            serve_http(stream, state, router, header_read_timeout, close).await
+                        }
+                        Ok(Err(error)) => debug!(%error, "TLS handshake failed"),
+                        Err(_) => debug!("TLS handshake timed out"),
+                    }
                 }
-            };
-            if let Err(error) = result {
-                debug!(%error, "connection ended with an error");
             }
             drop((open, slot));
         });

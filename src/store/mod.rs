@@ -7,8 +7,11 @@
 //! `faults` injects failures under that layer for tests and drills.
 
 pub mod faults;
+pub mod keys;
 pub mod layout;
 pub mod retry;
+
+pub use keys::{EncryptionConfig, Keyring};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -27,7 +30,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 // Deprecated in parquet 59 in favour of hand-written AsyncFileReader impls; it still reads
 // footers and row groups with ranged gets, which is what we want from object stores.
 use object_store::buffered::BufWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 #[allow(deprecated)]
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
@@ -72,6 +75,10 @@ pub enum StoreError {
     },
     #[error("'{path}' already exists")]
     AlreadyExists { path: String },
+    #[error(
+        "'{path}' is encrypted and cannot be read: {problem} (give its key: [encryption] keys in nightly.toml, by default the REDFLOWER_DATA_KEYS variable)"
+    )]
+    Encrypted { path: String, problem: String },
     #[error("{FAULTS_ENV}: {0}")]
     FaultSpec(String),
 }
@@ -87,6 +94,8 @@ impl Classify for StoreError {
             StoreError::Object { source, .. } => object_cause(source),
             StoreError::Parquet { source, .. } => parquet_cause(source),
             StoreError::AlreadyExists { .. } => Cause::Conflict,
+            // the key is somebody's to give
+            StoreError::Encrypted { .. } => Cause::Configuration,
         }
     }
 }
@@ -135,6 +144,9 @@ pub struct Store {
     /// the root inside `inner`, without leading or trailing slash
     prefix: String,
     display: String,
+    /// the data keys: Parquet under `keys::ENCRYPTED_PREFIXES` is written encrypted with the
+    /// write key, and every Parquet read may decrypt (None: plaintext)
+    keys: Option<Arc<Keyring>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -248,7 +260,44 @@ impl Store {
             base,
             prefix,
             display,
+            keys: None,
         }
+    }
+
+    /// The same root with data keys (see `keys`).
+    pub fn with_keys(mut self, keys: Option<Arc<Keyring>>) -> Store {
+        self.keys = keys;
+        self
+    }
+
+    /// The id of the key new personal-data files are encrypted with; None when plaintext.
+    pub fn write_key_id(&self) -> Option<&str> {
+        self.keys.as_ref().map(|k| k.write_key_id())
+    }
+
+    /// A Parquet error of `path`, told as an encryption problem where it is one.
+    fn parquet_error(&self, path: &Path, source: parquet::errors::ParquetError) -> StoreError {
+        let path = format!("{}{}", self.base, path);
+        let text = source.to_string();
+        let encrypted = text.contains("encrypted footer")
+            || text.contains("not in the keyring")
+            || text.contains("decryption")
+            || text.contains("Decryption");
+        match encrypted {
+            true => StoreError::Encrypted {
+                path,
+                problem: text,
+            },
+            false => StoreError::Parquet { path, source },
+        }
+    }
+
+    fn reader_options(&self) -> Result<ArrowReaderOptions, parquet::errors::ParquetError> {
+        let options = ArrowReaderOptions::new();
+        Ok(match &self.keys {
+            Some(keys) => options.with_file_decryption_properties(keys.decryption()?),
+            None => options,
+        })
     }
 
     /// The same root with failures injected under the retry layer, for tests and drills;
@@ -262,7 +311,8 @@ impl Store {
             self.base.clone(),
             self.prefix.clone(),
             self.display.clone(),
-        );
+        )
+        .with_keys(self.keys.clone());
         (store, counts)
     }
 
@@ -443,10 +493,16 @@ impl Store {
             path: format!("{}{}", self.base, path),
             source,
         };
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(1 << 20))
-            .build();
+            .set_max_row_group_row_count(Some(1 << 20));
+        if let Some(keys) = &self.keys
+            && keys::ENCRYPTED_PREFIXES.iter().any(|p| rel.starts_with(p))
+        {
+            props =
+                props.with_file_encryption_properties(keys.encryption().map_err(parquet_error)?);
+        }
+        let props = props.build();
         let writer = BufWriter::new(self.inner.clone(), path.clone());
         let mut writer =
             AsyncArrowWriter::try_new(writer, schema, Some(props)).map_err(parquet_error)?;
@@ -465,27 +521,24 @@ impl Store {
     /// The Arrow schema recorded in a Parquet file's footer.
     pub async fn parquet_schema(&self, rel: &str) -> Result<SchemaRef> {
         let path = self.path(rel);
+        let parquet_error = |source| self.parquet_error(&path, source);
         #[allow(deprecated)]
         let reader = ParquetObjectReader::new(self.inner.clone(), path.clone());
-        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        let options = self.reader_options().map_err(parquet_error)?;
+        let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
             .await
-            .map_err(|source| StoreError::Parquet {
-                path: format!("{}{}", self.base, path),
-                source,
-            })?;
+            .map_err(parquet_error)?;
         Ok(builder.schema().clone())
     }
 
     /// Reads one Parquet file whole.
     pub async fn read_parquet(&self, rel: &str) -> Result<Vec<RecordBatch>> {
         let path = self.path(rel);
-        let parquet_error = |source| StoreError::Parquet {
-            path: format!("{}{}", self.base, path),
-            source,
-        };
+        let parquet_error = |source| self.parquet_error(&path, source);
         #[allow(deprecated)]
         let reader = ParquetObjectReader::new(self.inner.clone(), path.clone());
-        let stream = ParquetRecordBatchStreamBuilder::new(reader)
+        let options = self.reader_options().map_err(parquet_error)?;
+        let stream = ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
             .await
             .map_err(parquet_error)?
             .build()
@@ -496,11 +549,10 @@ impl Store {
     /// Decodes Parquet `bytes` already read from `rel` (say, after checking their checksum),
     /// so what is decoded is exactly what was checked.
     pub fn decode_parquet(&self, rel: &str, bytes: Bytes) -> Result<Vec<RecordBatch>> {
-        let parquet_error = |source| StoreError::Parquet {
-            path: format!("{}{}", self.base, self.path(rel)),
-            source,
-        };
-        ParquetRecordBatchReaderBuilder::try_new(bytes)
+        let path = self.path(rel);
+        let parquet_error = |source| self.parquet_error(&path, source);
+        let options = self.reader_options().map_err(parquet_error)?;
+        ParquetRecordBatchReaderBuilder::try_new_with_options(bytes, options)
             .map_err(parquet_error)?
             .build()
             .map_err(parquet_error)?

@@ -486,6 +486,7 @@ fn test_config() -> ServeConfig {
         header_read_timeout: Duration::from_secs(10),
         max_connections: 100,
         max_table_age: None,
+        tls: None,
     }
 }
 

@@ -18,9 +18,18 @@ pub struct RootArg {
 }
 
 impl RootArg {
-    /// The store, with the drill's faults when `REDFLOWER_FAULTS` is set.
+    /// The store, with the data keys the shipped `[encryption]` names (REDFLOWER_DATA_KEYS)
+    /// and the drill's faults when `REDFLOWER_FAULTS` is set.
     pub fn open(&self) -> Result<Store> {
-        Ok(Store::open(&self.root)?.with_faults_from_env()?)
+        self.open_with(&Pipelines::builtin())
+    }
+
+    /// The store, with the data keys `pipelines`' `[encryption]` names.
+    pub fn open_with(&self, pipelines: &Pipelines) -> Result<Store> {
+        let keys = pipelines.nightly.encryption.keyring()?;
+        Ok(Store::open(&self.root)?
+            .with_faults_from_env()?
+            .with_keys(keys))
     }
 }
 
@@ -43,4 +52,11 @@ impl PipelinesArg {
 pub struct DeviceArg {
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
+}
+
+/// A Redis target from `--sink`: for `rediss://`, trusting the PEM CA file that
+/// `REDFLOWER_SINK_CA` names, else the system's roots.
+pub fn sink_target(url: &str, prefix: &str) -> Result<redflower::sink::RedisTarget> {
+    let ca = std::env::var_os("REDFLOWER_SINK_CA").map(PathBuf::from);
+    Ok(redflower::sink::RedisTarget::parse(url, prefix)?.with_ca_file(ca))
 }

@@ -3,12 +3,14 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
 use clap::Args;
 
 use redflower::config::Pipelines;
 use redflower::nightly;
-use redflower::store::Store;
+use redflower::store::{Keyring, Store};
 use redflower::synth::{self, WorldConfig};
 
 use crate::args::DeviceArg;
@@ -24,8 +26,53 @@ pub struct DemoArgs {
     device: DeviceArg,
 }
 
+/// The demo's data keys: REDFLOWER_DATA_KEYS when set, else a key file beside a local root
+/// (`./data.keys`), generated once and reused; where it is kept is printed.
+fn demo_keys(root: &str) -> Result<Arc<Keyring>> {
+    if let Some(keys) = Pipelines::builtin().nightly.encryption.keyring()? {
+        return Ok(keys);
+    }
+    let local = !root.contains("://") || root.starts_with("file://");
+    let file = match local {
+        true => format!(
+            "{}.keys",
+            root.trim_start_matches("file://").trim_end_matches('/')
+        ),
+        false => "./redflower-demo.keys".to_string(),
+    };
+    let keys = match std::fs::read_to_string(&file) {
+        Ok(text) => Keyring::parse(&text, &file)?,
+        Err(_) => {
+            let keys = Keyring::generate("demo-1")?;
+            write_secret(&file, &keys.to_file_text())?;
+            keys
+        }
+    };
+    println!(
+        "demo: personal data is encrypted with key {} kept in {file}; the other commands read it with: export REDFLOWER_DATA_KEYS=@{file}",
+        keys.write_key_id()
+    );
+    Ok(Arc::new(keys))
+}
+
+/// Writes a file only its owner can read.
+fn write_secret(path: &str, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("writing the demo key file {path}"))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("writing the demo key file {path}"))?;
+    Ok(())
+}
+
 pub async fn run(args: DemoArgs) -> Result<()> {
-    let store = Store::open(&args.root)?;
+    let keys = demo_keys(&args.root)?;
+    let store = Store::open(&args.root)?.with_keys(Some(keys));
     let world = WorldConfig::demo(args.users);
     if synth::holds_world(&store, &world).await? {
         println!(

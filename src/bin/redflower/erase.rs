@@ -7,7 +7,7 @@ use clap::Args;
 
 use redflower::audit;
 use redflower::erasure;
-use redflower::sink::{self, RedisTarget};
+use redflower::sink;
 
 use crate::args::RootArg;
 
@@ -73,7 +73,7 @@ pub async fn run(args: EraseArgs) -> Result<()> {
         erased.published.manifests_rewritten
     );
     if let Some(url) = &args.sink {
-        let target = RedisTarget::parse(url, &args.prefix)?;
+        let target = crate::args::sink_target(url, &args.prefix)?;
         let deleted = sink::erase(&target, &erasure::erased(&store).await?).await?;
         println!(
             "deleted {deleted} keys of erased users from Redis at {}",

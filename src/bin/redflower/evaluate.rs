@@ -43,8 +43,8 @@ pub struct Window {
 
 impl WindowArgs {
     pub async fn open(&self) -> Result<Window> {
-        let store = self.root.open()?;
         let pipelines = self.pipelines.load()?;
+        let store = self.root.open_with(&pipelines)?;
         let device = self.device.device.device()?;
         // evaluations and comparisons only read: a run may be writing the root beside them
         let window =

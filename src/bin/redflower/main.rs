@@ -183,7 +183,8 @@ fn cause_of(error: &anyhow::Error) -> Cause {
             policy::PolicyError,
             config::PipelinesError,
             engine::EngineError,
-            store::StoreError
+            store::StoreError,
+            store::keys::KeyError
         );
     }
     Cause::Transient

@@ -9,7 +9,7 @@ use clap::{Args, CommandFactory};
 use redflower::engine::Engine;
 use redflower::nightly::{self, RunOptions, RunOutcome, Stage};
 use redflower::scoring::Shard;
-use redflower::sink::{self, RedisTarget};
+use redflower::sink;
 use redflower::store::Store;
 
 use crate::args::{DeviceArg, PipelinesArg, RootArg};
@@ -65,8 +65,8 @@ pub struct NightlyArgs {
 }
 
 pub async fn run(args: NightlyArgs) -> Result<()> {
-    let store = args.root.open()?;
     let pipelines = args.pipelines.load()?;
+    let store = args.root.open_with(&pipelines)?;
     let options = RunOptions {
         force: args.force,
         resume: args.resume,
@@ -111,7 +111,7 @@ pub async fn run(args: NightlyArgs) -> Result<()> {
         match outcome {
             RunOutcome::Published(report) => {
                 if let Some(url) = &args.sink {
-                    let target = RedisTarget::parse(url, sink::DEFAULT_PREFIX)?;
+                    let target = crate::args::sink_target(url, sink::DEFAULT_PREFIX)?;
                     // the date is done once published: the load is retried on its own
                     let load = sink::load_latest(&store, &target, sink::DEFAULT_KEEP)
                         .await

@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use redflower::publish::{self, Manifest};
-use redflower::sink::{self, RedisTarget};
+use redflower::sink;
 
 use crate::args::RootArg;
 
@@ -91,7 +91,7 @@ pub async fn run(action: PublishAction) -> Result<()> {
             prefix,
             keep,
         } => {
-            let target = RedisTarget::parse(&url, &prefix)?;
+            let target = crate::args::sink_target(&url, &prefix)?;
             let load = sink::load_latest(&root.open()?, &target, keep).await?;
             println!(
                 "version {} loaded into Redis at {} as {} keys ({prefix}:v{}:<user id, 12 digits>) and switched {prefix}:current to it in {:.1}s; deleted versions {:?}",

@@ -32,8 +32,8 @@ pub struct ScoreArgs {
 
 pub async fn run(args: ScoreArgs) -> Result<()> {
     let started = Instant::now();
-    let store = args.root.open()?;
     let pipelines = args.pipelines.load()?;
+    let store = args.root.open_with(&pipelines)?;
     let device = args.device.device.device()?;
     let reasons = pipelines.nightly.evaluation.reasons_per_user;
     let scoring = score_table(

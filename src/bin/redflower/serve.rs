@@ -32,6 +32,12 @@ pub struct ServeArgs {
     /// night); 0 turns the check off
     #[arg(long, default_value_t = 36)]
     max_table_age_hours: u64,
+    /// answer over TLS with this PEM certificate chain (with --tls-key)
+    #[arg(long, requires = "tls_key", env = "REDFLOWER_TLS_CERT")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// the PEM private key of --tls-cert (a file: never the key itself on the command line)
+    #[arg(long, requires = "tls_cert", env = "REDFLOWER_TLS_KEY")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
@@ -44,11 +50,20 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         max_connections: args.max_connections.max(1),
         max_table_age: (args.max_table_age_hours > 0)
             .then(|| Duration::from_secs(args.max_table_age_hours * 3600)),
+        tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(serve::tls::server_config(cert, key)?),
+            _ => None,
+        },
     };
     let server = serve::start(store.clone(), config).await?;
     println!(
-        "serving {} on http://{} (table version {}); GET /v1/limits/{{user_id}}, /healthz, /metrics",
+        "serving {} on {}://{} (table version {}); GET /v1/limits/{{user_id}}, /healthz, /metrics",
         store.url(),
+        if args.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         server.addr(),
         server
             .version()

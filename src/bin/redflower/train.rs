@@ -74,8 +74,8 @@ fn promote(args: &TrainArgs) -> Promote {
 }
 
 async fn train_on_table(args: &TrainArgs, table: &str, label: &str) -> Result<TrainOutcome> {
-    let store = args.root.open()?;
     let pipelines = args.pipelines.load()?;
+    let store = args.root.open_with(&pipelines)?;
     let device = args.device.device.device()?;
     let options = TableOptions {
         holdout_share: args.holdout_share,
@@ -108,8 +108,8 @@ async fn train_on_table(args: &TrainArgs, table: &str, label: &str) -> Result<Tr
 }
 
 async fn train_on_window(args: &TrainArgs, date: NaiveDate) -> Result<TrainOutcome> {
-    let store = args.root.open()?;
     let pipelines = args.pipelines.load()?;
+    let store = args.root.open_with(&pipelines)?;
     let device = args.device.device.device()?;
     let window =
         training::labelled_window(&store, date, &pipelines, training::Writes::Everything).await?;
