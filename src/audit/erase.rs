@@ -13,8 +13,10 @@ use crate::erasure;
 use crate::publish::{self, PublishedErasure};
 use crate::store::Store;
 
-/// The run outputs that hold users' rows, besides the published tables (`publish::erase`).
-const DERIVED: [&str; 3] = ["features", "scores", "quarantine"];
+/// The run outputs that hold users' rows. What a retained version names is rewritten first,
+/// into new files its manifest then names (`publish::erase`); what is left under `runs/` is
+/// a run's that never published (killed between writing its records and its commit).
+const DERIVED: [&str; 4] = ["features", "scores", "quarantine", "runs"];
 
 /// What an application of erasures did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -36,6 +38,7 @@ pub async fn apply(store: &Store) -> Result<Erased, AuditError> {
         users: pending.clone(),
         ..Erased::default()
     };
+    done.published = publish::erase(store, &pending).await?;
     for prefix in DERIVED {
         for (path, _) in store.list(prefix).await? {
             if !path.ends_with(".parquet") {
@@ -48,7 +51,6 @@ pub async fn apply(store: &Store) -> Result<Erased, AuditError> {
             }
         }
     }
-    done.published = publish::erase(store, &pending).await?;
     erasure::mark_applied(store, &pending).await?;
     info!(
         users = pending.len(),

@@ -3,8 +3,8 @@
 //!
 //! At its start a run lists the raw and reference objects it can read into its folder
 //! (`inputs.txt`: path, size, modified time and etag per line), so objects that land while it
-//! works are not counted; before its publish it copies `pipelines/` and the effective policy
-//! there and digests the rest.
+//! works are not counted; before its publish it copies `pipelines/`, the effective policy, and
+//! the features and scores it decided from there, and digests the rest.
 
 use chrono::NaiveDate;
 use sha2::{Digest, Sha256};
@@ -75,6 +75,38 @@ pub struct RunLineage<'a> {
     pub model_version: &'a str,
     /// the decision records, already written to the run's folder
     pub decisions: DataFile,
+    /// the features' as-of dates (training, then the run date)
+    pub training_as_of: NaiveDate,
+}
+
+/// Copies the features of both as-of dates and the scores into the run's folder, where no
+/// rerun of the date writes; returns them with their checksums.
+async fn keep_outputs(
+    store: &Store,
+    run: &RunLineage<'_>,
+    folder: &str,
+) -> Result<Vec<DataFile>, AuditError> {
+    let mut sources = Vec::new();
+    for as_of in [run.training_as_of, run.run_date] {
+        sources.push(layout::features_file(as_of));
+        sources.push(layout::feature_users_file(as_of));
+    }
+    sources.push(layout::scores_file(run.run_date));
+    let mut kept = Vec::new();
+    for from in sources {
+        let to = format!("{folder}/{from}");
+        store.copy(&from, &to).await?;
+        let bytes = store.get(&to).await?.ok_or_else(|| AuditError::Record {
+            path: to.clone(),
+            problem: "missing right after copying".into(),
+        })?;
+        kept.push(DataFile {
+            path: to,
+            bytes: bytes.len() as u64,
+            sha256: sha256(&bytes),
+        });
+    }
+    Ok(kept)
 }
 
 /// Copies the configuration into the run's folder and digests everything the version rests
@@ -107,6 +139,7 @@ pub async fn capture(store: &Store, run: RunLineage<'_>) -> Result<Lineage, Audi
             problem: "the run's input listing is missing (written when the run starts)".into(),
         })?;
     let text = String::from_utf8_lossy(&listing);
+    let outputs = keep_outputs(store, &run, &folder).await?;
     let weights = layout::model_file(run.model_version, "weights.safetensors");
     let weights = store
         .get(&weights)
@@ -136,6 +169,7 @@ pub async fn capture(store: &Store, run: RunLineage<'_>) -> Result<Lineage, Audi
         },
         run_folder: folder,
         decisions: run.decisions,
+        outputs,
     })
 }
 

@@ -591,6 +591,7 @@ async fn record(
         dictionary: audit.dictionary,
         model_version: &audit.model.card.version,
         decisions,
+        training_as_of: run.training_as_of,
     };
     Ok(audit::lineage::capture(run.store, lineage).await?)
 }
@@ -628,8 +629,11 @@ async fn publish(
         if published.is_err() {
             // nothing refers to the records of a publish that did not happen; a later try
             // writes them again
-            if let Err(error) = store.delete(&lineage.decisions.path).await {
-                tracing::warn!(%error, "could not remove the records of a failed publish");
+            let written = std::iter::once(&lineage.decisions).chain(&lineage.outputs);
+            for file in written {
+                if let Err(error) = store.delete(&file.path).await {
+                    tracing::warn!(%error, "could not remove the records of a failed publish");
+                }
             }
         }
         Ok(published?)

@@ -199,6 +199,11 @@ pub struct Lineage {
     /// every user's decision record (the facts the policy weighed, the model's reasons with
     /// the feature values behind them)
     pub decisions: DataFile,
+    /// the run's own copies of the features (as of the training date and the run date) and
+    /// scores the version was decided from: a rerun of the date replaces `features/` and
+    /// `scores/`, never these
+    #[serde(default)]
+    pub outputs: Vec<DataFile>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -518,7 +523,8 @@ pub struct PublishedErasure {
     pub rows_removed: usize,
 }
 
-/// Rewrites every file a retained version names (its table, its run's decision records)
+/// Rewrites every file a retained version names (its table, its run's decision records and
+/// its copies of features and scores)
 /// without the `erased` users, into new files, then the manifests that name them, then deletes
 /// the old files: a rollback to any version can no longer bring the users back. A manifest
 /// is otherwise never rewritten; this one change is recorded in its `erasures`.
@@ -537,6 +543,7 @@ pub async fn erase(
         let mut files: Vec<&mut DataFile> = manifest.files.iter_mut().collect();
         if let Some(lineage) = manifest.lineage.as_mut() {
             files.push(&mut lineage.decisions);
+            files.extend(lineage.outputs.iter_mut());
         }
         for (i, file) in files.into_iter().enumerate() {
             if !moved.contains_key(&file.path) {

@@ -99,7 +99,8 @@ impl std::fmt::Debug for Keyring {
 }
 
 fn hex(text: &str) -> Option<Vec<u8>> {
-    text.len().is_multiple_of(2)
+    text.len()
+        .is_multiple_of(2)
         .then(|| {
             (0..text.len())
                 .step_by(2)

@@ -461,6 +461,15 @@ impl Store {
     }
 
     /// Deletes every object under `rel` (a rerun replaces, never duplicates).
+    /// Copies one object to `to` (on an object store, without moving its bytes through here).
+    pub async fn copy(&self, from: &str, to: &str) -> Result<()> {
+        let (from, to) = (self.path(from), self.path(to));
+        self.inner
+            .copy(&from, &to)
+            .await
+            .map_err(self.object_error(&from))
+    }
+
     /// Deletes one object; a missing one is not an error.
     pub async fn delete(&self, rel: &str) -> Result<()> {
         let path = self.path(rel);

@@ -68,6 +68,13 @@ async fn check_lineage(store: &Store, manifest: &publish::Manifest) {
     assert_eq!(lineage.model_weights_sha256, sha256(&weights));
     assert_eq!(lineage.model_version, manifest.model_version);
     assert!(lineage.dictionary_version >= 1);
+    // the run's own copies of the features (both as-of dates) and scores it decided from
+    assert_eq!(lineage.outputs.len(), 5, "{:?}", lineage.outputs);
+    for output in &lineage.outputs {
+        assert!(output.path.starts_with(&lineage.run_folder), "{}", output.path);
+        let bytes = store.get(&output.path).await.unwrap().unwrap();
+        assert_eq!(output.sha256, sha256(&bytes), "{}", output.path);
+    }
     // the inputs it could read: raw and reference objects, none dated after the run
     let listing = store.get(&lineage.inputs.listing).await.unwrap().unwrap();
     assert_eq!(lineage.inputs.sha256, sha256(&listing));
@@ -151,6 +158,8 @@ async fn a_limit_is_explained_from_its_own_run_after_a_rerun_and_a_tampered_reco
         second.lineage.as_ref().unwrap(),
     );
     assert_ne!(one.run_folder, two.run_folder);
+    // the rerun replaced features/ and scores/ of the date, not version 1's copies
+    check_lineage(&store, &first).await;
     let old = audit::explain(&store, boosted, Which::Version(1))
         .await
         .unwrap();
