@@ -71,7 +71,11 @@ async fn check_lineage(store: &Store, manifest: &publish::Manifest) {
     // the run's own copies of the features (both as-of dates) and scores it decided from
     assert_eq!(lineage.outputs.len(), 5, "{:?}", lineage.outputs);
     for output in &lineage.outputs {
-        assert!(output.path.starts_with(&lineage.run_folder), "{}", output.path);
+        assert!(
+            output.path.starts_with(&lineage.run_folder),
+            "{}",
+            output.path
+        );
         let bytes = store.get(&output.path).await.unwrap().unwrap();
         assert_eq!(output.sha256, sha256(&bytes), "{}", output.path);
     }
