@@ -96,15 +96,7 @@ async fn keep_outputs(
     for from in sources {
         let to = format!("{folder}/{from}");
         store.copy(&from, &to).await?;
-        let bytes = store.get(&to).await?.ok_or_else(|| AuditError::Record {
-            path: to.clone(),
-            problem: "missing right after copying".into(),
-        })?;
-        kept.push(DataFile {
-            path: to,
-            bytes: bytes.len() as u64,
-            sha256: sha256(&bytes),
-        });
+        kept.push(crate::publish::data_file(store, &to).await?);
     }
     Ok(kept)
 }

@@ -110,16 +110,8 @@ pub async fn write(
         ],
     )?;
     let path = format!("{folder}/{DECISIONS_FILE}");
-    let bytes = store.write_parquet(&path, batch.schema(), &[batch]).await?;
-    let written = store.get(&path).await?.ok_or_else(|| AuditError::Record {
-        path: path.clone(),
-        problem: "missing right after writing".into(),
-    })?;
-    Ok(DataFile {
-        path,
-        bytes,
-        sha256: format!("{:x}", Sha256::digest(&written)),
-    })
+    store.write_parquet(&path, batch.schema(), &[batch]).await?;
+    Ok(crate::publish::data_file(store, &path).await?)
 }
 
 /// The record of `user_id` in `file`, checked against the file's checksum first.

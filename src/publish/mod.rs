@@ -322,15 +322,8 @@ async fn write_and_commit(
     let path = layout::published_file(&run);
     table::refuse_non_finite(rows)?;
     let batch = table::to_batch(rows, as_of)?;
-    let size = store.write_parquet(&path, batch.schema(), &[batch]).await?;
-    // read back what the store holds: the manifest vouches only for durable bytes
-    let written = store
-        .get(&path)
-        .await?
-        .ok_or_else(|| PublishError::Manifest {
-            path: path.clone(),
-            problem: "data file missing right after writing".into(),
-        })?;
+    store.write_parquet(&path, batch.schema(), &[batch]).await?;
+    let written = data_file(store, &path).await?;
     let manifest = Manifest {
         version,
         as_of,
@@ -339,11 +332,7 @@ async fn write_and_commit(
         model_version: publication.model_version.to_string(),
         policy_version: publication.policy_version.to_string(),
         mean_limit: mean_limit(rows),
-        files: vec![DataFile {
-            path,
-            bytes: size,
-            sha256: format!("{:x}", Sha256::digest(&written)),
-        }],
+        files: vec![written],
         mean_pd: rows.iter().map(|r| r.pd).sum::<f64>() / rows.len().max(1) as f64,
         limit_distribution: crate::policy::distribution(
             &rows
@@ -604,8 +593,9 @@ fn erased_path(path: &str, suffix: &str) -> String {
     format!("{stem}-erased-{suffix}.parquet")
 }
 
-/// A file as the store holds it: its size and checksum.
-async fn data_file(store: &Store, path: &str) -> Result<DataFile, PublishError> {
+/// A file just written, as the store holds it: its size and checksum (a manifest vouches only
+/// for durable bytes).
+pub async fn data_file(store: &Store, path: &str) -> Result<DataFile, PublishError> {
     let bytes = store
         .get(path)
         .await?

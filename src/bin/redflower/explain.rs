@@ -123,42 +123,48 @@ fn text(e: &Explanation) -> String {
 }
 
 fn lineage_text(out: &mut String, l: &redflower::publish::Lineage) {
-    let _ = writeln!(out, "\nlineage:");
-    let _ = writeln!(
-        out,
-        "  code         redflower {} (git {})",
-        l.code_version, l.git_commit
-    );
-    let _ = writeln!(
-        out,
-        "  run          {} (lease holder {})",
-        l.run_id, l.lease_holder
-    );
-    let _ = writeln!(
-        out,
-        "  model        {} (weights sha256 {})",
-        l.model_version, l.model_weights_sha256
-    );
-    let _ = writeln!(
-        out,
-        "  dictionary   version {} (sha256 {})",
-        l.dictionary_version, l.dictionary_hash
-    );
+    let mut rows = vec![
+        (
+            "code",
+            format!("redflower {} (git {})", l.code_version, l.git_commit),
+        ),
+        (
+            "run",
+            format!("{} (lease holder {})", l.run_id, l.lease_holder),
+        ),
+        (
+            "model",
+            format!(
+                "{} (weights sha256 {})",
+                l.model_version, l.model_weights_sha256
+            ),
+        ),
+        (
+            "dictionary",
+            format!(
+                "version {} (sha256 {})",
+                l.dictionary_version, l.dictionary_hash
+            ),
+        ),
+    ];
     for f in &l.pipelines {
-        let _ = writeln!(
-            out,
-            "  config       {} ({} bytes, sha256 {})",
-            f.path, f.bytes, f.sha256
-        );
+        rows.push((
+            "config",
+            format!("{} ({} bytes, sha256 {})", f.path, f.bytes, f.sha256),
+        ));
     }
-    let _ = writeln!(
-        out,
-        "  inputs       {} objects, {} bytes (listing {}, sha256 {})",
-        l.inputs.objects, l.inputs.bytes, l.inputs.listing, l.inputs.sha256
-    );
-    let _ = writeln!(
-        out,
-        "  record       {} (sha256 {})",
-        l.decisions.path, l.decisions.sha256
-    );
+    rows.push((
+        "inputs",
+        format!(
+            "{} objects, {} bytes (listing {}, sha256 {})",
+            l.inputs.objects, l.inputs.bytes, l.inputs.listing, l.inputs.sha256
+        ),
+    ));
+    for f in std::iter::once(&l.decisions).chain(&l.outputs) {
+        rows.push(("kept", format!("{} (sha256 {})", f.path, f.sha256)));
+    }
+    let _ = writeln!(out, "\nlineage:");
+    for (label, value) in rows {
+        let _ = writeln!(out, "  {label:<12} {value}");
+    }
 }
