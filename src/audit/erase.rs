@@ -21,7 +21,10 @@ const DERIVED: [&str; 4] = ["features", "scores", "quarantine", "runs"];
 /// What an application of erasures did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Erased {
+    /// who was erased: kept out of reports (only the erasure records name them)
+    #[serde(skip)]
     pub users: BTreeSet<u64>,
+    pub user_count: usize,
     pub files_rewritten: usize,
     pub rows_removed: usize,
     pub published: PublishedErasure,
@@ -36,6 +39,7 @@ pub async fn apply(store: &Store) -> Result<Erased, AuditError> {
     }
     let mut done = Erased {
         users: pending.clone(),
+        user_count: pending.len(),
         ..Erased::default()
     };
     done.published = publish::erase(store, &pending).await?;
