@@ -256,6 +256,12 @@ pub async fn latest(store: &Store) -> Result<Option<Manifest>, PublishError> {
     read_manifest(store, &path).await.map(Some)
 }
 
+/// Version `version`'s manifest as committed now (erasure may have rewritten it since a
+/// reader loaded it).
+pub async fn manifest_of(store: &Store, version: u64) -> Result<Manifest, PublishError> {
+    read_manifest(store, &layout::manifest(version)).await
+}
+
 async fn read_manifest(store: &Store, path: &str) -> Result<Manifest, PublishError> {
     let bytes = store
         .get(path)

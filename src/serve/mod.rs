@@ -299,6 +299,18 @@ async fn follow(store: Store, state: Arc<AppState>, poll: Duration) {
             continue;
         };
         let version = manifest.version;
+        // the version served again (without newly erased users, or without an ended
+        // scenario limit): as committed now, since erasure rewrites its files and manifest
+        let manifest = match Some(version) == serving {
+            true => match publish::manifest_of(&store, version).await {
+                Ok(current) => current,
+                Err(error) => {
+                    warn!(version, %error, "cannot read the served version's manifest again");
+                    continue;
+                }
+            },
+            false => manifest,
+        };
         match Snapshot::load_for(&store, manifest, today).await {
             Ok(snapshot) => {
                 let rows = snapshot.len();
