@@ -3,7 +3,7 @@
 //! erasure requests (`crate::erasure`) are not yet applied; then the requests are marked
 //! applied. New runs never read erased users at all; this is for what came before the request.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use serde::Serialize;
 use tracing::info;
@@ -43,9 +43,15 @@ pub async fn apply(store: &Store) -> Result<Erased, AuditError> {
         ..Erased::default()
     };
     done.published = publish::erase(store, &pending).await?;
+    // what the retained versions name was just rewritten; read it again for nothing
+    let versions = publish::versions(store).await?;
+    let named: HashSet<&str> = versions
+        .iter()
+        .flat_map(|m| m.data_files().map(|f| f.path.as_str()))
+        .collect();
     for prefix in DERIVED {
         for (path, _) in store.list(prefix).await? {
-            if !path.ends_with(".parquet") {
+            if !path.ends_with(".parquet") || named.contains(path.as_str()) {
                 continue;
             }
             let removed = erasure::rewrite_file(store, &path, &path, &pending).await?;

@@ -118,7 +118,7 @@ pub async fn explain(store: &Store, user_id: u64, which: Which) -> Result<Explan
     let Some(lineage) = &manifest.lineage else {
         return Ok(explained);
     };
-    let record = records::read_user(store, &lineage.decisions, user_id)
+    let record = records::read_user(store, &lineage.decisions, version, user_id)
         .await?
         .ok_or_else(|| AuditError::Record {
             path: lineage.decisions.path.clone(),

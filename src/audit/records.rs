@@ -9,7 +9,6 @@ use datafusion::arrow::array::{AsArray, Float64Array, RecordBatch, StringArray, 
 use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::AuditError;
 use super::lineage::DECISIONS_FILE;
@@ -114,35 +113,19 @@ pub async fn write(
     Ok(crate::publish::data_file(store, &path).await?)
 }
 
-/// The record of `user_id` in `file`, checked against the file's checksum first.
+/// The record of `user_id` in `file` (named by version `version`'s manifest), checked against
+/// the file's checksum first.
 pub async fn read_user(
     store: &Store,
     file: &DataFile,
+    version: u64,
     user_id: u64,
 ) -> Result<Option<DecisionRecord>, AuditError> {
-    let bytes = store
-        .get(&file.path)
-        .await?
-        .ok_or_else(|| AuditError::Record {
-            path: file.path.clone(),
-            problem: "the decision records are gone (deleted by retention, or never written)"
-                .into(),
-        })?;
-    let found = format!("{:x}", Sha256::digest(&bytes));
-    if found != file.sha256 {
-        return Err(AuditError::Record {
-            path: file.path.clone(),
-            problem: format!(
-                "checksum {found} does not match the manifest's {}",
-                file.sha256
-            ),
-        });
-    }
     let problem = |what: &str| AuditError::Record {
         path: file.path.clone(),
         problem: what.to_string(),
     };
-    for batch in store.decode_parquet(&file.path, bytes)? {
+    for batch in crate::publish::read_checked(store, file, version).await? {
         schema::DECISIONS
             .check(&file.path, batch.schema().as_ref())
             .map_err(|e| problem(&e.to_string()))?;

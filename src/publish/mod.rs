@@ -173,6 +173,16 @@ pub struct Manifest {
     pub encryption_key: Option<String>,
 }
 
+impl Manifest {
+    /// Every file the version names: its table, and its run's decision records and copies.
+    pub fn data_files(&self) -> impl Iterator<Item = &DataFile> {
+        let lineage = self.lineage.iter();
+        self.files
+            .iter()
+            .chain(lineage.flat_map(|l| std::iter::once(&l.decisions).chain(&l.outputs)))
+    }
+}
+
 /// What a published version rests on, so a limit can be explained and its inputs traced years
 /// later. Everything here is a fingerprint or a path to an object the run never rewrites.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -727,23 +737,35 @@ pub async fn read_table(
 ) -> Result<Vec<RecordBatch>, PublishError> {
     let mut batches = Vec::new();
     for file in &manifest.files {
-        let bytes = store
-            .get(&file.path)
-            .await?
-            .ok_or_else(|| PublishError::Manifest {
-                path: layout::manifest(manifest.version),
-                problem: format!("data file {} is missing", file.path),
-            })?;
-        let found = format!("{:x}", Sha256::digest(&bytes));
-        if found != file.sha256 {
-            return Err(PublishError::Checksum {
-                path: file.path.clone(),
-                expected: file.sha256.clone(),
-                found,
-            });
-        }
-        // decode the bytes just checked: a second download could differ from them
-        batches.extend(store.decode_parquet(&file.path, bytes)?);
+        batches.extend(read_checked(store, file, manifest.version).await?);
     }
     Ok(batches)
+}
+
+/// Reads one file version `version`'s manifest names, checking its checksum first.
+pub async fn read_checked(
+    store: &Store,
+    file: &DataFile,
+    version: u64,
+) -> Result<Vec<RecordBatch>, PublishError> {
+    let bytes = store
+        .get(&file.path)
+        .await?
+        .ok_or_else(|| PublishError::Manifest {
+            path: layout::manifest(version),
+            problem: format!(
+                "data file {} is missing (deleted by retention, or never written)",
+                file.path
+            ),
+        })?;
+    let found = format!("{:x}", Sha256::digest(&bytes));
+    if found != file.sha256 {
+        return Err(PublishError::Checksum {
+            path: file.path.clone(),
+            expected: file.sha256.clone(),
+            found,
+        });
+    }
+    // decode the bytes just checked: a second download could differ from them
+    Ok(store.decode_parquet(&file.path, bytes)?)
 }
