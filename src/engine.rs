@@ -57,12 +57,18 @@ pub enum EngineError {
         engine: String,
         error: DataFusionError,
     },
+    #[error("--engine {engine}: the scheduler does not answer: {error}")]
+    Unreachable {
+        engine: String,
+        error: std::io::Error,
+    },
 }
 
 impl Classify for EngineError {
     fn cause(&self) -> Cause {
         match self {
             EngineError::Settings(_) => Cause::Configuration,
+            EngineError::Unreachable { .. } => Cause::Transient,
             // a scheduler that does not answer now may answer on the next try
             EngineError::Cluster { error, .. } => match cause_of(error) {
                 Cause::Configuration => Cause::Configuration,
@@ -149,6 +155,16 @@ pub async fn session_for(
     match engine {
         Engine::Local => session(config),
         Engine::Ballista { host, port } => {
+            // the client connects lazily, at the first query: say here which engine is gone
+            let unreachable = |error| EngineError::Unreachable {
+                engine: engine.to_string(),
+                error,
+            };
+            let connect = tokio::net::TcpStream::connect((host.as_str(), *port));
+            tokio::time::timeout(std::time::Duration::from_secs(10), connect)
+                .await
+                .map_err(|_| unreachable(std::io::ErrorKind::TimedOut.into()))?
+                .map_err(unreachable)?;
             SessionContext::remote_with_state(&format!("df://{host}:{port}"), state()?)
                 .await
                 .map_err(failed)

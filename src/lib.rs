@@ -12,6 +12,7 @@
 //! erasure     users who withdrew consent: create-only requests every stage leaves out
 //! schema      the Arrow schema of every input and output (schemas/*.json)
 //! engine      DataFusion sessions (local or Ballista), running a statement, error causes
+//! cluster     this machine's part of a Ballista cluster: `cluster scheduler` / `executor`
 //! synth       a deterministic synthetic world of raw fragments, with its true PD
 //! sources     schema checks, quarantine of bad rows, clean tables for DataFusion
 //! features    declarative families -> long sparse (user_id, feature_id, value) + dictionary
@@ -54,6 +55,8 @@ pub mod erasure;
 pub mod schema;
 
 pub mod engine;
+
+pub mod cluster;
 
 pub mod synth;
 

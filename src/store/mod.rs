@@ -375,6 +375,12 @@ impl Store {
         ctx.register_object_store(&self.base, self.inner.clone());
     }
 
+    /// The object store under the root and the URL it answers for (its scheme and bucket),
+    /// for processes that resolve the root's URLs themselves (a cluster's executors).
+    pub fn registration(&self) -> (Url, Arc<dyn ObjectStore>) {
+        (self.base.clone(), self.inner.clone())
+    }
+
     fn object_error(&self, path: &Path) -> impl FnOnce(object_store::Error) -> StoreError {
         let path = format!("{}{}", self.base, path);
         move |source| StoreError::Object { path, source }

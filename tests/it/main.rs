@@ -6,6 +6,7 @@ mod audit;
 mod chain;
 mod chaos;
 mod cli;
+mod cluster;
 mod encryption;
 mod erasure;
 mod exit_codes;

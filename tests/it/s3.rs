@@ -20,9 +20,9 @@ use redflower::store::Store;
 use crate::support::{run_date, synth_world};
 
 /// A moto server on a free loopback port, stopped on drop.
-struct Moto {
+pub struct Moto {
     child: Child,
-    endpoint: String,
+    pub endpoint: String,
 }
 
 impl Drop for Moto {
@@ -32,7 +32,7 @@ impl Drop for Moto {
     }
 }
 
-fn start_moto() -> Option<Moto> {
+pub fn start_moto() -> Option<Moto> {
     let port = TcpListener::bind("127.0.0.1:0")
         .ok()?
         .local_addr()
@@ -60,7 +60,7 @@ fn start_moto() -> Option<Moto> {
 }
 
 /// object_store cannot create buckets; moto takes an unsigned PUT.
-fn create_bucket(endpoint: &str, bucket: &str) {
+pub fn create_bucket(endpoint: &str, bucket: &str) {
     let address = endpoint.trim_start_matches("http://");
     let mut stream = TcpStream::connect(address).unwrap();
     write!(

@@ -3,6 +3,7 @@
 //! here decides anything about data: each command's file only turns flags into library calls.
 
 mod args;
+mod cluster;
 mod demo;
 mod erase;
 mod evaluate;
@@ -102,6 +103,14 @@ enum Command {
     ///
     /// Example: redflower erase --root ./data --user 42 --reason "withdrew consent, ticket 1234" --apply
     Erase(erase::EraseArgs),
+    /// Run one process of a Ballista cluster for `nightly --engine ballista://HOST:PORT`:
+    /// a scheduler, or an executor serving one (docs/CLUSTER.md).
+    ///
+    /// Example: redflower cluster scheduler --bind 0.0.0.0:50050
+    Cluster {
+        #[command(subcommand)]
+        role: cluster::ClusterRole,
+    },
 }
 
 fn main() -> ExitCode {
@@ -146,6 +155,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Show(args) => show::run(args).await,
         Command::Explain(args) => explain::run(args).await,
         Command::Erase(args) => erase::run(args).await,
+        Command::Cluster { role } => cluster::run(role).await,
     }
 }
 
@@ -168,6 +178,7 @@ fn cause_of(error: &anyhow::Error) -> Cause {
             nightly::NightlyError,
             audit::AuditError,
             redflower::erasure::ErasureError,
+            redflower::cluster::ClusterError,
             training::TrainingError,
             publish::PublishError,
             publish::snapshot::SnapshotError,
