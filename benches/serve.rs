@@ -239,6 +239,7 @@ fn main() -> anyhow::Result<()> {
             max_connections: 10_000,
             max_table_age: None,
             tls: None,
+            shard: None,
         },
     ))?;
     let base = format!("http://{}", server.addr());

@@ -1,7 +1,8 @@
 //! Where each user id sits in a list of users: one index for the feature job's population
 //! and the published table's rows. A slot per id when the ids are packed in a span at most
 //! about twice the count (the usual case: ids are assigned in sequence), a hash map
-//! otherwise. Pure; no I/O.
+//! otherwise. And which shard of the read path holds a user (`UserShard`), the one rule a
+//! server loading its share and a client choosing a server both follow. Pure; no I/O.
 
 use std::collections::HashMap;
 
@@ -59,6 +60,59 @@ impl UserIndex {
     pub const MAX_USERS: usize = NO_POSITION as usize;
 }
 
+/// One of `count` shards of the users, by a hash of the user id: ids assigned in sequence
+/// spread evenly, and every caller computes the same shard. The hash is SplitMix64's
+/// finalizer, a few lines in any language (docs/openapi.json gives it and test vectors):
+/// `shard = splitmix64(user_id) % count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserShard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl UserShard {
+    /// The shard of `count` that holds `user_id`.
+    pub fn of(user_id: u64, count: u32) -> u32 {
+        (splitmix64(user_id) % u64::from(count.max(1))) as u32
+    }
+
+    pub fn contains(&self, user_id: u64) -> bool {
+        Self::of(user_id, self.count) == self.index
+    }
+}
+
+/// SplitMix64's output function (Steele, Lea and Flood, 2014) applied to `x`.
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl std::fmt::Display for UserShard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for UserShard {
+    type Err = String;
+
+    /// `INDEX/COUNT`, 0-based: `0/4` is the first of four.
+    fn from_str(text: &str) -> Result<UserShard, String> {
+        let bad = || format!("'{text}' is not a shard: use INDEX/COUNT, 0-based, as 0/4");
+        let (index, count) = text.split_once('/').ok_or_else(bad)?;
+        let index: u32 = index.trim().parse().map_err(|_| bad())?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        if count == 0 || index >= count {
+            return Err(format!(
+                "shard '{text}': the index must be below the count (0-based) and the count at least 1"
+            ));
+        }
+        Ok(UserShard { index, count })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +148,35 @@ mod tests {
             UserIndex::build(&[1 << 50, 3, 1 << 50]).err(),
             Some(1 << 50)
         );
+    }
+
+    #[test]
+    fn shards_follow_the_documented_hash_and_split_sequential_ids_evenly() {
+        // the test vectors docs/openapi.json gives clients in other languages
+        assert_eq!(splitmix64(0), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(splitmix64(42), 0xBDD7_3226_2FEB_6E95);
+        assert_eq!(UserShard::of(42, 4), (0xBDD7_3226_2FEB_6E95u64 % 4) as u32);
+        let count = 4;
+        let mut sizes = [0usize; 4];
+        for user in 1..=100_000u64 {
+            let shard = UserShard::of(user, count);
+            sizes[shard as usize] += 1;
+            let mine = UserShard {
+                index: shard,
+                count,
+            };
+            assert!(mine.contains(user));
+        }
+        for size in sizes {
+            assert!((24_000..26_000).contains(&size), "{sizes:?}");
+        }
+        assert_eq!(
+            "1/4".parse::<UserShard>(),
+            Ok(UserShard { index: 1, count: 4 })
+        );
+        assert_eq!(UserShard { index: 1, count: 4 }.to_string(), "1/4");
+        for bad in ["4/4", "1", "a/2", "0/0"] {
+            assert!(bad.parse::<UserShard>().is_err(), "{bad}");
+        }
     }
 }

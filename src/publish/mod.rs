@@ -20,8 +20,10 @@ pub mod table;
 pub use snapshot::{LimitAnswer, Snapshot};
 pub use table::LimitRow;
 
+use bytes::Bytes;
 use chrono::{NaiveDate, Utc};
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::error::ArrowError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::info;
@@ -735,9 +737,20 @@ pub async fn read_table(
     store: &Store,
     manifest: &Manifest,
 ) -> Result<Vec<RecordBatch>, PublishError> {
+    read_table_map(store, manifest, &mut Ok).await
+}
+
+/// [`read_table`], passing each batch through `map` as it is decoded (a server keeping one
+/// shard of the users never holds the whole table decoded).
+pub async fn read_table_map(
+    store: &Store,
+    manifest: &Manifest,
+    map: &mut (dyn FnMut(RecordBatch) -> Result<RecordBatch, ArrowError> + Send),
+) -> Result<Vec<RecordBatch>, PublishError> {
     let mut batches = Vec::new();
     for file in &manifest.files {
-        batches.extend(read_checked(store, file, manifest.version).await?);
+        let bytes = checked_bytes(store, file, manifest.version).await?;
+        batches.extend(store.decode_parquet_map(&file.path, bytes, map)?);
     }
     Ok(batches)
 }
@@ -748,6 +761,17 @@ pub async fn read_checked(
     file: &DataFile,
     version: u64,
 ) -> Result<Vec<RecordBatch>, PublishError> {
+    let bytes = checked_bytes(store, file, version).await?;
+    // decode the bytes just checked: a second download could differ from them
+    Ok(store.decode_parquet(&file.path, bytes)?)
+}
+
+/// The bytes of one file version `version`'s manifest names, their checksum verified.
+async fn checked_bytes(
+    store: &Store,
+    file: &DataFile,
+    version: u64,
+) -> Result<Bytes, PublishError> {
     let bytes = store
         .get(&file.path)
         .await?
@@ -766,6 +790,5 @@ pub async fn read_checked(
             found,
         });
     }
-    // decode the bytes just checked: a second download could differ from them
-    Ok(store.decode_parquet(&file.path, bytes)?)
+    Ok(bytes)
 }

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use chrono::NaiveDate;
 use datafusion::arrow::array::{Array, Float64Array, RecordBatch};
+use datafusion::arrow::error::ArrowError;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +13,7 @@ use super::table::{self, LimitColumns, ScenarioItem, SuggestionItem};
 use super::{Manifest, PublishError};
 use crate::cause::{Cause, Classify};
 use crate::store::Store;
-use crate::user_index::UserIndex;
+use crate::user_index::{UserIndex, UserShard};
 
 /// A category-scoped amount, spendable only in that category until it expires.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,6 +109,24 @@ pub struct Snapshot {
     next_expiry: Option<NaiveDate>,
     /// the erased users left out at load; a reader loads again when more are erased
     pub erased: usize,
+    /// the shard of the users held, when only one shard's are
+    pub shard: Option<UserShard>,
+}
+
+/// The rows of `batch` whose user is in `shard`.
+fn keep_shard(batch: &RecordBatch, shard: UserShard) -> Result<RecordBatch, ArrowError> {
+    use datafusion::arrow::array::{AsArray, BooleanArray};
+    use datafusion::arrow::datatypes::UInt64Type;
+    let users = batch
+        .column_by_name("user_id")
+        .and_then(|column| column.as_primitive_opt::<UInt64Type>())
+        .ok_or_else(|| ArrowError::SchemaError("no unsigned user_id column".into()))?;
+    let keep: BooleanArray = users
+        .values()
+        .iter()
+        .map(|&user| Some(shard.contains(user)))
+        .collect();
+    datafusion::arrow::compute::filter_record_batch(batch, &keep)
 }
 
 /// Rows rendered per parallel task at load.
@@ -208,15 +227,30 @@ impl Snapshot {
         manifest: Manifest,
         day: NaiveDate,
     ) -> Result<Snapshot, SnapshotError> {
+        Snapshot::load_part(store, manifest, day, None).await
+    }
+
+    /// [`Snapshot::load_for`] holding only the users of `shard` (all when None): what one
+    /// server of a sharded read path keeps.
+    pub async fn load_part(
+        store: &Store,
+        manifest: Manifest,
+        day: NaiveDate,
+        shard: Option<UserShard>,
+    ) -> Result<Snapshot, SnapshotError> {
         let version = manifest.version;
-        let batches = super::read_table(store, &manifest).await?;
+        let problem = |problem: String| SnapshotError::Table { version, problem };
+        let batches = match shard {
+            Some(shard) => {
+                super::read_table_map(store, &manifest, &mut |batch| keep_shard(&batch, shard))
+                    .await?
+            }
+            None => super::read_table(store, &manifest).await?,
+        };
         // an erased user is never answered, whatever version (or rollback) is read
         let erased = crate::erasure::erased(store).await?;
         let (batches, _) =
-            crate::erasure::without(batches, &erased).map_err(|e| SnapshotError::Table {
-                version,
-                problem: e.to_string(),
-            })?;
+            crate::erasure::without(batches, &erased).map_err(|e| problem(e.to_string()))?;
         let indexed = tokio::task::spawn_blocking(move || {
             Snapshot::from_batches_for(manifest, &batches, day)
         })
@@ -227,6 +261,7 @@ impl Snapshot {
         })?;
         indexed.map(|snapshot| Snapshot {
             erased: erased.len(),
+            shard,
             ..snapshot
         })
     }
@@ -273,6 +308,7 @@ impl Snapshot {
             rendered_for: day,
             next_expiry,
             erased: 0,
+            shard: None,
         })
     }
 

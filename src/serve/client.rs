@@ -13,6 +13,18 @@
 //!
 //! One client keeps one HTTP/1.1 keep-alive connection and sends one request at a time on it
 //! (reconnecting once if the server closed it); use one client per concurrent task.
+//!
+//! A read path sharded by user (`serve --shard I/N` on N servers) is read through
+//! [`ShardedLimitsClient`], which asks the server of the user's shard:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), redflower::serve::client::ClientError> {
+//! use redflower::serve::client::ShardedLimitsClient;
+//! // server i runs `redflower serve --shard i/2`
+//! let client = ShardedLimitsClient::new(&["http://10.0.0.1:8080", "http://10.0.0.2:8080"], None)?;
+//! let answer = client.limit(42).await?;
+//! # Ok(()) }
+//! ```
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -22,6 +34,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::Mutex;
 
 use crate::publish::LimitAnswer;
+use crate::user_index::UserShard;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -162,5 +175,43 @@ impl LimitsClient {
             status,
             body: String::from_utf8_lossy(body).into_owned(),
         }
+    }
+}
+
+/// Clients of the N servers of a sharded read path, server `i` holding shard `i/N`: each
+/// lookup goes to the server of the user's shard (`UserShard::of(user_id, N)`). A server
+/// listed in the wrong place answers 421 naming the shard it is, which comes back as
+/// `ClientError::Status`.
+pub struct ShardedLimitsClient {
+    shards: Vec<LimitsClient>,
+}
+
+impl ShardedLimitsClient {
+    /// `base_urls[i]`: the server started with `--shard i/N`, N the number of URLs.
+    pub fn new(
+        base_urls: &[&str],
+        token: Option<String>,
+    ) -> Result<ShardedLimitsClient, ClientError> {
+        if base_urls.is_empty() || base_urls.len() > u32::MAX as usize {
+            return Err(ClientError::Url(format!(
+                "{} server URLs: a sharded read path has at least one",
+                base_urls.len()
+            )));
+        }
+        let shards = base_urls
+            .iter()
+            .map(|url| LimitsClient::new(url, token.clone()))
+            .collect::<Result<_, _>>()?;
+        Ok(ShardedLimitsClient { shards })
+    }
+
+    /// The client of the server holding `user_id`.
+    pub fn server_of(&self, user_id: u64) -> &LimitsClient {
+        &self.shards[UserShard::of(user_id, self.shards.len() as u32) as usize]
+    }
+
+    /// The user's published limit from their shard's server, `None` when it has no such user.
+    pub async fn limit(&self, user_id: u64) -> Result<Option<LimitAnswer>, ClientError> {
+        self.server_of(user_id).limit(user_id).await
     }
 }

@@ -48,6 +48,7 @@ pub use crate::publish::snapshot::{LimitAnswer, Snapshot, SnapshotError};
 use crate::cause::{Cause, Classify};
 use crate::publish::{self, PublishError};
 use crate::store::Store;
+use crate::user_index::UserShard;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -97,6 +98,9 @@ pub struct ServeConfig {
     pub max_table_age: Option<Duration>,
     /// answer over TLS only, with this configuration (`tls::server_config`), when set
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// hold and answer only this shard's users (`UserShard::of`); a lookup of another
+    /// shard's user is answered 421 naming the shard that holds it
+    pub shard: Option<UserShard>,
 }
 
 /// Latency buckets (seconds) of the request histogram.
@@ -108,6 +112,7 @@ const BUCKETS: [f64; 9] = [
 struct Counters {
     ok: AtomicU64,
     not_found: AtomicU64,
+    misdirected: AtomicU64,
     bad_request: AtomicU64,
     unauthorized: AtomicU64,
     unavailable: AtomicU64,
@@ -124,6 +129,7 @@ struct AppState {
     counters: Counters,
     started: Instant,
     max_table_age: Option<Duration>,
+    shard: Option<UserShard>,
 }
 
 impl AppState {
@@ -184,12 +190,15 @@ pub async fn start(store: Store, config: ServeConfig) -> Result<Server, ServeErr
         counters: Counters::default(),
         started: Instant::now(),
         max_table_age: config.max_table_age,
+        shard: config.shard,
     });
     if let Some(manifest) = publish::latest(&store).await? {
-        let snapshot = Snapshot::load(&store, manifest).await?;
+        let today = chrono::Utc::now().date_naive();
+        let snapshot = Snapshot::load_part(&store, manifest, today, config.shard).await?;
         info!(
             version = snapshot.version(),
             rows = snapshot.len(),
+            shard = config.shard.map(|shard| shard.to_string()),
             "serving"
         );
         state.swap(snapshot);
@@ -248,6 +257,7 @@ impl Server {
             answered: c.ok.load(Ordering::Relaxed),
             not_found: c.not_found.load(Ordering::Relaxed),
             refused: c.bad_request.load(Ordering::Relaxed)
+                + c.misdirected.load(Ordering::Relaxed)
                 + c.unauthorized.load(Ordering::Relaxed)
                 + c.unavailable.load(Ordering::Relaxed),
             reloads: c.reloads.load(Ordering::Relaxed),
@@ -311,7 +321,7 @@ async fn follow(store: Store, state: Arc<AppState>, poll: Duration) {
             },
             false => manifest,
         };
-        match Snapshot::load_for(&store, manifest, today).await {
+        match Snapshot::load_part(&store, manifest, today, state.shard).await {
             Ok(snapshot) => {
                 let rows = snapshot.len();
                 state.swap(snapshot);
@@ -563,6 +573,10 @@ fn limit(state: &AppState, headers: &HeaderMap, user_id: &str) -> Response {
         response
     } else if let Ok(id) = user_id.parse::<u64>() {
         match state.snapshot() {
+            _ if state.shard.is_some_and(|shard| !shard.contains(id)) => {
+                counters.misdirected.fetch_add(1, Ordering::Relaxed);
+                misdirected(id, state.shard)
+            }
             None => {
                 counters.unavailable.fetch_add(1, Ordering::Relaxed);
                 json_error(
@@ -606,6 +620,22 @@ fn limit(state: &AppState, headers: &HeaderMap, user_id: &str) -> Response {
     response
 }
 
+/// 421: the user is another shard's; the body names it, so a misconfigured caller can tell.
+fn misdirected(user_id: u64, shard: Option<UserShard>) -> Response {
+    let Some(shard) = shard else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let holder = UserShard {
+        index: UserShard::of(user_id, shard.count),
+        count: shard.count,
+    };
+    json_error(
+        StatusCode::MISDIRECTED_REQUEST,
+        format!("user {user_id} is served by shard {holder}; this server is shard {shard}"),
+        None,
+    )
+}
+
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     #[derive(Serialize)]
     struct Health {
@@ -614,13 +644,18 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         rows: usize,
         /// seconds since the table served was published
         table_age_seconds: Option<u64>,
+        /// `INDEX/COUNT` when this server holds one shard of the users
+        #[serde(skip_serializing_if = "Option::is_none")]
+        shard: Option<String>,
     }
+    let shard = state.shard.map(|shard| shard.to_string());
     let Some(snapshot) = state.snapshot() else {
         let health = Health {
             status: "no table published yet",
             table_version: None,
             rows: 0,
             table_age_seconds: None,
+            shard,
         };
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(health)).into_response();
     };
@@ -641,6 +676,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         table_version: Some(snapshot.version()),
         rows: snapshot.len(),
         table_age_seconds: age.map(|age| age.as_secs()),
+        shard,
     };
     let status = if stale {
         StatusCode::SERVICE_UNAVAILABLE
@@ -664,6 +700,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         (400, &c.bad_request),
         (401, &c.unauthorized),
         (404, &c.not_found),
+        (421, &c.misdirected),
         (503, &c.unavailable),
     ] {
         let _ = writeln!(

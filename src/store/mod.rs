@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
@@ -564,6 +565,17 @@ impl Store {
     /// Decodes Parquet `bytes` already read from `rel` (say, after checking their checksum),
     /// so what is decoded is exactly what was checked.
     pub fn decode_parquet(&self, rel: &str, bytes: Bytes) -> Result<Vec<RecordBatch>> {
+        self.decode_parquet_map(rel, bytes, &mut Ok)
+    }
+
+    /// [`Store::decode_parquet`], passing each batch through `map` as it is decoded, so a
+    /// reader that keeps part of a file never holds all of it decoded.
+    pub fn decode_parquet_map(
+        &self,
+        rel: &str,
+        bytes: Bytes,
+        map: &mut dyn FnMut(RecordBatch) -> std::result::Result<RecordBatch, ArrowError>,
+    ) -> Result<Vec<RecordBatch>> {
         let path = self.path(rel);
         let parquet_error = |source| self.parquet_error(&path, source);
         let options = self.reader_options().map_err(parquet_error)?;
@@ -571,6 +583,7 @@ impl Store {
             .map_err(parquet_error)?
             .build()
             .map_err(parquet_error)?
+            .map(|batch| batch.and_then(&mut *map))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| parquet_error(e.into()))
     }

@@ -166,6 +166,7 @@ async fn serve_answers_over_tls_to_a_client_that_trusts_the_test_ca() {
         max_connections: 10,
         max_table_age: None,
         tls: Some(serve::tls::server_config(&cert, &key).unwrap()),
+        shard: None,
     };
     let server = serve::start(store, config).await.unwrap();
     let addr = server.addr();

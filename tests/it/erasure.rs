@@ -78,6 +78,7 @@ async fn an_erased_user_is_gone_from_every_read_path_and_every_object_after_the_
         max_connections: 100,
         max_table_age: None,
         tls: None,
+        shard: None,
     };
     let server = serve::start(store.clone(), config).await.unwrap();
     let client = LimitsClient::new(&format!("http://{}", server.addr()), None).unwrap();

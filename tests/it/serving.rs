@@ -487,6 +487,7 @@ fn test_config() -> ServeConfig {
         max_connections: 100,
         max_table_age: None,
         tls: None,
+        shard: None,
     }
 }
 
@@ -835,4 +836,89 @@ async fn a_failed_redis_load_resumes_where_it_stopped_or_is_deleted() {
     );
     assert!(get(&mut redis, &target.key(7, 2)).await.is_none());
     assert_eq!(get(&mut redis, "rs:current").await.unwrap(), b"2");
+}
+
+/// A read path of two shards (`serve --shard 0/2` and `1/2` over one root) behind one
+/// client answers every user as one whole server does, each server holding about half the
+/// users; a lookup sent to the wrong shard is refused naming the right one; a new version
+/// reaches both shards and each keeps only its half.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_behind_one_client_answer_every_user_as_one_server_does() {
+    use redflower::serve::client::ShardedLimitsClient;
+    use redflower::user_index::UserShard;
+    let store = Store::open("memory://serve-shards").unwrap();
+    let users = 4_000u64;
+    publish::publish(&store, &rows(users, 0.01), date(), "m1", "p1")
+        .await
+        .unwrap();
+    let whole = Snapshot::latest(&store).await.unwrap().unwrap();
+    let mut servers = Vec::new();
+    for index in 0..2 {
+        let config = ServeConfig {
+            poll: Duration::from_millis(20),
+            shard: Some(UserShard { index, count: 2 }),
+            ..test_config()
+        };
+        servers.push(serve::start(store.clone(), config).await.unwrap());
+    }
+    let bases: Vec<String> = servers
+        .iter()
+        .map(|server| format!("http://{}", server.addr()))
+        .collect();
+    let urls: Vec<&str> = bases.iter().map(String::as_str).collect();
+    let client = ShardedLimitsClient::new(&urls, None).unwrap();
+    for user in 1..=users {
+        let answer = client.limit(user).await.unwrap();
+        assert_eq!(answer, whole.answer(user), "user {user}");
+    }
+    assert!(client.limit(users + 1).await.unwrap().is_none());
+
+    let rows_held = |body: String| -> u64 {
+        // `ask` gives the status line, then the body
+        let json = body.split_once('\n').unwrap().1;
+        let health: serde_json::Value = serde_json::from_str(json).unwrap();
+        health["rows"].as_u64().unwrap()
+    };
+    let mut held = Vec::new();
+    for (index, server) in servers.iter().enumerate() {
+        let health = ask(server.addr(), "/healthz").await;
+        assert!(
+            health.contains(&format!("\"shard\":\"{index}/2\"")),
+            "{health}"
+        );
+        held.push(rows_held(health));
+    }
+    assert_eq!(held.iter().sum::<u64>(), users, "{held:?}");
+    assert!(held.iter().all(|&n| n > users * 2 / 5), "{held:?}");
+
+    // a user of shard 1 asked of shard 0: 421, naming where the user is
+    let other = (1..=users)
+        .find(|&user| UserShard::of(user, 2) == 1)
+        .unwrap();
+    let refused = ask(servers[0].addr(), &format!("/v1/limits/{other}")).await;
+    assert!(refused.starts_with("HTTP/1.1 421"), "{refused}");
+    assert!(refused.contains("served by shard 1/2"), "{refused}");
+
+    // a new version reaches both shards; each still holds its half
+    publish::publish(&store, &rows(users, 0.06), date(), "m2", "p1")
+        .await
+        .unwrap();
+    let newest = Snapshot::latest(&store).await.unwrap().unwrap();
+    let mut swapped = false;
+    for _ in 0..500 {
+        swapped = servers.iter().all(|server| server.version() == Some(2));
+        if swapped {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(swapped, "both shards serve version 2");
+    for user in (1..=users).step_by(7) {
+        assert_eq!(client.limit(user).await.unwrap(), newest.answer(user));
+    }
+    let health = ask(servers[1].addr(), "/healthz").await;
+    assert_eq!(rows_held(health), held[1]);
+    for server in servers {
+        server.stop().await.unwrap();
+    }
 }

@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::Args;
 
 use redflower::serve::{self, ServeConfig};
+use redflower::user_index::UserShard;
 
 use crate::args::RootArg;
 
@@ -38,6 +39,10 @@ pub struct ServeArgs {
     /// the PEM private key of --tls-cert (a file: never the key itself on the command line)
     #[arg(long, requires = "tls_cert", env = "REDFLOWER_TLS_KEY")]
     tls_key: Option<std::path::PathBuf>,
+    /// hold and answer only shard INDEX of COUNT of the users (0-based, by a hash of the user
+    /// id: docs/openapi.json); other users' lookups answer 421 naming their shard
+    #[arg(long)]
+    shard: Option<UserShard>,
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
@@ -54,11 +59,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             (Some(cert), Some(key)) => Some(serve::tls::server_config(cert, key)?),
             _ => None,
         },
+        shard: args.shard,
     };
     let server = serve::start(store.clone(), config).await?;
     println!(
-        "serving {} on {}://{} (table version {}); GET /v1/limits/{{user_id}}, /healthz, /metrics",
+        "serving {}{} on {}://{} (table version {}); GET /v1/limits/{{user_id}}, /healthz, /metrics",
         store.url(),
+        args.shard
+            .map_or(String::new(), |shard| format!(" (users of shard {shard})")),
         if args.tls_cert.is_some() {
             "https"
         } else {
