@@ -30,6 +30,7 @@ use tracing::info;
 
 use crate::cause::{Cause, Classify};
 use crate::store::{Store, StoreError, layout};
+use crate::user_index::UserShard;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -87,6 +88,9 @@ impl PublishConfig {
         if self.retain_versions == 0 {
             return Err("retain_versions must be at least 1: the newest version is served".into());
         }
+        if !(1..=MAX_PARTS).contains(&self.parts) {
+            return Err(format!("parts must be between 1 and {MAX_PARTS}"));
+        }
         Ok(())
     }
 }
@@ -109,6 +113,9 @@ impl Classify for PublishError {
     }
 }
 
+/// The most part files one table is written as.
+pub const MAX_PARTS: u32 = 4096;
+
 /// `[publish]` in `pipelines/nightly.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,6 +130,9 @@ pub struct PublishConfig {
     /// versions (with their data and decision records) younger than this many days are kept
     /// whatever their number
     pub keep_days: u32,
+    /// the table is written as this many part files, part i holding the users of shard i
+    /// (`UserShard`): a server of shard i/N with N dividing `parts` reads only its parts
+    pub parts: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,6 +142,19 @@ pub struct DataFile {
     pub path: String,
     pub bytes: u64,
     pub sha256: String,
+    /// a limit table's part file: the `INDEX/COUNT` shard of the users it holds
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+    /// a limit table's part file: its rows, checked when it is read
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+}
+
+impl DataFile {
+    /// The shard of the users this part file holds, when it is one.
+    pub fn user_shard(&self) -> Option<UserShard> {
+        self.shard.as_deref()?.parse().ok()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -318,7 +341,7 @@ pub async fn publish_version(
         lineage: None,
         fence: None,
     };
-    write_and_commit(store, version, rows, &publication, Vec::new()).await
+    write_and_commit(store, version, rows, &publication, Vec::new(), 1).await
 }
 
 async fn write_and_commit(
@@ -327,6 +350,7 @@ async fn write_and_commit(
     rows: &[LimitRow],
     publication: &Publication<'_>,
     forced_past: Vec<String>,
+    parts: u32,
 ) -> Result<Manifest, PublishError> {
     let as_of = publication.as_of;
     let now = Utc::now();
@@ -337,11 +361,8 @@ async fn write_and_commit(
         now.format("%Y%m%dT%H%M%S%.6f"),
         std::process::id()
     );
-    let path = layout::published_file(&run);
     table::refuse_non_finite(rows)?;
-    let batch = table::to_batch(rows, as_of)?;
-    store.write_parquet(&path, batch.schema(), &[batch]).await?;
-    let written = data_file(store, &path).await?;
+    let written = write_parts(store, &run, rows, as_of, parts).await?;
     let manifest = Manifest {
         version,
         as_of,
@@ -350,7 +371,7 @@ async fn write_and_commit(
         model_version: publication.model_version.to_string(),
         policy_version: publication.policy_version.to_string(),
         mean_limit: mean_limit(rows),
-        files: vec![written],
+        files: written,
         mean_pd: rows.iter().map(|r| r.pd).sum::<f64>() / rows.len().max(1) as f64,
         limit_distribution: crate::policy::distribution(
             &rows
@@ -368,15 +389,49 @@ async fn write_and_commit(
     if let Some(fence) = publication.fence
         && let Err(why) = fence()
     {
-        // unreferenced, so never visible; retention would remove it later if this fails
-        if let Err(error) = store.delete(&manifest.files[0].path).await {
-            tracing::warn!(%error, "could not remove a fenced writer's data file");
+        // unreferenced, so never visible; retention would remove them later if this fails
+        for file in &manifest.files {
+            if let Err(error) = store.delete(&file.path).await {
+                tracing::warn!(%error, "could not remove a fenced writer's data file");
+            }
         }
         return Err(PublishError::Fenced(why));
     }
     commit(store, &manifest).await?;
     info!(version, rows = rows.len(), "limit table published");
     Ok(manifest)
+}
+
+/// `rows` as `parts` files, part i holding the users of shard i/parts (one file, the table
+/// as it always was, when `parts` is 1), each with its checksum and row count.
+async fn write_parts(
+    store: &Store,
+    run: &str,
+    rows: &[LimitRow],
+    as_of: NaiveDate,
+    parts: u32,
+) -> Result<Vec<DataFile>, PublishError> {
+    let parts = parts.clamp(1, MAX_PARTS);
+    let mut split: Vec<Vec<&LimitRow>> = vec![Vec::new(); parts as usize];
+    for row in rows {
+        split[UserShard::of(row.user_id, parts) as usize].push(row);
+    }
+    let mut written = Vec::with_capacity(split.len());
+    for (index, part) in split.into_iter().enumerate() {
+        let path = layout::published_part(run, index as u32, parts);
+        let batch = table::to_batch(&part, as_of)?;
+        store.write_parquet(&path, batch.schema(), &[batch]).await?;
+        let shard = UserShard {
+            index: index as u32,
+            count: parts,
+        };
+        written.push(DataFile {
+            shard: (parts > 1).then(|| shard.to_string()),
+            rows: Some(part.len() as u64),
+            ..data_file(store, &path).await?
+        });
+    }
+    Ok(written)
 }
 
 fn mean_limit(rows: &[LimitRow]) -> f64 {
@@ -461,7 +516,8 @@ pub async fn publish_gated(
     if !violations.is_empty() {
         tracing::warn!(version, ?violations, "publishing past the gates (--force)");
     }
-    let manifest = write_and_commit(store, version, rows, publication, violations).await?;
+    let manifest =
+        write_and_commit(store, version, rows, publication, violations, config.parts).await?;
     retain(store, config.keep()).await?;
     Ok(manifest)
 }
@@ -562,7 +618,11 @@ pub async fn erase(
                 })?;
                 let new = match removed {
                     0 => file.clone(),
-                    _ => data_file(store, &renamed).await?,
+                    _ => DataFile {
+                        shard: file.shard.clone(),
+                        rows: file.rows.map(|rows| rows.saturating_sub(removed as u64)),
+                        ..data_file(store, &renamed).await?
+                    },
                 };
                 moved.insert(file.path.clone(), (new, removed));
             }
@@ -625,6 +685,8 @@ pub async fn data_file(store: &Store, path: &str) -> Result<DataFile, PublishErr
         path: path.to_string(),
         bytes: bytes.len() as u64,
         sha256: format!("{:x}", Sha256::digest(&bytes)),
+        shard: None,
+        rows: None,
     })
 }
 
@@ -747,10 +809,37 @@ pub async fn read_table_map(
     manifest: &Manifest,
     map: &mut (dyn FnMut(RecordBatch) -> Result<RecordBatch, ArrowError> + Send),
 ) -> Result<Vec<RecordBatch>, PublishError> {
+    read_files_map(store, manifest, &manifest.files, map).await
+}
+
+/// The table files of `manifest` among `files` (a server's parts), checksums and row counts
+/// verified, each batch passed through `map` as it is decoded.
+pub async fn read_files_map(
+    store: &Store,
+    manifest: &Manifest,
+    files: &[DataFile],
+    map: &mut (dyn FnMut(RecordBatch) -> Result<RecordBatch, ArrowError> + Send),
+) -> Result<Vec<RecordBatch>, PublishError> {
     let mut batches = Vec::new();
-    for file in &manifest.files {
+    for file in files {
         let bytes = checked_bytes(store, file, manifest.version).await?;
-        batches.extend(store.decode_parquet_map(&file.path, bytes, map)?);
+        let mut decoded = 0u64;
+        let mut count = |batch: RecordBatch| {
+            decoded += batch.num_rows() as u64;
+            map(batch)
+        };
+        batches.extend(store.decode_parquet_map(&file.path, bytes, &mut count)?);
+        if let Some(expected) = file.rows
+            && expected != decoded
+        {
+            return Err(PublishError::Manifest {
+                path: layout::manifest(manifest.version),
+                problem: format!(
+                    "{} holds {decoded} rows, the manifest says {expected}",
+                    file.path
+                ),
+            });
+        }
     }
     Ok(batches)
 }

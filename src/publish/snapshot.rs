@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::table::{self, LimitColumns, ScenarioItem, SuggestionItem};
-use super::{Manifest, PublishError};
+use super::{DataFile, Manifest, PublishError};
 use crate::cause::{Cause, Classify};
 use crate::store::Store;
 use crate::user_index::{UserIndex, UserShard};
@@ -111,6 +111,28 @@ pub struct Snapshot {
     pub erased: usize,
     /// the shard of the users held, when only one shard's are
     pub shard: Option<UserShard>,
+}
+
+/// The files of a table that can hold users of `shard`: its parts whose shard maps onto it
+/// when the table was written in a multiple of `shard.count` parts (a user of part j of P is
+/// in shard j mod N of N when N divides P), else every file.
+fn parts_of(files: &[DataFile], shard: UserShard) -> Vec<DataFile> {
+    let parts: Option<Vec<UserShard>> = files.iter().map(DataFile::user_shard).collect();
+    match parts {
+        Some(parts)
+            if parts
+                .iter()
+                .all(|part| part.count == parts[0].count && part.count % shard.count == 0) =>
+        {
+            files
+                .iter()
+                .zip(parts)
+                .filter(|(_, part)| part.index % shard.count == shard.index)
+                .map(|(file, _)| file.clone())
+                .collect()
+        }
+        _ => files.to_vec(),
+    }
 }
 
 /// The rows of `batch` whose user is in `shard`.
@@ -242,8 +264,9 @@ impl Snapshot {
         let problem = |problem: String| SnapshotError::Table { version, problem };
         let batches = match shard {
             Some(shard) => {
-                super::read_table_map(store, &manifest, &mut |batch| keep_shard(&batch, shard))
-                    .await?
+                let parts = parts_of(&manifest.files, shard);
+                let keep = &mut |batch| keep_shard(&batch, shard);
+                super::read_files_map(store, &manifest, &parts, keep).await?
             }
             None => super::read_table(store, &manifest).await?,
         };

@@ -63,7 +63,11 @@ pub(super) fn refuse_non_finite(rows: &[LimitRow]) -> Result<(), PublishError> {
     Ok(())
 }
 
-pub(super) fn to_batch(rows: &[LimitRow], as_of: NaiveDate) -> Result<RecordBatch, PublishError> {
+pub(super) fn to_batch<R: std::borrow::Borrow<LimitRow>>(
+    rows: &[R],
+    as_of: NaiveDate,
+) -> Result<RecordBatch, PublishError> {
+    let rows: Vec<&LimitRow> = rows.iter().map(|row| row.borrow()).collect();
     let reasons: Vec<String> = rows.iter().map(|r| joined(&r.decision.reasons)).collect();
     let scenarios: Vec<String> = rows
         .iter()

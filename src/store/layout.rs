@@ -198,6 +198,14 @@ pub fn published_file(run: &str) -> String {
     format!("{PUBLISHED_DATA}/{run}/part-00000.parquet")
 }
 
+/// Part `index` of `count` of a table written by `run` (`published_file` when there is one).
+pub fn published_part(run: &str, index: u32, count: u32) -> String {
+    match count {
+        0 | 1 => published_file(run),
+        _ => format!("{PUBLISHED_DATA}/{run}/part-{index:05}-of-{count:05}.parquet"),
+    }
+}
+
 /// The version a published data file was written for, read from its run folder's name
 /// (`v00000002-<date>-<time>-<pid>`); `None` for a path that is not one.
 pub fn published_file_version(path: &str) -> Option<u64> {

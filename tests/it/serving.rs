@@ -922,3 +922,77 @@ async fn two_shards_behind_one_client_answer_every_user_as_one_server_does() {
         server.stop().await.unwrap();
     }
 }
+
+/// A table published in four parts (`[publish] parts = 4`): part i holds exactly the users
+/// of shard i/4, with its row count in the manifest; a server of shard 1/2 reads only parts
+/// 1 and 3 (it loads with the other parts gone); a part whose rows differ from its manifest
+/// entry fails the load, naming it.
+#[tokio::test]
+async fn a_table_in_parts_lets_each_shard_read_only_its_own() {
+    use redflower::publish::{Publication, PublishConfig};
+    use redflower::user_index::UserShard;
+    let store = Store::open("memory://serve-parts").unwrap();
+    let users = 3_000u64;
+    let config = PublishConfig {
+        parts: 4,
+        ..redflower::config::Pipelines::builtin().nightly.publish
+    };
+    let publication = Publication {
+        as_of: date(),
+        model_version: "m1",
+        policy_version: "p1",
+        run_id: None,
+        lineage: None,
+        fence: None,
+    };
+    let manifest = publish::publish_gated(&store, &rows(users, 0.01), &publication, &config, false)
+        .await
+        .unwrap();
+    assert_eq!(manifest.files.len(), 4);
+    let mut total = 0;
+    for (index, file) in manifest.files.iter().enumerate() {
+        let part = UserShard {
+            index: index as u32,
+            count: 4,
+        };
+        assert_eq!(file.user_shard(), Some(part));
+        let batches = store.read_parquet(&file.path).await.unwrap();
+        let held = crate::support::limits_by_user(&batches);
+        assert_eq!(file.rows, Some(held.len() as u64));
+        assert!(held.keys().all(|&user| part.contains(user)), "part {part}");
+        total += held.len() as u64;
+    }
+    assert_eq!(total, users);
+    let whole = Snapshot::latest(&store).await.unwrap().unwrap();
+    assert_eq!(whole.len() as u64, users);
+
+    // shard 1/2 is parts 1 and 3: it never reads parts 0 and 2
+    for gone in [0, 2] {
+        store.delete(&manifest.files[gone].path).await.unwrap();
+    }
+    let half = UserShard { index: 1, count: 2 };
+    let snapshot = Snapshot::load_part(&store, manifest.clone(), date(), Some(half))
+        .await
+        .unwrap();
+    let expected: Vec<u64> = (1..=users).filter(|&user| half.contains(user)).collect();
+    assert_eq!(snapshot.len(), expected.len());
+    for user in expected {
+        assert_eq!(snapshot.answer(user), whole.answer(user), "user {user}");
+    }
+    // shard 0/3 does not map onto four parts: it needs every file, and part 0 is gone
+    let thirds = UserShard { index: 0, count: 3 };
+    let missing = Snapshot::load_part(&store, manifest.clone(), date(), Some(thirds)).await;
+    assert!(missing.is_err());
+
+    // a part that lost rows against its manifest entry is refused, by name
+    let mut wrong = manifest.clone();
+    wrong.files[1].rows = Some(wrong.files[1].rows.unwrap() + 1);
+    let error = Snapshot::load_part(&store, wrong, date(), Some(half))
+        .await
+        .err()
+        .expect("a row count that does not match");
+    assert!(
+        error.to_string().contains(&manifest.files[1].path),
+        "{error}"
+    );
+}
