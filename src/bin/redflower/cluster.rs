@@ -41,8 +41,8 @@ pub enum ClusterRole {
         /// tasks run at once (default: one per core)
         #[arg(long)]
         slots: Option<usize>,
-        /// memory running tasks may hold together before they spill (default: most of the
-        /// machine)
+        /// memory running tasks may hold together before they spill (default: 70% of the
+        /// machine's memory)
         #[arg(long)]
         memory_limit_mb: Option<u64>,
         /// folder for shuffle output and spills (default: a temporary folder)
