@@ -6,7 +6,7 @@
 //!
 //! Needs `moto_server` (see s3.rs); without it the tests fail under CI and skip elsewhere.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use redflower::features;
 use redflower::store::Store;
 
-use crate::s3::{Moto, create_bucket, start_moto};
-use crate::support::{limits_by_user, published, run_date};
+use crate::s3::{Moto, create_bucket, moto_or_skip};
+use crate::support::{limits_by_user, published, run_date, wait_listening};
 
 /// The AWS_* variables every process of the test reads the bucket with.
 fn aws_env(moto: &Moto) -> [(&'static str, String); 4] {
@@ -42,17 +42,6 @@ fn free_port_pair() -> u16 {
         if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
             return port;
         }
-    }
-}
-
-fn wait_listening(port: u16, what: &str) {
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{what} did not start listening on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -252,27 +241,44 @@ async fn assert_same_night(local: &Store, cluster: &Store) {
     assert_eq!(local_limits, cluster_limits, "the published limits differ");
 }
 
-fn moto_or_skip() -> Option<Moto> {
-    let moto = start_moto();
-    if moto.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have moto_server (see .ci/run)"
-        );
-        eprintln!("skipped: moto_server is not on PATH (pip install 'moto[server]')");
-    }
-    moto
+/// A cluster of two executors, and the same world under two roots with the local engine's
+/// night already run on the first: what each test compares the cluster's night to.
+struct Setup {
+    moto: Moto,
+    cluster: Cluster,
+    local_root: String,
+    cluster_root: String,
+    logs: tempfile::TempDir,
+}
+
+fn setup(bucket: &str) -> Option<Setup> {
+    let moto = moto_or_skip()?;
+    let (local_root, cluster_root) = two_worlds(&moto, bucket);
+    let logs = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(&moto, 2, logs.path());
+    let local = night(&moto, &local_root, "local", &[]).output().unwrap();
+    assert!(local.status.success(), "{}", stderr(&local));
+    Some(Setup {
+        moto,
+        cluster,
+        local_root,
+        cluster_root,
+        logs,
+    })
 }
 
 #[tokio::test]
 async fn a_night_on_a_multi_process_cluster_publishes_what_the_local_engine_does() {
-    let Some(moto) = moto_or_skip() else { return };
-    let (local_root, cluster_root) = two_worlds(&moto, "cluster-night");
-    let logs = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(&moto, 2, logs.path());
-
-    let local = night(&moto, &local_root, "local", &[]).output().unwrap();
-    assert!(local.status.success(), "{}", stderr(&local));
+    let Some(Setup {
+        moto,
+        cluster,
+        local_root,
+        cluster_root,
+        logs,
+    }) = setup("cluster-night")
+    else {
+        return;
+    };
     let engine = cluster.engine();
     let on_cluster = night(&moto, &cluster_root, &engine, &[]).output().unwrap();
     assert!(
@@ -320,12 +326,16 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[tokio::test]
 async fn an_executor_killed_mid_query_costs_time_not_the_night() {
-    let Some(moto) = moto_or_skip() else { return };
-    let (local_root, cluster_root) = two_worlds(&moto, "cluster-kill");
-    let logs = tempfile::tempdir().unwrap();
-    let mut cluster = Cluster::start(&moto, 2, logs.path());
-    let local = night(&moto, &local_root, "local", &[]).output().unwrap();
-    assert!(local.status.success(), "{}", stderr(&local));
+    let Some(Setup {
+        moto,
+        mut cluster,
+        local_root,
+        cluster_root,
+        logs: _logs,
+    }) = setup("cluster-kill")
+    else {
+        return;
+    };
 
     let store = open(&moto, &cluster_root);
     let mut run = night(&moto, &cluster_root, &cluster.engine(), &[])

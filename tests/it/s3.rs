@@ -8,7 +8,6 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use redflower::config::Pipelines;
 use redflower::features::{self, FeatureConfig, FeatureDictionary};
@@ -48,15 +47,21 @@ pub fn start_moto() -> Option<Moto> {
         child,
         endpoint: format!("http://127.0.0.1:{port}"),
     };
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "moto_server did not start listening on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    crate::support::wait_listening(port, "moto_server");
     Some(moto)
+}
+
+/// moto on a free port; None, with a message, where it is not installed (never under CI).
+pub fn moto_or_skip() -> Option<Moto> {
+    let moto = start_moto();
+    if moto.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have moto_server (see .ci/run)"
+        );
+        eprintln!("skipped: moto_server is not on PATH (pip install 'moto[server]')");
+    }
+    moto
 }
 
 /// object_store cannot create buckets; moto takes an unsigned PUT.
@@ -97,14 +102,7 @@ async fn features_of(store: &Store) -> Vec<(String, u64, f32)> {
 
 #[tokio::test]
 async fn the_feature_job_runs_on_s3_and_matches_memory() {
-    let Some(moto) = start_moto() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have moto_server (see .ci/run)"
-        );
-        eprintln!("skipped: moto_server is not on PATH (pip install 'moto[server]')");
-        return;
-    };
+    let Some(moto) = moto_or_skip() else { return };
     create_bucket(&moto.endpoint, "redflower");
     let options = [
         ("aws_endpoint_url", moto.endpoint.as_str()),

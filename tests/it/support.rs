@@ -183,3 +183,16 @@ pub fn one_partition_pipelines(dir: &Path) -> Pipelines {
 pub fn open(path: &Path) -> Store {
     Store::open(path.to_str().unwrap()).unwrap()
 }
+
+/// Waits until something listens on loopback `port` (a server a test started), a minute at
+/// most.
+pub fn wait_listening(port: u16, what: &str) {
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{what} did not start listening on port {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
