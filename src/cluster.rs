@@ -35,6 +35,12 @@ use crate::store::Store;
 pub enum ClusterError {
     #[error("cluster {role}: {problem}")]
     Settings { role: &'static str, problem: String },
+    #[error("cluster executor: no scheduler answers at {address} after {waited_s} s: {error}")]
+    NoScheduler {
+        address: String,
+        waited_s: u64,
+        error: std::io::Error,
+    },
     #[error("cluster {role} stopped: {source}")]
     Stopped {
         role: &'static str,
@@ -46,6 +52,7 @@ impl Classify for ClusterError {
     fn cause(&self) -> Cause {
         match self {
             ClusterError::Settings { .. } => Cause::Configuration,
+            ClusterError::NoScheduler { .. } => Cause::Transient,
             // a port taken or a scheduler gone: starting again later may work
             ClusterError::Stopped { .. } => Cause::Transient,
         }
@@ -117,6 +124,9 @@ pub struct ExecutorOptions {
     pub work_dir: Option<String>,
     /// How often it tells the scheduler it is alive (below the scheduler's timeout).
     pub heartbeat: Duration,
+    /// How long it waits at start for the scheduler to listen (one started beside it, by
+    /// compose or a test, may come up a little later).
+    pub scheduler_wait: Duration,
 }
 
 /// Runs an executor until the process is stopped or its scheduler tells it to stop.
@@ -141,13 +151,12 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<(), ClusterError> 
         grpc_port,
         scheduler_host: options.scheduler_host.clone(),
         scheduler_port: options.scheduler_port,
-        // wait for a scheduler started beside it (compose, a test) instead of failing at once
-        scheduler_connect_timeout_seconds: 30,
+        // one try: `wait_for_scheduler` has waited (Ballista 55's own wait never ends, its
+        // clock is `Instant::now().elapsed()`)
+        scheduler_connect_timeout_seconds: 0,
         vcores: options.slots,
         task_scheduling_policy: TASK_POLICY,
         work_dir: options.work_dir.clone(),
-        special_mod_log_level: "WARN".into(),
-        print_thread_info: false,
         executor_heartbeat_interval_seconds: options.heartbeat.as_secs().max(1),
         memory_pool_size: options.memory_limit_mb.map(|mb| mb.saturating_mul(1 << 20)),
         ..ExecutorProcessConfig::default()
@@ -156,6 +165,12 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<(), ClusterError> 
     config.override_runtime_producer = Some(Arc::new(move |_: &SessionConfig| {
         runtime_with_root_stores(work_dir.as_deref())
     }));
+    wait_for_scheduler(
+        &options.scheduler_host,
+        options.scheduler_port,
+        options.scheduler_wait,
+    )
+    .await?;
     tracing::info!(
         bind = %options.bind,
         scheduler = %format!("{}:{}", options.scheduler_host, options.scheduler_port),
@@ -168,6 +183,27 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<(), ClusterError> 
             role: "executor",
             source,
         })
+}
+
+/// Returns once the scheduler accepts connections, or fails after `wait`.
+async fn wait_for_scheduler(host: &str, port: u16, wait: Duration) -> Result<(), ClusterError> {
+    let started = std::time::Instant::now();
+    loop {
+        match tokio::net::TcpStream::connect((host, port)).await {
+            Ok(_) => return Ok(()),
+            Err(error) if started.elapsed() >= wait => {
+                return Err(ClusterError::NoScheduler {
+                    address: format!("{host}:{port}"),
+                    waited_s: wait.as_secs(),
+                    error,
+                });
+            }
+            Err(error) => {
+                tracing::debug!(%error, "the scheduler does not answer yet");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 /// A runtime whose object stores open the way `store` opens a root.

@@ -401,3 +401,25 @@ async fn an_executor_killed_mid_query_costs_time_not_the_night() {
     }
     assert_same_night(&open(&moto, &local_root), &store).await;
 }
+
+/// An executor whose scheduler never comes up gives up after its wait: exit 1 (transient,
+/// retry), naming the address, instead of waiting for ever (Ballista 55's own wait does).
+#[test]
+fn an_executor_without_a_scheduler_gives_up_naming_it() {
+    let nobody = free_port();
+    let flight = free_port_pair();
+    let output = Command::new(env!("CARGO_BIN_EXE_redflower"))
+        .args(["cluster", "executor", "--scheduler"])
+        .arg(format!("127.0.0.1:{nobody}"))
+        .arg("--bind")
+        .arg(format!("127.0.0.1:{flight}"))
+        .args(["--scheduler-wait-seconds", "1"])
+        .output()
+        .unwrap();
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("no scheduler answers at 127.0.0.1:{nobody}")),
+        "{text}"
+    );
+}

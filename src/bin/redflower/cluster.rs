@@ -51,6 +51,9 @@ pub enum ClusterRole {
         /// seconds between heartbeats; keep it well below the scheduler's executor timeout
         #[arg(long, default_value_t = 10)]
         heartbeat_seconds: u64,
+        /// seconds to wait at start for the scheduler to listen before giving up (exit 1)
+        #[arg(long, default_value_t = 30)]
+        scheduler_wait_seconds: u64,
     },
 }
 
@@ -75,6 +78,7 @@ pub async fn run(role: ClusterRole) -> Result<()> {
             memory_limit_mb,
             work_dir,
             heartbeat_seconds,
+            scheduler_wait_seconds,
         } => {
             let (host, port) = scheduler.rsplit_once(':').unwrap_or((&scheduler, "50050"));
             let scheduler_port = port
@@ -93,6 +97,7 @@ pub async fn run(role: ClusterRole) -> Result<()> {
                 memory_limit_mb,
                 work_dir,
                 heartbeat: Duration::from_secs(heartbeat_seconds),
+                scheduler_wait: Duration::from_secs(scheduler_wait_seconds),
             })
             .await?;
         }
