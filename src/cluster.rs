@@ -151,7 +151,7 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<(), ClusterError> 
         grpc_port,
         scheduler_host: options.scheduler_host.clone(),
         scheduler_port: options.scheduler_port,
-        // one try: `wait_for_scheduler` has waited (Ballista 55's own wait never ends, its
+        // one try: `wait_listening` has waited (Ballista 55's own wait never ends, its
         // clock is `Instant::now().elapsed()`)
         scheduler_connect_timeout_seconds: 0,
         vcores: options.slots,
@@ -165,12 +165,18 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<(), ClusterError> 
     config.override_runtime_producer = Some(Arc::new(move |_: &SessionConfig| {
         runtime_with_root_stores(work_dir.as_deref())
     }));
-    wait_for_scheduler(
+    let (host, port, wait) = (
         &options.scheduler_host,
         options.scheduler_port,
         options.scheduler_wait,
-    )
-    .await?;
+    );
+    crate::engine::wait_listening(host, port, wait)
+        .await
+        .map_err(|error| ClusterError::NoScheduler {
+            address: format!("{host}:{port}"),
+            waited_s: wait.as_secs(),
+            error,
+        })?;
     tracing::info!(
         bind = %options.bind,
         scheduler = %format!("{}:{}", options.scheduler_host, options.scheduler_port),
@@ -183,27 +189,6 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<(), ClusterError> 
             role: "executor",
             source,
         })
-}
-
-/// Returns once the scheduler accepts connections, or fails after `wait`.
-async fn wait_for_scheduler(host: &str, port: u16, wait: Duration) -> Result<(), ClusterError> {
-    let started = std::time::Instant::now();
-    loop {
-        match tokio::net::TcpStream::connect((host, port)).await {
-            Ok(_) => return Ok(()),
-            Err(error) if started.elapsed() >= wait => {
-                return Err(ClusterError::NoScheduler {
-                    address: format!("{host}:{port}"),
-                    waited_s: wait.as_secs(),
-                    error,
-                });
-            }
-            Err(error) => {
-                tracing::debug!(%error, "the scheduler does not answer yet");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
 }
 
 /// A runtime whose object stores open the way `store` opens a root.

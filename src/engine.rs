@@ -7,6 +7,7 @@
 //! Reads and writes no data itself.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::error::DataFusionError;
@@ -156,15 +157,12 @@ pub async fn session_for(
         Engine::Local => session(config),
         Engine::Ballista { host, port } => {
             // the client connects lazily, at the first query: say here which engine is gone
-            let unreachable = |error| EngineError::Unreachable {
-                engine: engine.to_string(),
-                error,
-            };
-            let connect = tokio::net::TcpStream::connect((host.as_str(), *port));
-            tokio::time::timeout(std::time::Duration::from_secs(10), connect)
+            wait_listening(host, *port, Duration::ZERO)
                 .await
-                .map_err(|_| unreachable(std::io::ErrorKind::TimedOut.into()))?
-                .map_err(unreachable)?;
+                .map_err(|error| EngineError::Unreachable {
+                    engine: engine.to_string(),
+                    error,
+                })?;
             SessionContext::remote_with_state(&format!("df://{host}:{port}"), state()?)
                 .await
                 .map_err(failed)
@@ -172,6 +170,28 @@ pub async fn session_for(
         Engine::BallistaStandalone => SessionContext::standalone_with_state(state()?)
             .await
             .map_err(failed),
+    }
+}
+
+/// One connection attempt gives up after this long (a host that drops packets).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Returns once something accepts connections at `host:port` (a Ballista scheduler): tried
+/// at once, then every half second until `wait` has passed; the last try's error otherwise.
+pub async fn wait_listening(host: &str, port: u16, wait: Duration) -> std::io::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let connect = tokio::net::TcpStream::connect((host, port));
+        let error = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(error)) => error,
+            Err(_) => std::io::ErrorKind::TimedOut.into(),
+        };
+        if started.elapsed() >= wait {
+            return Err(error);
+        }
+        tracing::debug!(%error, "{host}:{port} does not answer yet");
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

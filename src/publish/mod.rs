@@ -206,6 +206,14 @@ impl Manifest {
             .iter()
             .chain(lineage.flat_map(|l| std::iter::once(&l.decisions).chain(&l.outputs)))
     }
+
+    /// [`Manifest::data_files`], to rewrite in place (erasure), in the same order.
+    fn data_files_mut(&mut self) -> impl Iterator<Item = &mut DataFile> {
+        let lineage = self.lineage.iter_mut();
+        self.files.iter_mut().chain(
+            lineage.flat_map(|l| std::iter::once(&mut l.decisions).chain(l.outputs.iter_mut())),
+        )
+    }
 }
 
 /// What a published version rests on, so a limit can be explained and its inputs traced years
@@ -603,12 +611,7 @@ pub async fn erase(
     for mut manifest in versions(store).await? {
         let (mut removed_rows, mut changed) = (0, false);
         let tables = manifest.files.len();
-        let mut files: Vec<&mut DataFile> = manifest.files.iter_mut().collect();
-        if let Some(lineage) = manifest.lineage.as_mut() {
-            files.push(&mut lineage.decisions);
-            files.extend(lineage.outputs.iter_mut());
-        }
-        for (i, file) in files.into_iter().enumerate() {
+        for (i, file) in manifest.data_files_mut().enumerate() {
             if !moved.contains_key(&file.path) {
                 let renamed = erased_path(&file.path, &suffix);
                 let rewrite = crate::erasure::rewrite_file(store, &file.path, &renamed, erased);

@@ -109,8 +109,6 @@ pub struct Snapshot {
     next_expiry: Option<NaiveDate>,
     /// the erased users left out at load; a reader loads again when more are erased
     pub erased: usize,
-    /// the shard of the users held, when only one shard's are
-    pub shard: Option<UserShard>,
 }
 
 /// The files of a table that can hold users of `shard`: its parts whose shard maps onto it
@@ -284,7 +282,6 @@ impl Snapshot {
         })?;
         indexed.map(|snapshot| Snapshot {
             erased: erased.len(),
-            shard,
             ..snapshot
         })
     }
@@ -331,7 +328,6 @@ impl Snapshot {
             rendered_for: day,
             next_expiry,
             erased: 0,
-            shard: None,
         })
     }
 

@@ -467,7 +467,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes every object under `rel` (a rerun replaces, never duplicates).
     /// Copies one object to `to` (on an object store, without moving its bytes through here).
     pub async fn copy(&self, from: &str, to: &str) -> Result<()> {
         let (from, to) = (self.path(from), self.path(to));
@@ -486,6 +485,7 @@ impl Store {
         }
     }
 
+    /// Deletes every object under `rel` (a rerun replaces, never duplicates).
     pub async fn delete_prefix(&self, rel: &str) -> Result<()> {
         for (object, _) in self.list(rel).await? {
             let path = self.path(&object);
