@@ -14,6 +14,7 @@ use crate::features::FeatureDictionary;
 use crate::model::{Model, logits, reasons};
 use crate::schema;
 use crate::store::{Store, StoreError, layout};
+use crate::user_index::UserShard;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScoringError {
@@ -22,7 +23,7 @@ pub enum ScoringError {
     #[error("scores table: {0}")]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
     #[error("scores: {0}")]
-    Shards(String),
+    Parts(String),
 }
 
 impl Classify for ScoringError {
@@ -30,7 +31,7 @@ impl Classify for ScoringError {
         match self {
             ScoringError::Store(e) => e.cause(),
             ScoringError::Arrow(_) => Cause::Input,
-            ScoringError::Shards(_) => Cause::StartOver,
+            ScoringError::Parts(_) => Cause::StartOver,
         }
     }
 }
@@ -94,83 +95,32 @@ pub fn score(
     }
 }
 
-/// One slice of the users when scoring is spread over machines: `index` of `count`, both
-/// from `--shard index/count` (0-based).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    pub index: usize,
-    pub count: usize,
-}
-
-impl std::str::FromStr for Shard {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Shard, String> {
-        let parsed = text
-            .split_once('/')
-            .and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
-        match parsed {
-            Some((index, count)) if count > 0 && index < count => Ok(Shard { index, count }),
-            _ => Err(format!(
-                "'{text}' is not a shard: write INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/4"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for Shard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.index, self.count)
-    }
-}
-
-impl Shard {
-    /// The contiguous rows `[start, end)` of `len` this shard scores: contiguous so a merge
-    /// in shard order is the unsharded order.
-    pub fn rows(&self, len: usize) -> std::ops::Range<usize> {
-        let per = len.div_ceil(self.count);
-        (self.index * per).min(len)..((self.index + 1) * per).min(len)
-    }
-
-    pub fn file(&self, date: NaiveDate) -> String {
-        layout::score_shard_file(date, self.index, self.count)
-    }
-}
-
-/// Writes `scores/dt=<date>/part-00000.parquet`, replacing a rerun's (and any shards).
-pub async fn write(store: &Store, date: NaiveDate, scores: &Scores) -> Result<(), ScoringError> {
-    let folder = layout::scores(date);
-    store.delete_prefix(&folder).await?;
-    write_file(store, &format!("{folder}/part-00000.parquet"), scores).await
-}
-
-/// Writes one shard's scores next to the others'; `merge_shards` joins them.
-pub async fn write_shard(
+/// Writes the scores of the users of `shard` as part `shard` of `date`'s scores; returns the
+/// file written.
+pub async fn write_part(
     store: &Store,
     date: NaiveDate,
-    shard: Shard,
+    shard: UserShard,
     scores: &Scores,
-) -> Result<(), ScoringError> {
-    write_file(store, &shard.file(date), scores).await
+) -> Result<String, ScoringError> {
+    let path = layout::scores_part(date, shard.index, shard.count);
+    write_file(store, &path, scores).await?;
+    Ok(path)
 }
 
-/// Reads the scores of `date` written by `write`.
+/// Removes the scores of `date` (a new run writes its parts over none of a rerun's).
+pub async fn clear(store: &Store, date: NaiveDate) -> Result<(), ScoringError> {
+    Ok(store.delete_prefix(&layout::scores(date)).await?)
+}
+
+/// Reads every part of the scores of `date`, in part order.
 pub async fn read(store: &Store, date: NaiveDate) -> Result<Scores, ScoringError> {
-    read_file(store, &layout::scores_file(date)).await
-}
-
-/// Joins the `count` shards of `date`, in shard order (the unsharded order).
-pub async fn merge_shards(
-    store: &Store,
-    date: NaiveDate,
-    count: usize,
-) -> Result<Scores, ScoringError> {
     let mut merged = Scores::default();
-    for index in 0..count {
-        let part = read_file(store, &Shard { index, count }.file(date)).await?;
+    for file in store.row_parts(&layout::scores(date)).await? {
+        let part = read_file(store, &file).await?;
         if !merged.model_version.is_empty() && part.model_version != merged.model_version {
-            return Err(ScoringError::Shards(format!(
-                "shard {index}/{count} was scored by model {}, the others by {}",
+            return Err(ScoringError::Parts(format!(
+                "{file} was scored by model {}, the parts before it by {}",
                 part.model_version, merged.model_version
             )));
         }
@@ -185,27 +135,12 @@ pub async fn merge_shards(
     Ok(merged)
 }
 
-impl Scores {
-    /// The rows `range` of these scores.
-    pub fn slice(&self, range: std::ops::Range<usize>) -> Scores {
-        Scores {
-            model_version: self.model_version.clone(),
-            users: self.users[range.clone()].to_vec(),
-            pd: self.pd[range.clone()].to_vec(),
-            points: self.points[range.clone()].to_vec(),
-            wide_logit: self.wide_logit[range.clone()].to_vec(),
-            deep_logit: self.deep_logit[range.clone()].to_vec(),
-            reasons: self.reasons[range].to_vec(),
-        }
-    }
-}
-
 async fn read_file(store: &Store, path: &str) -> Result<Scores, ScoringError> {
     use datafusion::arrow::array::AsArray;
     use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
     let mut scores = Scores::default();
     let bad = |column: &str| {
-        ScoringError::Shards(format!("{path}: column {column} is missing or mistyped"))
+        ScoringError::Parts(format!("{path}: column {column} is missing or mistyped"))
     };
     for batch in store.read_parquet(path).await? {
         let f64s = |name: &str| {

@@ -120,7 +120,7 @@ pub async fn labelled_window(
         features::build(&ctx, store, &pipelines.features, &mut dictionary, as_of).await?;
     if writes == Writes::Everything {
         features.remap(&dictionary.commit(store).await?);
-        features::write(store, &features).await?;
+        features::write(store, &features, pipelines.nightly.publish.parts).await?;
     }
     let labels = dataset::labels(&ctx, as_of, &config.label).await?;
     sources::drop_staging(store, &ctx).await?;

@@ -10,7 +10,7 @@ use super::records::{self, DecisionRecord};
 use super::{AuditError, lineage::POLICY_FILE};
 use crate::policy::{HeldCertificate, LimitPolicy, PolicyStep};
 use crate::publish::{self, LimitAnswer, Lineage, Manifest, Snapshot};
-use crate::store::Store;
+use crate::store::{Store, layout};
 
 /// Which published version to explain.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -92,7 +92,7 @@ pub async fn explain(store: &Store, user_id: u64, which: Which) -> Result<Explan
         Snapshot::load(store, manifest.clone())
             .await
             .map_err(|e| AuditError::Record {
-                path: crate::store::layout::manifest(version),
+                path: layout::manifest(version),
                 problem: e.to_string(),
             })?;
     let published = snapshot.answer(user_id).ok_or_else(|| {
@@ -118,12 +118,15 @@ pub async fn explain(store: &Store, user_id: u64, which: Which) -> Result<Explan
     let Some(lineage) = &manifest.lineage else {
         return Ok(explained);
     };
-    let record = records::read_user(store, &lineage.decisions, version, user_id)
+    let no_record = |path: &str| AuditError::Record {
+        path: path.to_string(),
+        problem: format!("no record of user {user_id}, who is in version {version}"),
+    };
+    let file = records::file_of(&lineage.decisions, user_id)
+        .ok_or_else(|| no_record(&layout::manifest(version)))?;
+    let record = records::read_user(store, file, version, user_id)
         .await?
-        .ok_or_else(|| AuditError::Record {
-            path: lineage.decisions.path.clone(),
-            problem: format!("no record of user {user_id}, who is in version {version}"),
-        })?;
+        .ok_or_else(|| no_record(&file.path))?;
     let policy = run_policy(store, lineage).await?;
     let (decision, steps) = policy.trace(record.pd, &record.facts);
     let boosted: Vec<String> = decision.reasons.iter().map(|r| r.to_string()).collect();

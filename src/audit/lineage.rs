@@ -22,7 +22,6 @@ pub const GIT_COMMIT: &str = env!("REDFLOWER_GIT_COMMIT");
 
 pub const INPUTS_FILE: &str = "inputs.txt";
 pub const POLICY_FILE: &str = "policy.json";
-pub const DECISIONS_FILE: &str = "decisions.parquet";
 
 /// The input sources a run reads: the raw fragments and the reference tables.
 const INPUT_PREFIXES: [&str; 2] = ["raw", "reference"];
@@ -73,8 +72,8 @@ pub struct RunLineage<'a> {
     pub pipelines: &'a Pipelines,
     pub dictionary: &'a FeatureDictionary,
     pub model_version: &'a str,
-    /// the decision records, already written to the run's folder
-    pub decisions: DataFile,
+    /// the decision records, already written to the run's folder (one file per user part)
+    pub decisions: Vec<DataFile>,
     /// the features' as-of dates (training, then the run date)
     pub training_as_of: NaiveDate,
 }
@@ -88,10 +87,10 @@ async fn keep_outputs(
 ) -> Result<Vec<DataFile>, AuditError> {
     let mut sources = Vec::new();
     for as_of in [run.training_as_of, run.run_date] {
-        sources.push(layout::features_file(as_of));
+        sources.extend(store.row_parts(&layout::features(as_of)).await?);
         sources.push(layout::feature_users_file(as_of));
     }
-    sources.push(layout::scores_file(run.run_date));
+    sources.extend(store.row_parts(&layout::scores(run.run_date)).await?);
     let mut kept = Vec::new();
     for from in sources {
         let to = format!("{folder}/{from}");

@@ -11,7 +11,6 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::AuditError;
-use super::lineage::DECISIONS_FILE;
 use crate::dataset::Csr;
 use crate::features::FeatureDictionary;
 use crate::model::Model;
@@ -19,7 +18,8 @@ use crate::policy::UserFacts;
 use crate::publish::DataFile;
 use crate::schema;
 use crate::scoring::Scores;
-use crate::store::Store;
+use crate::store::{Store, layout};
+use crate::user_index::UserShard;
 
 /// One adverse reason as the model gave it: the feature, its value in the user's row and its
 /// share of the logit (the wide weight times the value).
@@ -77,11 +77,13 @@ fn json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("plain data always serializes")
 }
 
-/// Writes every user's record into the run's `folder`; returns the file with its checksum
-/// (what the manifest's lineage vouches for).
+/// Writes the records of one part of the users (`shard`, of the run's parts) into the run's
+/// `folder`; returns the file with its checksum, shard and rows (what the manifest's lineage
+/// vouches for).
 pub async fn write(
     store: &Store,
     folder: &str,
+    shard: UserShard,
     scores: &Scores,
     facts: &[UserFacts],
     reasons: &[Vec<ModelReason>],
@@ -108,9 +110,21 @@ pub async fn write(
             Arc::new(StringArray::from_iter_values(reasons)),
         ],
     )?;
-    let path = format!("{folder}/{DECISIONS_FILE}");
+    let path = layout::decisions_part(folder, shard.index, shard.count);
     store.write_parquet(&path, batch.schema(), &[batch]).await?;
-    Ok(crate::publish::data_file(store, &path).await?)
+    Ok(DataFile {
+        shard: (shard.count > 1).then(|| shard.to_string()),
+        rows: Some(scores.users.len() as u64),
+        ..crate::publish::data_file(store, &path).await?
+    })
+}
+
+/// The file of `files` (a version's decision records, one or in parts) that holds `user_id`.
+pub fn file_of(files: &[DataFile], user_id: u64) -> Option<&DataFile> {
+    files.iter().find(|file| {
+        file.user_shard()
+            .is_none_or(|shard| shard.contains(user_id))
+    })
 }
 
 /// The record of `user_id` in `file` (named by version `version`'s manifest), checked against

@@ -1,5 +1,6 @@
-//! The feature table in the store: `features/dt=<as_of>/part-00000.parquet` (the long rows)
-//! and `users.parquet` (the population, so users without any feature are scored too).
+//! The feature table in the store: `features/dt=<as_of>/part-*.parquet` (the long rows, in
+//! parts by user shard) and `users.parquet` (the population, so users without any feature are
+//! scored too).
 //! Written by the features stage, read back by resumed runs, shards and training.
 
 use std::sync::Arc;
@@ -12,33 +13,54 @@ use tracing::info;
 use super::{FeatureError, FeatureSet};
 use crate::schema;
 use crate::store::{Store, layout};
+use crate::user_index::UserShard;
 
-/// Writes the long table to `features/dt=<as_of>/part-00000.parquet`, replacing a rerun's.
-pub async fn write(store: &Store, set: &FeatureSet) -> Result<(), FeatureError> {
+/// Writes the long rows of `set` as `parts` files by user shard (part i holding the users of
+/// shard i/parts, so the per-user stages read one part at a time), and the population, replacing
+/// a rerun's.
+pub async fn write(store: &Store, set: &FeatureSet, parts: u32) -> Result<(), FeatureError> {
     let folder = layout::features(set.as_of);
     store.delete_prefix(&folder).await?;
+    let parts = parts.max(1);
     let schema = schema::FEATURES.arrow();
-    let mut batches = Vec::new();
-    let chunk = 1 << 20;
-    for start in (0..set.nnz()).step_by(chunk) {
-        let end = (start + chunk).min(set.nnz());
-        let batch = RecordBatch::try_new(
+    let batch = |users: &mut Vec<u64>, ids: &mut Vec<u32>, values: &mut Vec<f32>| {
+        RecordBatch::try_new(
             schema.clone(),
             vec![
-                Arc::new(UInt64Array::from(set.user_ids[start..end].to_vec())),
-                Arc::new(UInt32Array::from(set.feature_ids[start..end].to_vec())),
-                Arc::new(Float32Array::from(set.values[start..end].to_vec())),
+                Arc::new(UInt64Array::from(std::mem::take(users))),
+                Arc::new(UInt32Array::from(std::mem::take(ids))),
+                Arc::new(Float32Array::from(std::mem::take(values))),
             ],
         )
         .map_err(|e| FeatureError::Result {
             family: "features table".into(),
             problem: e.to_string(),
-        })?;
-        batches.push(batch);
+        })
+    };
+    for index in 0..parts {
+        let (mut users, mut ids, mut values) = (Vec::new(), Vec::new(), Vec::new());
+        let mut batches = Vec::new();
+        // rows are sorted by user: each user's run of rows goes to its part whole
+        let mut start = 0;
+        while start < set.nnz() {
+            let user = set.user_ids[start];
+            let end = start + set.user_ids[start..].partition_point(|u| *u == user);
+            if parts == 1 || UserShard::of(user, parts) == index {
+                users.extend_from_slice(&set.user_ids[start..end]);
+                ids.extend_from_slice(&set.feature_ids[start..end]);
+                values.extend_from_slice(&set.values[start..end]);
+                if users.len() >= 1 << 20 {
+                    batches.push(batch(&mut users, &mut ids, &mut values)?);
+                }
+            }
+            start = end;
+        }
+        if !users.is_empty() || batches.is_empty() {
+            batches.push(batch(&mut users, &mut ids, &mut values)?);
+        }
+        let path = layout::features_part(set.as_of, index, parts);
+        store.write_parquet(&path, schema.clone(), &batches).await?;
     }
-    store
-        .write_parquet(&layout::features_file(set.as_of), schema, &batches)
-        .await?;
     // users without any feature are scored too: keep the population next to the rows
     let users_schema = Arc::new(Schema::new(vec![Field::new(
         "user_id",
@@ -60,16 +82,35 @@ pub async fn write(store: &Store, set: &FeatureSet) -> Result<(), FeatureError> 
             &[users],
         )
         .await?;
-    info!(as_of = %set.as_of, rows = set.nnz(), "features written");
+    info!(as_of = %set.as_of, rows = set.nnz(), parts, "features written");
     Ok(())
 }
 
 /// Reads back what `write` wrote for `as_of`: the set a resumed run continues with.
 pub async fn read(store: &Store, as_of: NaiveDate) -> Result<FeatureSet, FeatureError> {
+    read_users(store, as_of, None).await
+}
+
+/// The users of `shard` in what `write` wrote for `as_of`: their one part file when it was
+/// written in `shard.count` parts, else the rows of every part that belong to them.
+pub async fn read_part(
+    store: &Store,
+    as_of: NaiveDate,
+    shard: UserShard,
+) -> Result<FeatureSet, FeatureError> {
+    read_users(store, as_of, Some(shard)).await
+}
+
+async fn read_users(
+    store: &Store,
+    as_of: NaiveDate,
+    shard: Option<UserShard>,
+) -> Result<FeatureSet, FeatureError> {
     let problem = |problem: String| FeatureError::Result {
         family: layout::features(as_of),
         problem,
     };
+    let mine = |user: u64| shard.is_none_or(|shard| shard.contains(user));
     let mut set = FeatureSet {
         as_of,
         users: Vec::new(),
@@ -85,21 +126,38 @@ pub async fn read(store: &Store, as_of: NaiveDate) -> Result<FeatureSet, Feature
             .column(0)
             .as_primitive_opt::<UInt64Type>()
             .ok_or_else(|| problem("users.parquet: user_id is not UInt64".into()))?;
-        set.users.extend(users.values().iter());
+        set.users
+            .extend(users.values().iter().copied().filter(|&u| mine(u)));
     }
-    for batch in store.read_parquet(&layout::features_file(as_of)).await? {
-        let (Some(users), Some(ids), Some(values)) = (
-            batch.column(0).as_primitive_opt::<UInt64Type>(),
-            batch.column(1).as_primitive_opt::<UInt32Type>(),
-            batch.column(2).as_primitive_opt::<Float32Type>(),
-        ) else {
-            return Err(problem(
-                "part-00000.parquet does not have the features schema".into(),
-            ));
-        };
-        set.user_ids.extend(users.values().iter());
-        set.feature_ids.extend(ids.values().iter());
-        set.values.extend(values.values().iter());
+    let mut files = store.row_parts(&layout::features(as_of)).await?;
+    if let Some(shard) = shard {
+        let own = layout::features_part(as_of, shard.index, shard.count);
+        if files.contains(&own) {
+            files = vec![own];
+        }
+    }
+    for file in &files {
+        for batch in store.read_parquet(file).await? {
+            let (Some(users), Some(ids), Some(values)) = (
+                batch.column(0).as_primitive_opt::<UInt64Type>(),
+                batch.column(1).as_primitive_opt::<UInt32Type>(),
+                batch.column(2).as_primitive_opt::<Float32Type>(),
+            ) else {
+                return Err(problem(format!("{file} does not have the features schema")));
+            };
+            for i in 0..batch.num_rows() {
+                let user = users.value(i);
+                if mine(user) {
+                    set.user_ids.push(user);
+                    set.feature_ids.push(ids.value(i));
+                    set.values.push(values.value(i));
+                }
+            }
+        }
+    }
+    // parts hold disjoint users, each sorted: the rows of several parts are merged by user
+    if files.len() > 1 {
+        set.sort_by_user();
     }
     Ok(set)
 }

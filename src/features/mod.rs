@@ -32,7 +32,7 @@ use tracing::debug;
 
 pub use config::{Aggregate, FeatureConfig, FeatureFamily, Ratio, Transform};
 pub use dictionary::FeatureDictionary;
-pub use io::{read, write};
+pub use io::{read, read_part, write};
 pub use plan::{family_queries, population};
 pub use what_if::WhatIf;
 
@@ -111,6 +111,16 @@ impl FeatureSet {
             }
             start = end;
         }
+    }
+
+    /// Orders the rows by user, keeping each user's rows in their order (rows read from
+    /// several parts, each sorted, every user in one of them).
+    pub fn sort_by_user(&mut self) {
+        let mut order: Vec<usize> = (0..self.nnz()).collect();
+        order.sort_by_key(|&i| self.user_ids[i]);
+        self.user_ids = order.iter().map(|&i| self.user_ids[i]).collect();
+        self.feature_ids = order.iter().map(|&i| self.feature_ids[i]).collect();
+        self.values = order.iter().map(|&i| self.values[i]).collect();
     }
 
     pub fn distinct_features(&self) -> usize {

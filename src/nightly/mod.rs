@@ -3,10 +3,11 @@
 //! report to `runs/<date>/report.json` and returns it for the command's summary.
 //!
 //! A run holds the date's `lease` while it works and records a `checkpoint` after each stage
-//! whose output is in the store (validate, features, train, score, publish), so `--resume`
-//! continues an interrupted run; limits and suggestions are recomputed from the stored scores
-//! (they are pure functions of them). Scoring can be split over machines with `score_shard`
-//! (`shard`); the resumed run merges the shards and publishes them as one table.
+//! whose output is in the store (validate, features, train, each user part, publish), so
+//! `--resume` continues an interrupted run. The per-user stages (score, limits, suggest) run
+//! one user part at a time (`parts`), so the job's node never holds every user's rows; the
+//! parts can be spread over machines with `decide_shard`, and the resumed run publishes them
+//! as one table.
 //!
 //! This module owns the run's options, outcome and error; `stages` orders the stages and
 //! moves their outputs between them, `report` writes what a run did. Each stage's module owns
@@ -14,8 +15,8 @@
 
 pub mod checkpoint;
 pub mod lease;
+mod parts;
 mod report;
-mod shard;
 mod stages;
 
 use std::time::Duration;
@@ -36,8 +37,8 @@ use crate::sources::{self, SourceError};
 use crate::store::{Store, StoreError, layout};
 use crate::training::TrainingError;
 
+pub use parts::{ShardReport, decide_shard};
 pub use report::{NightlyReport, StageTime};
-pub use shard::{ShardReport, score_shard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NightlyError {
@@ -168,7 +169,8 @@ pub struct RunOptions {
     pub resume: bool,
     /// run a date again although it finished (`nothing_to_do` is then false)
     pub rerun: bool,
-    /// stop once this stage's checkpoint is written (e.g. `train`, before sharded scoring)
+    /// stop once this stage's checkpoint is written (e.g. `train`, before sharded user parts;
+    /// `score`, `limits` and `suggest` run together part by part: each stops after them all)
     pub stop_after: Option<Stage>,
     /// where the DataFusion queries run
     pub engine: Engine,

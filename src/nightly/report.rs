@@ -8,16 +8,13 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::NightlyError;
+use super::parts::Decided;
 use super::stages::{Featured, Progress, Run, Trained};
-use crate::dataset::Csr;
-use crate::features::FeatureDictionary;
 use crate::features::FeatureReport;
 use crate::features::stats::{Drift, Strength};
 use crate::model::Metrics;
-use crate::model::evaluation::segment_values;
-use crate::model::metrics::{self, Outcome, SegmentMetrics};
-use crate::policy::{Reason, Withheld};
-use crate::publish::{LimitRow, Manifest};
+use crate::model::metrics::SegmentMetrics;
+use crate::publish::Manifest;
 use crate::sources::SourceReport;
 use crate::store::{Store, layout};
 
@@ -99,6 +96,18 @@ impl Stopwatch {
         }
     }
 
+    /// Stage times measured elsewhere (summed over user parts), then a new lap from now.
+    pub fn record(&mut self, times: &[(&str, f64)]) {
+        for (stage, seconds) in times {
+            info!(stage, seconds, "stage done");
+            self.stages.push(StageTime {
+                stage: stage.to_string(),
+                seconds: *seconds,
+            });
+        }
+        self.stage = Instant::now();
+    }
+
     pub fn lap(&mut self, stage: &str) -> f64 {
         let seconds = self.stage.elapsed().as_secs_f64();
         info!(stage, seconds, "stage done");
@@ -117,16 +126,11 @@ impl NightlyReport {
         sources: Vec<SourceReport>,
         featured: Featured,
         trained: Trained,
-        rows: &[LimitRow],
+        decided: &Decided,
         manifest: Manifest,
         progress: Progress,
     ) -> NightlyReport {
-        let users_with = |reason: &dyn Fn(&Reason) -> bool| {
-            rows.iter()
-                .filter(|r| r.decision.reasons.iter().any(reason))
-                .count()
-        };
-        let credit: Vec<f64> = rows.iter().map(|r| r.decision.credit_limit).collect();
+        let counts = &decided.counts;
         NightlyReport {
             root: run.store.url().to_string(),
             run_date: run.run_date,
@@ -144,20 +148,12 @@ impl NightlyReport {
             holdout: trained.holdout,
             oracle_auc: trained.oracle_auc,
             visible_oracle_auc: trained.visible_oracle_auc,
-            scored_users: rows.len(),
-            limit_distribution: crate::policy::distribution(&credit),
-            capped_by_request: users_with(&|r| *r == Reason::CappedByUserRequest),
-            boosted: rows
-                .iter()
-                .filter(|r| r.decision.certificate_boost > 0.0)
-                .count(),
-            boosts_withheld_for_fraud: users_with(&|r| {
-                matches!(r, Reason::BoostWithheld(Withheld::Fraud(_)))
-            }),
-            with_scenario_limits: rows
-                .iter()
-                .filter(|r| !r.decision.scenarios.is_empty())
-                .count(),
+            scored_users: decided.totals.rows as usize,
+            limit_distribution: decided.totals.bands.clone(),
+            capped_by_request: counts.capped_by_request,
+            boosted: counts.boosted,
+            boosts_withheld_for_fraud: counts.boosts_withheld_for_fraud,
+            with_scenario_limits: counts.with_scenario_limits,
             fairness: Vec::new(),
             protected: Vec::new(),
             erasures: Default::default(),
@@ -180,41 +176,6 @@ pub(super) fn segment_families(run: &Run<'_>) -> Vec<String> {
         }
     }
     families
-}
-
-/// Tonight's published decisions by segment (`rows` are the scored rows, in the order of
-/// `published`), with the AUC of the holdout's segments merged in and every ratio set.
-pub(super) fn fairness(
-    run: &Run<'_>,
-    rows: &Csr,
-    dictionary: &FeatureDictionary,
-    published: &[LimitRow],
-    trained: &Trained,
-) -> Vec<SegmentMetrics> {
-    let holdout = &trained.holdout_segments;
-    let pd: Vec<f64> = published.iter().map(|r| r.pd).collect();
-    let outcomes: Vec<Outcome> = published
-        .iter()
-        .map(|r| Outcome {
-            approved: r.decision.grade != crate::policy::Grade::Decline,
-            limit: r.decision.credit_limit,
-        })
-        .collect();
-    segment_families(run)
-        .iter()
-        .flat_map(|family| {
-            let values = segment_values(rows, dictionary, family);
-            let mut segments = metrics::by_segment(family, &values, &pd, &[], &outcomes);
-            for s in &mut segments {
-                s.auc = holdout
-                    .iter()
-                    .find(|h| h.segment == s.segment && h.value == s.value)
-                    .and_then(|h| h.auc);
-            }
-            metrics::set_ratios(&mut segments);
-            segments
-        })
-        .collect()
 }
 
 /// Writes `runs/<date>/report.json`: the last write of a run that published.

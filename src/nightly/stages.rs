@@ -9,29 +9,26 @@ use std::time::Instant;
 use burn::tensor::Device;
 use chrono::NaiveDate;
 use datafusion::prelude::SessionContext;
-use rayon::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::checkpoint::Checkpoints;
 use super::lease::Lease;
+use super::parts::{Decided, PartWork};
 use super::report::{self, Stopwatch};
-use super::{NightlyError, RunOptions, RunOutcome, Stage, shard};
+use super::{NightlyError, RunOptions, RunOutcome, Stage};
 use crate::audit;
 use crate::config::Pipelines;
-use crate::dataset::{self, Csr};
+use crate::dataset;
 use crate::features::stats::{self, Drift, Strength};
 use crate::features::{self, FeatureDictionary, FeatureReport, FeatureSet};
 use crate::model::evaluation::segment_values;
 use crate::model::metrics::SegmentMetrics;
 use crate::model::{self, Metrics, Model};
-use crate::policy::{Decision, PolicyInputs, Reason, UserFacts};
-use crate::publish::{self, LimitRow, Lineage, Manifest};
-use crate::scoring::{self, Scores};
+use crate::publish::{self, Lineage, Manifest};
 use crate::sources::{self, SourceReport};
 use crate::store::{Store, layout};
-use crate::suggestions;
 use crate::training::{self, OracleAuc, Promote};
 
 /// What every stage of one run reads: where, when, with which configuration and options.
@@ -69,7 +66,7 @@ impl<'a> Run<'a> {
     }
 
     /// Ok while the run still holds its lease (see `lease`'s fencing).
-    fn still_leased(&self) -> Result<(), NightlyError> {
+    pub(super) fn still_leased(&self) -> Result<(), NightlyError> {
         Ok(self.lease.check()?)
     }
 
@@ -141,20 +138,11 @@ pub(super) struct Featured {
     pub most_drifted: Vec<Drift>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct Scored {
-    pub users: usize,
-    /// set when the scores are the merge of this many shards
-    pub shards: Option<usize>,
-}
-
-/// What the features stage leaves in memory for the stages after it in the same process
-/// (the same data a resumed run reads back from the store).
+/// What the features stage leaves in memory for the train stage in the same process (a
+/// resumed run reads the training features back from the store instead).
 struct Built {
     training: FeatureSet,
-    scoring: FeatureSet,
     labels: HashMap<u64, bool>,
-    dictionary: FeatureDictionary,
 }
 
 /// Every stage of `run`, in order, from its checkpoints where a resumed run has them.
@@ -173,68 +161,69 @@ pub(super) async fn run_stages(run: &Run<'_>) -> Result<RunOutcome, NightlyError
     if run.stops_after(Stage::Features) {
         return Ok(progress.stopped(Stage::Features));
     }
-    let dictionary = match &built {
-        Some(built) => built.dictionary.clone(),
-        None => FeatureDictionary::load(run.store).await?,
-    };
+    let dictionary = FeatureDictionary::load(run.store).await?;
     run.still_leased()?;
     let (trained, _) = progress
-        .checkpointed(Stage::Train, train_stage(run, &dictionary, built.as_ref()))
+        .checkpointed(Stage::Train, train_stage(run, &dictionary, built.take()))
         .await?;
     if run.stops_after(Stage::Train) {
         return Ok(progress.stopped(Stage::Train));
     }
+    run.still_leased()?;
     let model = model::load(run.store, &trained.model_version, &run.device).await?;
     model.check_dictionary(&dictionary)?;
-    let scoring_rows = Csr::from_features(&match built {
-        Some(built) => built.scoring,
-        None => features::read(run.store, run.run_date).await?,
-    });
-    run.still_leased()?;
-    let scores = score(run, &mut progress, &model, &scoring_rows, &dictionary).await?;
-    if run.stops_after(Stage::Score) {
-        return Ok(progress.stopped(Stage::Score));
+    let decided = decide_users(run, &mut progress, &model, &dictionary, &trained).await?;
+    if [Stage::Score, Stage::Limits, Stage::Suggest]
+        .iter()
+        .any(|stage| run.stops_after(*stage))
+    {
+        return Ok(progress.stopped(run.options.stop_after.unwrap_or(Stage::Suggest)));
     }
     run.still_leased()?;
-    let (inputs, facts, decisions) = limits(run, &scores).await?;
-    progress.clock.lap(Stage::Limits.name());
-    if run.stops_after(Stage::Limits) {
-        return Ok(progress.stopped(Stage::Limits));
-    }
-    run.still_leased()?;
-    let rows = suggest(
-        run,
-        &model,
-        &scoring_rows,
-        &dictionary,
-        &scores,
-        &inputs,
-        &facts,
-        decisions,
-    )
-    .await?;
-    progress.clock.lap(Stage::Suggest.name());
-    if run.stops_after(Stage::Suggest) {
-        return Ok(progress.stopped(Stage::Suggest));
-    }
-    run.still_leased()?;
-    let audit = AuditInputs {
-        model: &model,
-        rows: &scoring_rows,
-        dictionary: &dictionary,
-        scores: &scores,
-        facts: &facts,
-    };
-    let manifest = publish(run, &mut progress, &rows, audit).await?;
+    let manifest = publish(run, &mut progress, &decided, &model, &dictionary).await?;
     // data derived before an erasure request is rewritten without the user, tonight
     let erasures = audit::erase::apply(run.store).await?;
-    let fairness = report::fairness(run, &scoring_rows, &dictionary, &rows, &trained);
-    let mut report =
-        report::NightlyReport::new(run, sources, featured, trained, &rows, manifest, progress);
+    let fairness = decided.fairness(run, &trained);
+    let mut report = report::NightlyReport::new(
+        run, sources, featured, trained, &decided, manifest, progress,
+    );
     (report.fairness, report.erasures) = (fairness, erasures);
     report.protected = run.pipelines.features.protected_families();
     report::write(run.store, &report).await?;
     Ok(RunOutcome::Published(Box::new(report)))
+}
+
+/// The per-user stages, one user part at a time (`parts`): every part's scores, limits and
+/// suggestions decided and written, or taken from its checkpoint. Their times, summed over
+/// the parts, are the score, limits and suggest stages' and "write parts" (decision records
+/// and table parts).
+async fn decide_users(
+    run: &Run<'_>,
+    progress: &mut Progress,
+    model: &Model,
+    dictionary: &FeatureDictionary,
+    trained: &Trained,
+) -> Result<Decided, NightlyError> {
+    let run_id = progress.checkpoints.run.run_id.clone();
+    let work = PartWork::load(run, &run_id, model, dictionary).await?;
+    let count = run.pipelines.nightly.publish.parts.max(1);
+    let parts = work
+        .decide_parts(&progress.checkpoints, count, None)
+        .await?;
+    let decided = Decided::of(parts, &trained.model_version)?;
+    if decided.resumed > 0 {
+        progress
+            .resumed
+            .push(format!("{} of {count} user parts", decided.resumed));
+    }
+    let seconds = &decided.seconds;
+    progress.clock.record(&[
+        (Stage::Score.name(), seconds.score),
+        (Stage::Limits.name(), seconds.limits),
+        (Stage::Suggest.name(), seconds.suggest),
+        ("write parts", seconds.write),
+    ]);
+    Ok(decided)
 }
 
 /// This run's checkpoints: the interrupted run's on `--resume` (a fresh run when there is
@@ -284,81 +273,68 @@ async fn validate(
     Ok(reports)
 }
 
-/// Features as of the training date and the run date, written with their stats; what they
-/// are in memory goes to `built` for the stages after.
+/// Features as of the training date and the run date, each built, committed to the
+/// dictionary, written in user parts and described by its stats before the next is built, so
+/// one set is in memory at a time; the training set goes to `built` for the train stage.
 async fn features_stage(
     run: &Run<'_>,
     built: &mut Option<Built>,
 ) -> Result<Featured, NightlyError> {
     let (store, ctx) = (run.store, run.ctx);
+    let parts = run.pipelines.nightly.publish.parts;
+    let labels = dataset::labels(ctx, run.training_as_of, &run.pipelines.nightly.label).await?;
     let mut dictionary = FeatureDictionary::load(store).await?;
     let mut reports = Vec::new();
-    let mut sets = Vec::new();
+    let mut stats = Vec::new();
     for as_of in [run.training_as_of, run.run_date] {
         let started = Instant::now();
-        let set =
+        let mut set =
             features::build(ctx, store, &run.pipelines.features, &mut dictionary, as_of).await?;
-        reports.push((as_of, started.elapsed().as_secs_f64()));
-        sets.push(set);
+        // ids are committed before any feature file uses them; a writer that lost the race
+        // appended to the winner's dictionary, and its features take the ids committed (ids
+        // committed before keep theirs, so the set written already stays right)
+        set.remap(&dictionary.commit(store).await?);
+        features::write(store, &set, parts).await?;
+        reports.push(FeatureReport {
+            as_of,
+            users: set.users.len(),
+            rows: set.nnz(),
+            distinct_features: set.distinct_features(),
+            dictionary_size: dictionary.len(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        let labelled = (as_of == run.training_as_of).then_some(&labels);
+        stats.push(feature_stats(run, as_of, &set, labelled, &dictionary).await?);
+        if as_of == run.training_as_of {
+            *built = Some(Built {
+                training: set,
+                labels: labels.clone(),
+            });
+        }
     }
-    // ids are committed before any feature file uses them; a writer that lost the race
-    // appended to the winner's dictionary, and its features take the ids committed
-    let remap = dictionary.commit(store).await?;
-    let mut reports: Vec<FeatureReport> = reports
-        .into_iter()
-        .zip(&mut sets)
-        .map(|((as_of, seconds), set)| {
-            set.remap(&remap);
-            FeatureReport {
-                as_of,
-                users: set.users.len(),
-                rows: set.nnz(),
-                distinct_features: set.distinct_features(),
-                dictionary_size: dictionary.len(),
-                seconds,
-            }
-        })
-        .collect();
-    for (set, report) in sets.iter().zip(&mut reports) {
-        let started = Instant::now();
-        features::write(store, set).await?;
-        report.seconds += started.elapsed().as_secs_f64();
-    }
-    let [training, scoring]: [FeatureSet; 2] = sets.try_into().expect("two as-of dates");
-    let labels = dataset::labels(ctx, run.training_as_of, &run.pipelines.nightly.label).await?;
-    let featured = feature_stats(run, reports, &training, &scoring, &labels, &dictionary).await?;
-    *built = Some(Built {
-        training,
-        scoring,
-        labels,
-        dictionary,
-    });
-    Ok(featured)
-}
-
-/// Stats of both feature sets: IV and AUC where labels exist (the training date), PSI
-/// against the newest earlier stats (normally the previous night's).
-async fn feature_stats(
-    run: &Run<'_>,
-    reports: Vec<FeatureReport>,
-    training: &FeatureSet,
-    scoring: &FeatureSet,
-    labels: &HashMap<u64, bool>,
-    dictionary: &FeatureDictionary,
-) -> Result<Featured, NightlyError> {
-    let store = run.store;
-    let (_, before_training) = stats::previous(store, run.training_as_of).await?;
-    let training_stats = stats::compute(training, Some(labels), &before_training);
-    stats::write(store, run.training_as_of, &training_stats, dictionary).await?;
-    let (drift_baseline, before_tonight) = stats::previous(store, run.run_date).await?;
-    let tonight_stats = stats::compute(scoring, None, &before_tonight);
-    stats::write(store, run.run_date, &tonight_stats, dictionary).await?;
+    let [(_, training_stats), (drift_baseline, tonight_stats)]: [_; 2] =
+        stats.try_into().expect("two as-of dates");
     Ok(Featured {
         reports,
-        strongest: stats::strongest(&training_stats, dictionary, 10),
+        strongest: stats::strongest(&training_stats, &dictionary, 10),
         drift_baseline,
-        most_drifted: stats::most_drifted(&tonight_stats, dictionary, 10),
+        most_drifted: stats::most_drifted(&tonight_stats, &dictionary, 10),
     })
+}
+
+/// Stats of one feature set, written: IV and AUC where labels exist (the training date), PSI
+/// against the newest earlier stats (normally the previous night's), whose date comes along.
+async fn feature_stats(
+    run: &Run<'_>,
+    as_of: NaiveDate,
+    set: &FeatureSet,
+    labels: Option<&HashMap<u64, bool>>,
+    dictionary: &FeatureDictionary,
+) -> Result<(Option<NaiveDate>, Vec<stats::FeatureStats>), NightlyError> {
+    let (baseline, before) = stats::previous(run.store, as_of).await?;
+    let computed = stats::compute(set, labels, &before);
+    stats::write(run.store, as_of, &computed, dictionary).await?;
+    Ok((baseline, computed))
 }
 
 /// The champion, or a model trained and promoted tonight when the root has none, with how it
@@ -366,12 +342,13 @@ async fn feature_stats(
 async fn train_stage(
     run: &Run<'_>,
     dictionary: &FeatureDictionary,
-    built: Option<&Built>,
+    built: Option<Built>,
 ) -> Result<Trained, NightlyError> {
     let (store, device) = (run.store, &run.device);
     let config = &run.pipelines.nightly;
     let training_set = match built {
         Some(built) => dataset::training_set(&built.training, &built.labels)?,
+        // a resumed run, or one whose features were built by an earlier try
         None => {
             let features = features::read(store, run.training_as_of).await?;
             let labels = dataset::labels(run.ctx, run.training_as_of, &config.label).await?;
@@ -443,167 +420,37 @@ async fn scoring_model(
     Ok((model, true, forced_past))
 }
 
-/// Every user's scores: the merge of the shards when all of one count completed, else
-/// scored here; written to `scores/`. A resumed run reads them back.
-async fn score(
-    run: &Run<'_>,
-    progress: &mut Progress,
-    model: &Model,
-    rows: &Csr,
-    dictionary: &FeatureDictionary,
-) -> Result<Scores, NightlyError> {
-    let (store, run_date) = (run.store, run.run_date);
-    let shards = shard::complete_shards(store, &progress.checkpoints, run_date).await?;
-    let mut computed = None;
-    let compute = async {
-        let scores = match shards {
-            Some(count) => {
-                info!(shards = count, "merging the scores of {count} shards");
-                scoring::merge_shards(store, run_date, count).await?
-            }
-            None => {
-                let withheld = run.pipelines.features.protected_families();
-                let reasons = scoring::ReasonCodes {
-                    per_user: run.pipelines.nightly.evaluation.reasons_per_user,
-                    withheld_families: &withheld,
-                };
-                scoring::score(model, rows, dictionary, reasons, &run.device)
-            }
-        };
-        if scores.users != rows.users {
-            return Err(NightlyError::NotReady(format!(
-                "the scores of {run_date} cover {} users, the features {}: rerun the shards",
-                scores.users.len(),
-                rows.users.len()
-            )));
-        }
-        scoring::write(store, run_date, &scores).await?;
-        let scored = Scored {
-            users: scores.users.len(),
-            shards,
-        };
-        computed = Some(scores);
-        Ok::<_, NightlyError>(scored)
-    };
-    progress.checkpointed(Stage::Score, compute).await?;
-    match computed {
-        Some(scores) => Ok(scores),
-        None => Ok(scoring::read(store, run_date).await?),
-    }
-}
-
-/// The policy's decision for every scored user, with the facts it weighed.
-async fn limits(
-    run: &Run<'_>,
-    scores: &Scores,
-) -> Result<(PolicyInputs, Vec<UserFacts>, Vec<Decision>), NightlyError> {
-    let (store, run_date) = (run.store, run.run_date);
-    let policy = &run.pipelines.policy;
-    let snapshot = sources::snapshot_before(store, "profiles", run_date).await?;
-    let inputs = crate::policy::load_inputs(run.ctx, run_date, snapshot, policy).await?;
-    let previous = publish::limits_before(store, run_date).await?;
-    let facts: Vec<UserFacts> = scores
-        .users
-        .par_iter()
-        .map(|user| inputs.facts(*user, previous.get(user)))
-        .collect();
-    let decisions: Vec<Decision> = (0..scores.users.len())
-        .into_par_iter()
-        .map(|i| policy.decide(scores.pd[i], &facts[i]))
-        .collect();
-    Ok((inputs, facts, decisions))
-}
-
-/// The published rows: each decision with the model's reasons after the policy's, and the
-/// certificates that would raise the limit.
-#[allow(clippy::too_many_arguments)]
-async fn suggest(
-    run: &Run<'_>,
-    model: &Model,
-    rows: &Csr,
-    dictionary: &FeatureDictionary,
-    scores: &Scores,
-    inputs: &PolicyInputs,
-    facts: &[UserFacts],
-    decisions: Vec<Decision>,
-) -> Result<Vec<LimitRow>, NightlyError> {
-    let candidates = suggestions::representatives(&inputs.certificates);
-    let what_ifs = suggestions::what_ifs(
-        &run.pipelines.features,
-        dictionary,
-        &candidates,
-        run.run_date,
-    )
-    .await?;
-    let suggested = suggestions::suggest(
-        model,
-        rows,
-        &run.pipelines.policy,
-        facts,
-        &decisions,
-        &candidates,
-        &what_ifs,
-        &run.device,
-        run.pipelines.nightly.evaluation.suggestions_per_user,
-    );
-    Ok(decisions
-        .into_par_iter()
-        .zip(suggested.into_par_iter())
-        .enumerate()
-        .map(|(i, (mut decision, suggestions))| {
-            let model_reasons = scores.reasons[i].iter().cloned().map(Reason::Model);
-            decision.reasons.extend(model_reasons);
-            LimitRow {
-                user_id: scores.users[i],
-                pd: scores.pd[i],
-                decision,
-                suggestions,
-            }
-        })
-        .collect())
-}
-
-/// What the decision records and the lineage of a publish are made of.
-struct AuditInputs<'a> {
-    model: &'a Model,
-    rows: &'a Csr,
-    dictionary: &'a FeatureDictionary,
-    scores: &'a Scores,
-    facts: &'a [UserFacts],
-}
-
-/// Every user's decision record in the run's folder, and the lineage the manifest keeps.
+/// The run's lineage (the decision records the parts wrote, copies of its features and
+/// scores, its configuration) for the manifest.
 async fn record(
     run: &Run<'_>,
     run_id: &str,
-    audit: &AuditInputs<'_>,
+    decided: &Decided,
+    model: &Model,
+    dictionary: &FeatureDictionary,
 ) -> Result<Lineage, NightlyError> {
-    let folder = layout::run_folder(run.run_date, run_id);
-    let reasons =
-        audit::records::model_reasons(audit.model, audit.rows, audit.dictionary, audit.scores);
-    let decisions =
-        audit::records::write(run.store, &folder, audit.scores, audit.facts, &reasons).await?;
     let lineage = audit::lineage::RunLineage {
         run_date: run.run_date,
         run_id,
         lease_holder: run.lease.holder(),
         pipelines: run.pipelines,
-        dictionary: audit.dictionary,
-        model_version: &audit.model.card.version,
-        decisions,
+        dictionary,
+        model_version: &model.card.version,
+        decisions: decided.decisions.clone(),
         training_as_of: run.training_as_of,
     };
     Ok(audit::lineage::capture(run.store, lineage).await?)
 }
 
 /// The committed manifest: this run's earlier commit when it crashed between the commit and
-/// its checkpoint (the commit carries the run id), else a gated publish now, after the
-/// run's decision records and lineage are written.
+/// its checkpoint (the commit carries the run id), else a gated commit now of the parts the
+/// per-user stages wrote, after the run's lineage is written.
 async fn publish(
     run: &Run<'_>,
     progress: &mut Progress,
-    rows: &[LimitRow],
-    audit: AuditInputs<'_>,
+    decided: &Decided,
+    model: &Model,
+    dictionary: &FeatureDictionary,
 ) -> Result<Manifest, NightlyError> {
     let store = run.store;
     let run_id = progress.checkpoints.run.run_id.clone();
@@ -613,26 +460,34 @@ async fn publish(
             recovered = true;
             return Ok::<_, NightlyError>(manifest);
         }
-        let lineage = record(run, &run_id, &audit).await?;
+        let lineage = record(run, &run_id, decided, model, dictionary).await?;
         let fence = || run.lease.check().map_err(|e| e.to_string());
         let publication = publish::Publication {
             as_of: run.run_date,
-            model_version: &audit.model.card.version,
+            model_version: &model.card.version,
             policy_version: &run.pipelines.policy.version,
             run_id: Some(&run_id),
             lineage: Some(&lineage),
             fence: Some(&fence),
         };
         let config = &run.pipelines.nightly.publish;
-        let published =
-            publish::publish_gated(store, rows, &publication, config, run.options.force).await;
+        let tables = decided.tables.clone();
+        let force = run.options.force;
+        let published = publish::commit_parts_gated(
+            store,
+            tables,
+            &decided.totals,
+            &publication,
+            config,
+            force,
+        )
+        .await;
         if published.is_err() {
-            // nothing refers to the records of a publish that did not happen; a later try
-            // writes them again
-            let written = std::iter::once(&lineage.decisions).chain(&lineage.outputs);
-            for file in written {
+            // nothing refers to the copies of a publish that did not happen; a later try
+            // copies again (the parts' own files stay: their checkpoints name them)
+            for file in &lineage.outputs {
                 if let Err(error) = store.delete(&file.path).await {
-                    tracing::warn!(%error, "could not remove the records of a failed publish");
+                    tracing::warn!(%error, "could not remove the copies of a failed publish");
                 }
             }
         }

@@ -204,15 +204,15 @@ impl Manifest {
         let lineage = self.lineage.iter();
         self.files
             .iter()
-            .chain(lineage.flat_map(|l| std::iter::once(&l.decisions).chain(&l.outputs)))
+            .chain(lineage.flat_map(|l| l.decisions.iter().chain(&l.outputs)))
     }
 
     /// [`Manifest::data_files`], to rewrite in place (erasure), in the same order.
     fn data_files_mut(&mut self) -> impl Iterator<Item = &mut DataFile> {
         let lineage = self.lineage.iter_mut();
-        self.files.iter_mut().chain(
-            lineage.flat_map(|l| std::iter::once(&mut l.decisions).chain(l.outputs.iter_mut())),
-        )
+        self.files
+            .iter_mut()
+            .chain(lineage.flat_map(|l| l.decisions.iter_mut().chain(l.outputs.iter_mut())))
     }
 }
 
@@ -240,13 +240,44 @@ pub struct Lineage {
     /// the run's own folder: its input listing, effective policy and decision records
     pub run_folder: String,
     /// every user's decision record (the facts the policy weighed, the model's reasons with
-    /// the feature values behind them)
-    pub decisions: DataFile,
+    /// the feature values behind them): one file, or one per user part (each with its shard
+    /// and rows); written as one object when there is one, as versions before parts did
+    #[serde(with = "one_or_many")]
+    pub decisions: Vec<DataFile>,
     /// the run's own copies of the features (as of the training date and the run date) and
     /// scores the version was decided from: a rerun of the date replaces `features/` and
     /// `scores/`, never these
     #[serde(default)]
     pub outputs: Vec<DataFile>,
+}
+
+/// A list of files kept as one object when it holds one (what readers older than the list
+/// expect), as an array otherwise.
+mod one_or_many {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::DataFile;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(DataFile),
+        Many(Vec<DataFile>),
+    }
+
+    pub fn serialize<S: Serializer>(files: &[DataFile], to: S) -> Result<S::Ok, S::Error> {
+        match files {
+            [one] => one.serialize(to),
+            many => many.serialize(to),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(from: D) -> Result<Vec<DataFile>, D::Error> {
+        Ok(match OneOrMany::deserialize(from)? {
+            OneOrMany::One(file) => vec![file],
+            OneOrMany::Many(files) => files,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -360,33 +391,64 @@ async fn write_and_commit(
     forced_past: Vec<String>,
     parts: u32,
 ) -> Result<Manifest, PublishError> {
-    let as_of = publication.as_of;
-    let now = Utc::now();
-    // unique even for two writers of one version: the loser's files are never visible
-    let run = format!(
-        "v{version:08}-{}-{}-{}",
-        as_of,
-        now.format("%Y%m%dT%H%M%S%.6f"),
-        std::process::id()
-    );
     table::refuse_non_finite(rows)?;
-    let written = write_parts(store, &run, rows, as_of, parts).await?;
+    let run = table_run(version, publication.as_of);
+    let files = write_parts(store, &run, rows, publication.as_of, parts).await?;
+    let totals = TableTotals::of(rows);
+    let written = Written::ForThisCommit;
+    commit_files(
+        store,
+        version,
+        files,
+        &totals,
+        publication,
+        forced_past,
+        written,
+    )
+    .await
+}
+
+/// Whose the files of a commit are: a fenced-off writer removes files it wrote for the commit,
+/// never parts a run checkpointed (the run's next holder commits those).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    ForThisCommit,
+    Checkpointed,
+}
+
+/// A folder name for the data of `version` unique even for two writers of one version: the
+/// loser's files are never visible.
+fn table_run(version: u64, as_of: NaiveDate) -> String {
+    format!(
+        "v{version:08}-{as_of}-{}-{}",
+        Utc::now().format("%Y%m%dT%H%M%S%.6f"),
+        std::process::id()
+    )
+}
+
+/// Commits `files` (written, checked by their writers) as `version`, with `totals` for the
+/// manifest's figures; a fenced-off writer's files are removed instead when they were
+/// `written` for this commit.
+async fn commit_files(
+    store: &Store,
+    version: u64,
+    files: Vec<DataFile>,
+    totals: &TableTotals,
+    publication: &Publication<'_>,
+    forced_past: Vec<String>,
+    written: Written,
+) -> Result<Manifest, PublishError> {
     let manifest = Manifest {
         version,
-        as_of,
-        published_at: now.to_rfc3339(),
-        row_count: rows.len() as u64,
+        as_of: publication.as_of,
+        published_at: Utc::now().to_rfc3339(),
+        row_count: totals.rows,
         model_version: publication.model_version.to_string(),
         policy_version: publication.policy_version.to_string(),
-        mean_limit: mean_limit(rows),
-        files: written,
-        mean_pd: rows.iter().map(|r| r.pd).sum::<f64>() / rows.len().max(1) as f64,
-        limit_distribution: crate::policy::distribution(
-            &rows
-                .iter()
-                .map(|r| r.decision.credit_limit)
-                .collect::<Vec<_>>(),
-        ),
+        mean_limit: totals.mean_limit(),
+        files,
+        mean_pd: totals.pd_sum / totals.rows.max(1) as f64,
+        limit_distribution: totals.bands.clone(),
         forced_past,
         rollback_of: None,
         run_id: publication.run_id.map(str::to_string),
@@ -398,7 +460,11 @@ async fn write_and_commit(
         && let Err(why) = fence()
     {
         // unreferenced, so never visible; retention would remove them later if this fails
-        for file in &manifest.files {
+        let removable = manifest
+            .files
+            .iter()
+            .filter(|_| written == Written::ForThisCommit);
+        for file in removable {
             if let Err(error) = store.delete(&file.path).await {
                 tracing::warn!(%error, "could not remove a fenced writer's data file");
             }
@@ -406,7 +472,7 @@ async fn write_and_commit(
         return Err(PublishError::Fenced(why));
     }
     commit(store, &manifest).await?;
-    info!(version, rows = rows.len(), "limit table published");
+    info!(version, rows = totals.rows, "limit table published");
     Ok(manifest)
 }
 
@@ -426,24 +492,74 @@ async fn write_parts(
     }
     let mut written = Vec::with_capacity(split.len());
     for (index, part) in split.into_iter().enumerate() {
-        let path = layout::published_part(run, index as u32, parts);
-        let batch = table::to_batch(&part, as_of)?;
-        store.write_parquet(&path, batch.schema(), &[batch]).await?;
         let shard = UserShard {
             index: index as u32,
             count: parts,
         };
-        written.push(DataFile {
-            shard: (parts > 1).then(|| shard.to_string()),
-            rows: Some(part.len() as u64),
-            ..data_file(store, &path).await?
-        });
+        written.push(write_part(store, run, shard, &part, as_of).await?);
     }
     Ok(written)
 }
 
-fn mean_limit(rows: &[LimitRow]) -> f64 {
-    rows.iter().map(|r| r.decision.credit_limit).sum::<f64>() / rows.len().max(1) as f64
+/// Writes the rows of the users of `shard` as that part of the table in the folder `run`
+/// (`layout::published_part`); returns the file with its checksum, shard and row count.
+pub async fn write_part<R: std::borrow::Borrow<LimitRow>>(
+    store: &Store,
+    run: &str,
+    shard: UserShard,
+    rows: &[R],
+    as_of: NaiveDate,
+) -> Result<DataFile, PublishError> {
+    table::refuse_non_finite(rows)?;
+    let path = layout::published_part(run, shard.index, shard.count);
+    let batch = table::to_batch(rows, as_of)?;
+    store.write_parquet(&path, batch.schema(), &[batch]).await?;
+    Ok(DataFile {
+        shard: (shard.count > 1).then(|| shard.to_string()),
+        rows: Some(rows.len() as u64),
+        ..data_file(store, &path).await?
+    })
+}
+
+/// What a manifest and the gates need of a table: sums a writer of parts adds up part by part.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TableTotals {
+    pub rows: u64,
+    pub limit_sum: f64,
+    pub pd_sum: f64,
+    /// users per limit band (`policy::distribution`)
+    pub bands: Vec<(String, usize)>,
+}
+
+impl TableTotals {
+    pub fn of<'a>(rows: impl IntoIterator<Item = &'a LimitRow>) -> TableTotals {
+        let rows: Vec<&LimitRow> = rows.into_iter().collect();
+        let limits: Vec<f64> = rows.iter().map(|r| r.decision.credit_limit).collect();
+        TableTotals {
+            rows: rows.len() as u64,
+            limit_sum: limits.iter().sum(),
+            pd_sum: rows.iter().map(|r| r.pd).sum(),
+            bands: crate::policy::distribution(&limits),
+        }
+    }
+
+    /// These totals and `other`'s, as of one table holding both parts' rows.
+    pub fn add(&mut self, other: &TableTotals) {
+        self.rows += other.rows;
+        self.limit_sum += other.limit_sum;
+        self.pd_sum += other.pd_sum;
+        if self.bands.is_empty() {
+            self.bands = other.bands.clone();
+        } else {
+            for ((_, count), (_, more)) in self.bands.iter_mut().zip(&other.bands) {
+                *count += more;
+            }
+        }
+    }
+
+    pub fn mean_limit(&self) -> f64 {
+        self.limit_sum / self.rows.max(1) as f64
+    }
 }
 
 /// The create-only put of a manifest: the moment a version becomes visible.
@@ -467,25 +583,26 @@ async fn commit(store: &Store, manifest: &Manifest) -> Result<(), PublishError> 
     }
 }
 
-/// What the gates find wrong with publishing `rows` over `previous`; empty when it may go.
+/// What the gates find wrong with publishing a table of `totals` over `previous`; empty
+/// when it may go.
 pub fn gate_violations(
     previous: &Manifest,
-    rows: &[LimitRow],
+    totals: &TableTotals,
     config: &PublishConfig,
 ) -> Vec<String> {
     let mut violations = Vec::new();
-    let (before, now) = (previous.row_count as f64, rows.len() as f64);
+    let (before, now) = (previous.row_count as f64, totals.rows as f64);
     if before > 0.0 && (before - now) / before > config.max_row_drop_share {
         violations.push(format!(
             "row count {} is {:.1}% below version {}'s {} (max_row_drop_share {:.1}%)",
-            rows.len(),
+            totals.rows,
             100.0 * (before - now) / before,
             previous.version,
             previous.row_count,
             100.0 * config.max_row_drop_share
         ));
     }
-    let (before, now) = (previous.mean_limit, mean_limit(rows));
+    let (before, now) = (previous.mean_limit, totals.mean_limit());
     if before > 0.0 && ((now - before) / before).abs() > config.max_mean_limit_change {
         violations.push(format!(
             "mean limit {now:.0} moved {:+.1}% from version {}'s {before:.0} (max_mean_limit_change {:.1}%)",
@@ -497,19 +614,18 @@ pub fn gate_violations(
     violations
 }
 
-/// Publishes `rows` as the next version if the gates pass against the last published table;
-/// with `force`, publishes anyway and records what it went past. Then applies retention.
-pub async fn publish_gated(
+/// The next version's number if the gates pass a table of `totals` against the last published
+/// table, with what it went past when `force` publishes anyway.
+async fn gated_version(
     store: &Store,
-    rows: &[LimitRow],
-    publication: &Publication<'_>,
+    totals: &TableTotals,
     config: &PublishConfig,
     force: bool,
-) -> Result<Manifest, PublishError> {
+) -> Result<(u64, Vec<String>), PublishError> {
     let previous = latest(store).await?;
     let violations = previous
         .as_ref()
-        .map(|p| gate_violations(p, rows, config))
+        .map(|p| gate_violations(p, totals, config))
         .unwrap_or_default();
     if let Some(previous) = &previous
         && !violations.is_empty()
@@ -524,8 +640,58 @@ pub async fn publish_gated(
     if !violations.is_empty() {
         tracing::warn!(version, ?violations, "publishing past the gates (--force)");
     }
+    Ok((version, violations))
+}
+
+/// Publishes `rows` as the next version if the gates pass against the last published table;
+/// with `force`, publishes anyway and records what it went past. Then applies retention.
+pub async fn publish_gated(
+    store: &Store,
+    rows: &[LimitRow],
+    publication: &Publication<'_>,
+    config: &PublishConfig,
+    force: bool,
+) -> Result<Manifest, PublishError> {
+    let (version, forced_past) =
+        gated_version(store, &TableTotals::of(rows), config, force).await?;
     let manifest =
-        write_and_commit(store, version, rows, publication, violations, config.parts).await?;
+        write_and_commit(store, version, rows, publication, forced_past, config.parts).await?;
+    retain(store, config.keep()).await?;
+    Ok(manifest)
+}
+
+/// Commits a table its writer already wrote part by part (`files`, each with its shard and
+/// row count, adding up to `totals`) as the next version, gated as [`publish_gated`] is.
+pub async fn commit_parts_gated(
+    store: &Store,
+    files: Vec<DataFile>,
+    totals: &TableTotals,
+    publication: &Publication<'_>,
+    config: &PublishConfig,
+    force: bool,
+) -> Result<Manifest, PublishError> {
+    let counted: u64 = files.iter().filter_map(|f| f.rows).sum();
+    if counted != totals.rows {
+        return Err(PublishError::Manifest {
+            path: "the parts of the table to commit".to_string(),
+            problem: format!(
+                "the parts hold {counted} rows, their totals say {}",
+                totals.rows
+            ),
+        });
+    }
+    let (version, forced_past) = gated_version(store, totals, config, force).await?;
+    let written = Written::Checkpointed;
+    let manifest = commit_files(
+        store,
+        version,
+        files,
+        totals,
+        publication,
+        forced_past,
+        written,
+    )
+    .await?;
     retain(store, config.keep()).await?;
     Ok(manifest)
 }
@@ -776,13 +942,14 @@ pub async fn retain(store: &Store, keep: Keep) -> Result<Retention, PublishError
     Ok(report)
 }
 
-/// user_id -> policy limit (before the user's own cap) and certificate boosts of the newest
-/// table published for a date before `run_date` (empty when none), for the policy's nightly
+/// user_id -> policy limit (before the user's own cap) and certificate boosts of the users of
+/// `shard` in the newest table published for a date before `run_date` (empty when none), for the policy's nightly
 /// step and its withdrawn boosts. A rerun of a
 /// date starts from the same table as its first run, so it decides the same.
 pub async fn limits_before(
     store: &Store,
     run_date: NaiveDate,
+    shard: UserShard,
 ) -> Result<std::collections::HashMap<u64, crate::policy::PreviousDecision>, PublishError> {
     let Some(manifest) = versions(store)
         .await?
@@ -793,8 +960,58 @@ pub async fn limits_before(
         return Ok(Default::default());
     };
     Ok(table::previous_decisions(
-        &read_table(store, &manifest).await?,
+        &read_shard(store, &manifest, shard).await?,
     ))
+}
+
+/// The rows of the users of `shard` in the table `manifest` points at, decoded a batch at a
+/// time and read only from the parts that can hold them.
+pub async fn read_shard(
+    store: &Store,
+    manifest: &Manifest,
+    shard: UserShard,
+) -> Result<Vec<RecordBatch>, PublishError> {
+    let parts = parts_of(&manifest.files, shard);
+    let keep = &mut |batch| keep_shard(&batch, shard);
+    read_files_map(store, manifest, &parts, keep).await
+}
+
+/// The files of a table that can hold users of `shard`: its parts whose shard maps onto it
+/// when the table was written in a multiple of `shard.count` parts (a user of part j of P is
+/// in shard j mod N of N when N divides P), else every file.
+fn parts_of(files: &[DataFile], shard: UserShard) -> Vec<DataFile> {
+    let parts: Option<Vec<UserShard>> = files.iter().map(DataFile::user_shard).collect();
+    match parts {
+        Some(parts)
+            if parts
+                .iter()
+                .all(|part| part.count == parts[0].count && part.count % shard.count == 0) =>
+        {
+            files
+                .iter()
+                .zip(parts)
+                .filter(|(_, part)| part.index % shard.count == shard.index)
+                .map(|(file, _)| file.clone())
+                .collect()
+        }
+        _ => files.to_vec(),
+    }
+}
+
+/// The rows of `batch` whose user is in `shard`.
+fn keep_shard(batch: &RecordBatch, shard: UserShard) -> Result<RecordBatch, ArrowError> {
+    use datafusion::arrow::array::{AsArray, BooleanArray};
+    use datafusion::arrow::datatypes::UInt64Type;
+    let users = batch
+        .column_by_name("user_id")
+        .and_then(|column| column.as_primitive_opt::<UInt64Type>())
+        .ok_or_else(|| ArrowError::SchemaError("no unsigned user_id column".into()))?;
+    let keep: BooleanArray = users
+        .values()
+        .iter()
+        .map(|&user| Some(shard.contains(user)))
+        .collect();
+    datafusion::arrow::compute::filter_record_batch(batch, &keep)
 }
 
 /// Reads the table a manifest points at, checking every file's checksum.

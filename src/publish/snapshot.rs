@@ -5,12 +5,11 @@
 use bytes::Bytes;
 use chrono::NaiveDate;
 use datafusion::arrow::array::{Array, Float64Array, RecordBatch};
-use datafusion::arrow::error::ArrowError;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::table::{self, LimitColumns, ScenarioItem, SuggestionItem};
-use super::{DataFile, Manifest, PublishError};
+use super::{Manifest, PublishError};
 use crate::cause::{Cause, Classify};
 use crate::store::Store;
 use crate::user_index::{UserIndex, UserShard};
@@ -109,44 +108,6 @@ pub struct Snapshot {
     next_expiry: Option<NaiveDate>,
     /// the erased users left out at load; a reader loads again when more are erased
     pub erased: usize,
-}
-
-/// The files of a table that can hold users of `shard`: its parts whose shard maps onto it
-/// when the table was written in a multiple of `shard.count` parts (a user of part j of P is
-/// in shard j mod N of N when N divides P), else every file.
-fn parts_of(files: &[DataFile], shard: UserShard) -> Vec<DataFile> {
-    let parts: Option<Vec<UserShard>> = files.iter().map(DataFile::user_shard).collect();
-    match parts {
-        Some(parts)
-            if parts
-                .iter()
-                .all(|part| part.count == parts[0].count && part.count % shard.count == 0) =>
-        {
-            files
-                .iter()
-                .zip(parts)
-                .filter(|(_, part)| part.index % shard.count == shard.index)
-                .map(|(file, _)| file.clone())
-                .collect()
-        }
-        _ => files.to_vec(),
-    }
-}
-
-/// The rows of `batch` whose user is in `shard`.
-fn keep_shard(batch: &RecordBatch, shard: UserShard) -> Result<RecordBatch, ArrowError> {
-    use datafusion::arrow::array::{AsArray, BooleanArray};
-    use datafusion::arrow::datatypes::UInt64Type;
-    let users = batch
-        .column_by_name("user_id")
-        .and_then(|column| column.as_primitive_opt::<UInt64Type>())
-        .ok_or_else(|| ArrowError::SchemaError("no unsigned user_id column".into()))?;
-    let keep: BooleanArray = users
-        .values()
-        .iter()
-        .map(|&user| Some(shard.contains(user)))
-        .collect();
-    datafusion::arrow::compute::filter_record_batch(batch, &keep)
 }
 
 /// Rows rendered per parallel task at load.
@@ -261,11 +222,7 @@ impl Snapshot {
         let version = manifest.version;
         let problem = |problem: String| SnapshotError::Table { version, problem };
         let batches = match shard {
-            Some(shard) => {
-                let parts = parts_of(&manifest.files, shard);
-                let keep = &mut |batch| keep_shard(&batch, shard);
-                super::read_files_map(store, &manifest, &parts, keep).await?
-            }
+            Some(shard) => super::read_shard(store, &manifest, shard).await?,
             None => super::read_table(store, &manifest).await?,
         };
         // an erased user is never answered, whatever version (or rollback) is read

@@ -32,8 +32,11 @@ pub struct LimitRow {
 
 /// A NaN or infinite number has no JSON form and no meaning as a limit: such a row means a
 /// broken stage upstream, so nothing is published.
-pub(super) fn refuse_non_finite(rows: &[LimitRow]) -> Result<(), PublishError> {
+pub(super) fn refuse_non_finite<R: std::borrow::Borrow<LimitRow>>(
+    rows: &[R],
+) -> Result<(), PublishError> {
     for row in rows {
+        let row = row.borrow();
         let d = &row.decision;
         let fields = [
             ("pd", Some(row.pd)),

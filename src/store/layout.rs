@@ -9,12 +9,13 @@
 //! truth/true_pd/                                  a synthetic world's true PD (never read by a run)
 //! staging/session=<id>/                           a run's validated copies of the sources
 //! quarantine/<source>/run=<date>/                 rows validation refused, with reasons
-//! features/dt=<as of>/{part-00000,users,stats}.parquet, features/dictionary/<version>.parquet
-//! scores/dt=<date>/{part-00000,shard-I-of-N}.parquet
+//! features/dt=<as of>/{part-00000|part-I-of-P,users,stats}.parquet   (P: [publish] parts)
+//! features/dictionary/<version>.parquet
+//! scores/dt=<date>/{part-00000|part-I-of-P}.parquet
 //! models/<version>/..., models/_champion.json
 //! runs/<date>/{run.json, report.json, lease/, checkpoints/<stage>.json}
-//! runs/<date>/run=<id>/{inputs.txt, policy.json, pipelines/, decisions.parquet}  (audit)
-//! published/limits/{data/<run>/, _manifests/<version>.json}
+//! runs/<date>/run=<id>/{inputs.txt, policy.json, pipelines/, decisions[-I-of-P].parquet}
+//! published/limits/{data/<run>/part-*.parquet, _manifests/<version>.json}
 //! erasures/user=<id>.json, erasures/applied/user=<id>.json   (create-only requests)
 //! ```
 //!
@@ -100,8 +101,24 @@ pub fn features(as_of: NaiveDate) -> String {
     format!("features/dt={as_of}")
 }
 
-pub fn features_file(as_of: NaiveDate) -> String {
-    format!("features/dt={as_of}/part-00000.parquet")
+/// Part `index` of `count` of the feature rows of `as_of` (`part-00000` when there is one).
+pub fn features_part(as_of: NaiveDate, index: u32, count: u32) -> String {
+    format!("features/dt={as_of}/{}", part_name("part", index, count))
+}
+
+/// Whether `path` is one of the feature (or score) row files, not users or stats.
+pub fn is_rows_part(path: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .is_some_and(|name| name.starts_with("part-") && name.ends_with(".parquet"))
+}
+
+/// `<stem>-00000.parquet` for one part, `<stem>-IIIII-of-PPPPP.parquet` for one of several.
+fn part_name(stem: &str, index: u32, count: u32) -> String {
+    match count {
+        0 | 1 => format!("{stem}-00000.parquet"),
+        _ => format!("{stem}-{index:05}-of-{count:05}.parquet"),
+    }
 }
 
 pub fn feature_users_file(as_of: NaiveDate) -> String {
@@ -124,12 +141,18 @@ pub fn scores(date: NaiveDate) -> String {
     format!("scores/dt={date}")
 }
 
-pub fn scores_file(date: NaiveDate) -> String {
-    format!("scores/dt={date}/part-00000.parquet")
+/// Part `index` of `count` of the scores of `date`.
+pub fn scores_part(date: NaiveDate, index: u32, count: u32) -> String {
+    format!("scores/dt={date}/{}", part_name("part", index, count))
 }
 
-pub fn score_shard_file(date: NaiveDate, index: usize, count: usize) -> String {
-    format!("scores/dt={date}/shard-{index:05}-of-{count:05}.parquet")
+/// The decision records of part `index` of `count` in a run's `folder` (`decisions.parquet`
+/// when there is one part).
+pub fn decisions_part(folder: &str, index: u32, count: u32) -> String {
+    match count {
+        0 | 1 => format!("{folder}/decisions.parquet"),
+        _ => format!("{folder}/decisions-{index:05}-of-{count:05}.parquet"),
+    }
 }
 
 pub fn model(version: &str) -> String {
@@ -171,22 +194,13 @@ pub fn checkpoint(date: NaiveDate, stage: &str) -> String {
     format!("runs/{date}/checkpoints/{stage}.json")
 }
 
-/// The checkpoint name of one scoring shard.
-pub fn shard_stage(index: usize, count: usize) -> String {
-    format!("score-shard-{index:05}-of-{count:05}")
+/// The checkpoint name of one user part of the per-user stages (score, limits, suggest).
+pub fn part_stage(index: u32, count: u32) -> String {
+    format!("users-{index:05}-of-{count:05}")
 }
 
-/// The shard count named by a checkpoint path, if it is a shard's.
-pub fn shard_count_of_checkpoint(path: &str) -> Option<usize> {
-    let name = path.rsplit('/').next()?.strip_suffix(".json")?;
-    name.strip_prefix("score-shard-")?
-        .split_once("-of-")?
-        .1
-        .parse()
-        .ok()
-}
-
-pub fn shard_lease(date: NaiveDate, index: usize, count: usize) -> String {
+/// The lease of the machine working shard `index` of `count` of a run's user parts.
+pub fn shard_lease(date: NaiveDate, index: u32, count: u32) -> String {
     format!("runs/{date}/lease-shard-{index:05}-of-{count:05}")
 }
 
@@ -200,10 +214,14 @@ pub fn published_file(run: &str) -> String {
 
 /// Part `index` of `count` of a table written by `run` (`published_file` when there is one).
 pub fn published_part(run: &str, index: u32, count: u32) -> String {
-    match count {
-        0 | 1 => published_file(run),
-        _ => format!("{PUBLISHED_DATA}/{run}/part-{index:05}-of-{count:05}.parquet"),
-    }
+    format!("{PUBLISHED_DATA}/{run}/{}", part_name("part", index, count))
+}
+
+/// The folder name of the table a nightly run writes part by part before it knows the version
+/// it commits as: named for the version it expects (the newest then, plus one), which is never
+/// above the one it gets, so retention's reading of the name stays safe.
+pub fn nightly_table_run(expected_version: u64, as_of: NaiveDate, run_id: &str) -> String {
+    format!("v{expected_version:08}-{as_of}-run-{run_id}")
 }
 
 /// The version a published data file was written for, read from its run folder's name
@@ -225,10 +243,17 @@ mod tests {
         let day = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
         assert_eq!(stats_date(&feature_stats_file(day)), Some(day));
         assert_eq!(
-            shard_count_of_checkpoint(&checkpoint(day, &shard_stage(3, 8))),
-            Some(8)
+            features_part(day, 3, 8),
+            "features/dt=2026-11-01/part-00003-of-00008.parquet"
         );
-        assert_eq!(shard_count_of_checkpoint(&checkpoint(day, "score")), None);
+        assert_eq!(
+            features_part(day, 0, 1),
+            "features/dt=2026-11-01/part-00000.parquet"
+        );
+        assert!(is_rows_part(&scores_part(day, 3, 8)));
+        assert!(!is_rows_part(&feature_users_file(day)));
+        let table = published_part(&nightly_table_run(7, day, "abc"), 1, 4);
+        assert_eq!(published_file_version(&table), Some(7));
         assert_eq!(
             manifest(7),
             "published/limits/_manifests/00000000000000000007.json"

@@ -432,6 +432,13 @@ impl Store {
         self.list_with(rel, |meta| meta.size).await
     }
 
+    /// The row part files (`part-*.parquet`) directly under `folder`, in part order: what a
+    /// stage wrote in parts by user shard (features, scores).
+    pub async fn row_parts(&self, folder: &str) -> Result<Vec<String>> {
+        let listed = self.list(folder).await?.into_iter().map(|(path, _)| path);
+        Ok(listed.filter(|path| layout::is_rows_part(path)).collect())
+    }
+
     /// Like `list`, with each object's last-modified time instead of its size.
     pub async fn list_modified(&self, rel: &str) -> Result<Vec<(String, DateTime<Utc>)>> {
         self.list_with(rel, |meta| meta.last_modified).await

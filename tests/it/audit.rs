@@ -208,14 +208,14 @@ async fn a_limit_is_explained_from_its_own_run_after_a_rerun_and_a_tampered_reco
     );
 
     // a record altered after the commit is refused, naming the file
-    let v1_bytes = store.get(&one.decisions.path).await.unwrap().unwrap();
-    store.put(&two.decisions.path, v1_bytes).await.unwrap();
+    let v1_bytes = store.get(&one.decisions[0].path).await.unwrap().unwrap();
+    store.put(&two.decisions[0].path, v1_bytes).await.unwrap();
     let err = audit::explain(&store, boosted, Which::Latest)
         .await
         .unwrap_err();
     assert_eq!(err.cause(), Cause::Input);
     assert!(
-        err.to_string().contains(&two.decisions.path) && err.to_string().contains("checksum"),
+        err.to_string().contains(&two.decisions[0].path) && err.to_string().contains("checksum"),
         "{err}"
     );
 

@@ -46,7 +46,7 @@ async fn personal_data_is_encrypted_at_rest_and_read_only_with_its_key_across_a_
         .unwrap();
     let first = publish::latest(&store).await.unwrap().unwrap();
     assert_eq!(first.encryption_key.as_deref(), Some("k1"));
-    let decisions = first.lineage.as_ref().unwrap().decisions.path.clone();
+    let decisions = first.lineage.as_ref().unwrap().decisions[0].path.clone();
     let features = format!("features/dt={}/part-00000.parquet", run_date());
     let scores = format!("scores/dt={}/part-00000.parquet", run_date());
     for path in [&first.files[0].path, &decisions, &features, &scores] {

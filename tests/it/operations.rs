@@ -1,5 +1,5 @@
-//! Nightly operations: a run killed with SIGKILL resumes to the same table, sharded scoring
-//! merges into the same table, transient store faults are retried and an outage fails
+//! Nightly operations: a run killed with SIGKILL resumes to the same table, user parts decided
+//! by two machines publish the same table, transient store faults are retried and an outage fails
 //! cleanly, a held lease refuses a second run, and Ballista computes the same features.
 //!
 //! Every root here is a copy of one small world, run with `target_partitions = 1` so that
@@ -9,7 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::UInt64Type;
 use redflower::cause::Classify;
 use redflower::config::Pipelines;
 use redflower::engine::Engine;
@@ -17,12 +18,15 @@ use redflower::features::{self, FeatureDictionary};
 use redflower::model::DeviceKind;
 use redflower::nightly::{self, NightlyError, RunOptions, RunOutcome, Stage};
 use redflower::publish;
-use redflower::scoring::Shard;
 use redflower::sources;
 use redflower::store::Store;
 use redflower::store::faults::FaultPlan;
+use redflower::user_index::UserShard;
 
-use crate::support::{copy_dir, one_partition_pipelines as pipelines, open, run_date, synth_world};
+use crate::support::{
+    copy_dir, one_partition_pipelines as pipelines,
+    one_partition_pipelines_in_parts as pipelines_in_parts, open, run_date, synth_world,
+};
 
 fn first_night() -> NaiveDate {
     run_date() - chrono::Duration::days(1)
@@ -49,9 +53,9 @@ async fn table(store: &Store, version: u64) -> Vec<RecordBatch> {
     publish::read_table(store, &manifest).await.unwrap()
 }
 
+/// Same rows, compared in user order (a table in parts holds its users part by part).
 fn assert_same_table(left: &[RecordBatch], right: &[RecordBatch], what: &str) {
-    let left = datafusion::arrow::compute::concat_batches(&left[0].schema(), left).unwrap();
-    let right = datafusion::arrow::compute::concat_batches(&right[0].schema(), right).unwrap();
+    let (left, right) = (by_user(left), by_user(right));
     assert_eq!(left.num_rows(), right.num_rows(), "{what}: row counts");
     for (i, field) in left.schema().fields().iter().enumerate() {
         assert_eq!(
@@ -63,8 +67,16 @@ fn assert_same_table(left: &[RecordBatch], right: &[RecordBatch], what: &str) {
     }
 }
 
+fn by_user(batches: &[RecordBatch]) -> RecordBatch {
+    use datafusion::arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
+    let table = concat_batches(&batches[0].schema(), batches).unwrap();
+    let users = table.column_by_name("user_id").unwrap();
+    take_record_batch(&table, &sort_to_indices(users, None, None).unwrap()).unwrap()
+}
+
 #[tokio::test]
-async fn killed_runs_resume_and_sharded_scoring_publish_the_same_table_as_one_clean_run() {
+async fn killed_runs_resume_and_user_parts_decided_on_two_machines_publish_the_same_table_as_one_clean_run()
+ {
     let dir = tempfile::tempdir().unwrap();
     let world = dir.path().join("world");
     synth_world(&open(&world), 3_000, 23).await;
@@ -170,17 +182,19 @@ async fn killed_runs_resume_and_sharded_scoring_publish_the_same_table_as_one_cl
         "resumed after SIGKILL vs uninterrupted",
     );
 
-    // the second night scored in two shards, then merged and published by --resume
+    // both nights in four user parts; the second decided by two machines' shards (two parts
+    // each), then published by --resume
     let sharded_dir = dir.path().join("sharded");
     copy_dir(&world, &sharded_dir);
     let sharded = open(&sharded_dir);
-    run(&sharded, first_night(), &pipelines, &options).await;
+    let in_parts = pipelines_in_parts(&dir.path().join("pipelines-in-parts"), 4);
+    run(&sharded, first_night(), &in_parts, &options).await;
     let stop = RunOptions {
         stop_after: Some(Stage::Train),
         ..options.clone()
     };
     assert!(matches!(
-        run(&sharded, run_date(), &pipelines, &stop).await,
+        run(&sharded, run_date(), &in_parts, &stop).await,
         RunOutcome::Stopped {
             after: Stage::Train,
             ..
@@ -191,18 +205,12 @@ async fn killed_runs_resume_and_sharded_scoring_publish_the_same_table_as_one_cl
         "a stopped run removes its staged sources too"
     );
     let mut users = 0;
-    for index in [1, 0] {
-        let shard = Shard { index, count: 2 };
-        let report = nightly::score_shard(
-            &sharded,
-            run_date(),
-            &pipelines,
-            DeviceKind::Cpu,
-            shard,
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
+    for (index, parts) in [(1, ["1/4", "3/4"]), (0, ["0/4", "2/4"])] {
+        let shard = UserShard { index, count: 2 };
+        let report = nightly::decide_shard(&sharded, run_date(), &in_parts, &options, shard)
+            .await
+            .unwrap();
+        assert_eq!(report.parts, parts);
         assert!(report.users > 0);
         users += report.users;
     }
@@ -212,16 +220,78 @@ async fn killed_runs_resume_and_sharded_scoring_publish_the_same_table_as_one_cl
         resume: true,
         ..options.clone()
     };
-    let RunOutcome::Published(report) = run(&sharded, run_date(), &pipelines, &resume).await else {
+    let RunOutcome::Published(report) = run(&sharded, run_date(), &in_parts, &resume).await else {
         panic!("the resumed run did not publish")
     };
     assert_eq!(report.manifest.version, 2);
     assert!(report.resumed_stages.contains(&"train".to_string()));
+    assert!(
+        report
+            .resumed_stages
+            .contains(&"4 of 4 user parts".to_string()),
+        "{:?}",
+        report.resumed_stages
+    );
     assert_same_table(
         &table(&sharded, 2).await,
         &table(&reference, 2).await,
-        "two shards merged vs one scorer",
+        "four user parts decided by two shards vs one run in one part",
     );
+    // the report's counts and fairness, summed part by part, are the one-part run's
+    let reference_report: serde_json::Value = serde_json::from_slice(
+        &reference
+            .get(&redflower::store::layout::run_report(run_date()))
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    let report_json = serde_json::to_value(&report).unwrap();
+    for key in [
+        "scored_users",
+        "limit_distribution",
+        "boosted",
+        "capped_by_request",
+    ] {
+        assert_eq!(report_json[key], reference_report[key], "{key}");
+    }
+    let (parts, whole) = (
+        report_json["fairness"].as_array().unwrap(),
+        reference_report["fairness"].as_array().unwrap(),
+    );
+    assert!(!parts.is_empty());
+    assert_eq!(parts.len(), whole.len());
+    for (part, one) in parts.iter().zip(whole) {
+        for key in ["segment", "value", "rows", "auc"] {
+            assert_eq!(part[key], one[key], "fairness {key}");
+        }
+        for key in ["mean_pd", "approval_rate", "mean_limit", "limit_ratio"] {
+            let (a, b) = (part[key].as_f64().unwrap(), one[key].as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+                "fairness {key}: {a} vs {b}"
+            );
+        }
+    }
+    // the table's parts and the decision records pair up by shard; a user is explained from
+    // the records of their part
+    let manifest = &report.manifest;
+    let lineage = manifest.lineage.as_ref().unwrap();
+    assert_eq!(manifest.files.len(), 4);
+    assert_eq!(lineage.decisions.len(), 4);
+    for (table, records) in manifest.files.iter().zip(&lineage.decisions) {
+        assert_eq!(table.shard, records.shard);
+        assert_eq!(table.rows, records.rows);
+    }
+    let user = by_user(&table(&sharded, 2).await)
+        .column_by_name("user_id")
+        .unwrap()
+        .as_primitive::<UInt64Type>()
+        .value(1234);
+    let explained = redflower::audit::explain(&sharded, user, redflower::audit::Which::Latest)
+        .await
+        .unwrap();
+    assert_eq!(explained.replay_matches, Some(true));
 }
 
 #[tokio::test]

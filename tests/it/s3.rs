@@ -96,7 +96,7 @@ async fn features_of(store: &Store) -> Vec<(String, u64, f32)> {
     )
     .await
     .unwrap();
-    features::write(store, &set).await.unwrap();
+    features::write(store, &set, 1).await.unwrap();
     crate::support::named_rows(&set, &dictionary)
 }
 

@@ -168,15 +168,23 @@ pub fn copy_dir(from: &Path, to: &Path) {
 /// The shipped configuration with one partition per query, as files (for the binary) and
 /// parsed (for the library).
 pub fn one_partition_pipelines(dir: &Path) -> Pipelines {
+    one_partition_pipelines_in_parts(dir, 1)
+}
+
+/// [`one_partition_pipelines`] with the users in `parts` parts (`[publish] parts`).
+pub fn one_partition_pipelines_in_parts(dir: &Path, parts: u32) -> Pipelines {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
     std::fs::create_dir_all(dir).unwrap();
     for file in ["features.toml", "limits.toml", "nightly.toml"] {
         let text = std::fs::read_to_string(shipped.join(file)).unwrap();
-        let text = text.replace("target_partitions = 0", "target_partitions = 1");
+        let text = text
+            .replace("target_partitions = 0", "target_partitions = 1")
+            .replace("\nparts = 1\n", &format!("\nparts = {parts}\n"));
         std::fs::write(dir.join(file), text).unwrap();
     }
     let pipelines = Pipelines::load(dir).unwrap();
     assert_eq!(pipelines.nightly.engine.target_partitions, 1);
+    assert_eq!(pipelines.nightly.publish.parts, parts);
     pipelines
 }
 

@@ -160,7 +160,7 @@ fn lineage_text(out: &mut String, l: &redflower::publish::Lineage) {
             l.inputs.objects, l.inputs.bytes, l.inputs.listing, l.inputs.sha256
         ),
     ));
-    for f in std::iter::once(&l.decisions).chain(&l.outputs) {
+    for f in l.decisions.iter().chain(&l.outputs) {
         rows.push(("kept", format!("{} (sha256 {})", f.path, f.sha256)));
     }
     let _ = writeln!(out, "\nlineage:");

@@ -8,9 +8,9 @@ use clap::{Args, CommandFactory};
 
 use redflower::engine::Engine;
 use redflower::nightly::{self, RunOptions, RunOutcome, Stage};
-use redflower::scoring::Shard;
 use redflower::sink;
 use redflower::store::Store;
+use redflower::user_index::UserShard;
 
 use crate::args::{DeviceArg, PipelinesArg, RootArg};
 use crate::print;
@@ -41,13 +41,15 @@ pub struct NightlyArgs {
     #[arg(long, conflicts_with = "rerun")]
     resume: bool,
     /// stop after this stage's checkpoint (validate, features, train, score, limits,
-    /// suggest); `--resume` continues. `--stop-after train` prepares sharded scoring
+    /// suggest: the last three run together, one user part at a time); `--resume` continues.
+    /// `--stop-after train` prepares sharded user parts
     #[arg(long)]
     stop_after: Option<Stage>,
-    /// score only slice INDEX of COUNT (0-based) of a run stopped after train, then exit;
-    /// when every shard is done, `--resume` merges them and publishes one table
+    /// decide only the user parts j with j mod COUNT == INDEX ([publish] parts) of a run
+    /// stopped after train: their scores, limits, suggestions, decision records and table
+    /// parts; then exit. `--resume` does any part left and publishes one table
     #[arg(long, conflicts_with_all = ["from", "to", "stop_after"])]
-    shard: Option<Shard>,
+    shard: Option<UserShard>,
     /// where the DataFusion queries run: local, ballista://HOST:PORT (a Ballista
     /// scheduler), or ballista://standalone (a scheduler and executor in this process)
     #[arg(long, default_value = "local")]
@@ -77,22 +79,21 @@ pub async fn run(args: NightlyArgs) -> Result<()> {
         ..RunOptions::new(args.device.device)
     };
     if let (Some(shard), Some(date)) = (args.shard, args.date) {
-        let report = nightly::score_shard(
-            &store,
-            date,
-            &pipelines,
-            options.device,
-            shard,
-            options.lease_ttl,
-        )
-        .await
-        .map_err(|error| failed(&store, date, error))?;
+        let report = nightly::decide_shard(&store, date, &pipelines, &options, shard)
+            .await
+            .map_err(|error| failed(&store, date, error))?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             println!(
-                "nightly {date}: shard {} scored {} users with {} ({:.1}s); run `redflower nightly --root {} --date {date} --resume` once every shard is done",
-                report.shard, report.users, report.model_version, report.seconds, args.root.root
+                "nightly {date}: shard {} decided {} users in {} user parts ({} done before) with {} ({:.1}s); run `redflower nightly --root {} --date {date} --resume` once every shard is done",
+                report.shard,
+                report.users,
+                report.parts.len(),
+                report.parts_resumed,
+                report.model_version,
+                report.seconds,
+                args.root.root
             );
         }
         return Ok(());
