@@ -22,8 +22,6 @@ pub enum ScoringError {
     Store(#[from] StoreError),
     #[error("scores table: {0}")]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
-    #[error("scores: {0}")]
-    Parts(String),
 }
 
 impl Classify for ScoringError {
@@ -31,7 +29,6 @@ impl Classify for ScoringError {
         match self {
             ScoringError::Store(e) => e.cause(),
             ScoringError::Arrow(_) => Cause::Input,
-            ScoringError::Parts(_) => Cause::StartOver,
         }
     }
 }
@@ -111,75 +108,6 @@ pub async fn write_part(
 /// Removes the scores of `date` (a new run writes its parts over none of a rerun's).
 pub async fn clear(store: &Store, date: NaiveDate) -> Result<(), ScoringError> {
     Ok(store.delete_prefix(&layout::scores(date)).await?)
-}
-
-/// Reads every part of the scores of `date`, in part order.
-pub async fn read(store: &Store, date: NaiveDate) -> Result<Scores, ScoringError> {
-    let mut merged = Scores::default();
-    for file in store.row_parts(&layout::scores(date)).await? {
-        let part = read_file(store, &file).await?;
-        if !merged.model_version.is_empty() && part.model_version != merged.model_version {
-            return Err(ScoringError::Parts(format!(
-                "{file} was scored by model {}, the parts before it by {}",
-                part.model_version, merged.model_version
-            )));
-        }
-        merged.model_version = part.model_version;
-        merged.users.extend(part.users);
-        merged.pd.extend(part.pd);
-        merged.points.extend(part.points);
-        merged.wide_logit.extend(part.wide_logit);
-        merged.deep_logit.extend(part.deep_logit);
-        merged.reasons.extend(part.reasons);
-    }
-    Ok(merged)
-}
-
-async fn read_file(store: &Store, path: &str) -> Result<Scores, ScoringError> {
-    use datafusion::arrow::array::AsArray;
-    use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
-    let mut scores = Scores::default();
-    let bad = |column: &str| {
-        ScoringError::Parts(format!("{path}: column {column} is missing or mistyped"))
-    };
-    for batch in store.read_parquet(path).await? {
-        let f64s = |name: &str| {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_primitive_opt::<Float64Type>())
-                .ok_or_else(|| bad(name))
-        };
-        let strings = |name: &str| {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_string_opt::<i32>())
-                .ok_or_else(|| bad(name))
-        };
-        let users = batch
-            .column_by_name("user_id")
-            .and_then(|c| c.as_primitive_opt::<UInt64Type>())
-            .ok_or_else(|| bad("user_id"))?;
-        scores.users.extend(users.values().iter());
-        scores.pd.extend(f64s("pd")?.values().iter());
-        scores.points.extend(f64s("points")?.values().iter());
-        scores
-            .wide_logit
-            .extend(f64s("wide_logit")?.values().iter());
-        scores
-            .deep_logit
-            .extend(f64s("deep_logit")?.values().iter());
-        scores.reasons.extend(strings("reasons")?.iter().map(|r| {
-            r.unwrap_or_default()
-                .split(';')
-                .filter(|code| !code.is_empty())
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        }));
-        if let Some(version) = strings("model_version")?.iter().flatten().next() {
-            scores.model_version = version.to_string();
-        }
-    }
-    Ok(scores)
 }
 
 async fn write_file(store: &Store, path: &str, scores: &Scores) -> Result<(), ScoringError> {

@@ -161,3 +161,66 @@ async fn read_users(
     }
     Ok(set)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(as_of: NaiveDate) -> FeatureSet {
+        let users: Vec<u64> = (1..=200).collect();
+        let mut set = FeatureSet {
+            as_of,
+            users: users.clone(),
+            user_ids: Vec::new(),
+            feature_ids: Vec::new(),
+            values: Vec::new(),
+        };
+        // every third user has no feature; the others one to three
+        for &user in users.iter().filter(|u| *u % 3 != 0) {
+            for id in 0..(user % 3 + 1) as u32 {
+                set.user_ids.push(user);
+                set.feature_ids.push(id * 7);
+                set.values.push(user as f32 + id as f32);
+            }
+        }
+        set
+    }
+
+    /// A set written in parts reads back whole, and by shard from its own part or, for a
+    /// shard count it was not written in, from the rows of every part that are the shard's.
+    #[tokio::test]
+    async fn a_set_in_parts_reads_back_whole_and_by_shard() {
+        let store = Store::open("memory://features-in-parts").unwrap();
+        let as_of = NaiveDate::from_ymd_opt(2026, 11, 1).unwrap();
+        let written = set(as_of);
+        write(&store, &written, 4).await.unwrap();
+        let files = store.row_parts(&layout::features(as_of)).await.unwrap();
+        assert_eq!(files.len(), 4);
+        let whole = read(&store, as_of).await.unwrap();
+        assert_eq!(whole.users, written.users);
+        assert_eq!(whole.user_ids, written.user_ids);
+        assert_eq!(whole.feature_ids, written.feature_ids);
+        assert_eq!(whole.values, written.values);
+        for shard in [
+            UserShard { index: 1, count: 4 },
+            UserShard { index: 0, count: 3 },
+        ] {
+            let part = read_part(&store, as_of, shard).await.unwrap();
+            let expected: Vec<usize> = (0..written.nnz())
+                .filter(|&i| shard.contains(written.user_ids[i]))
+                .collect();
+            assert!(!expected.is_empty());
+            let ids: Vec<u64> = expected.iter().map(|&i| written.user_ids[i]).collect();
+            let values: Vec<f32> = expected.iter().map(|&i| written.values[i]).collect();
+            assert_eq!(part.user_ids, ids, "{shard}");
+            assert_eq!(part.values, values, "{shard}");
+            let users: Vec<u64> = written
+                .users
+                .iter()
+                .copied()
+                .filter(|&u| shard.contains(u))
+                .collect();
+            assert_eq!(part.users, users, "{shard}");
+        }
+    }
+}

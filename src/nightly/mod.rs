@@ -73,6 +73,12 @@ pub enum NightlyError {
     Checkpoint { path: String, error: String },
     #[error("cannot resume: {0}")]
     Resume(String),
+    /// a user part's files no longer match what its checkpoint recorded (overwritten by a
+    /// holder that lost its lease, or removed); the checkpoint is dropped so a resume redoes it
+    #[error(
+        "user part {part} changed after it was decided ({problem}); its checkpoint is removed: `redflower nightly --resume` decides it again"
+    )]
+    PartChanged { part: String, problem: String },
     #[error("{0}")]
     NotReady(String),
 }
@@ -94,6 +100,7 @@ impl Classify for NightlyError {
             NightlyError::Pipelines(e) => e.cause(),
             NightlyError::Lease(e) => e.cause(),
             NightlyError::Audit(e) => e.cause(),
+            NightlyError::PartChanged { .. } => Cause::Transient,
             // a damaged run record cannot be continued; the date can be run from the start
             NightlyError::Checkpoint { .. }
             | NightlyError::Resume(_)

@@ -115,7 +115,7 @@ pub(super) struct PartSeconds {
 
 /// What every part reads besides its own users: the model, the policy's inputs and the
 /// suggestions' candidates, loaded once per process.
-pub(super) struct PartWork<'a> {
+struct PartWork<'a> {
     run: &'a Run<'a>,
     model: &'a Model,
     dictionary: &'a FeatureDictionary,
@@ -128,7 +128,7 @@ pub(super) struct PartWork<'a> {
 }
 
 impl<'a> PartWork<'a> {
-    pub async fn load(
+    async fn load(
         run: &'a Run<'a>,
         run_id: &str,
         model: &'a Model,
@@ -142,6 +142,12 @@ impl<'a> PartWork<'a> {
         let features = &run.pipelines.features;
         let what_ifs = suggestions::what_ifs(features, dictionary, &candidates, run_date).await?;
         let expected = publish::latest(store).await?.map_or(1, |m| m.version + 1);
+        // a folder of this process's own: two holders of one part never write one table file
+        let writer = format!(
+            "{}-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.6f"),
+            std::process::id()
+        );
         Ok(PartWork {
             run,
             model,
@@ -149,36 +155,9 @@ impl<'a> PartWork<'a> {
             inputs,
             candidates,
             what_ifs,
-            table_run: layout::nightly_table_run(expected, run_date, run_id),
+            table_run: layout::nightly_table_run(expected, run_date, run_id, &writer),
             run_folder: layout::run_folder(run_date, run_id),
         })
-    }
-
-    /// The parts of `count` a machine of `shard` does (every part when None), each from its
-    /// checkpoint when this run has one, else decided, written and checkpointed now.
-    pub async fn decide_parts(
-        &self,
-        checkpoints: &Checkpoints,
-        count: u32,
-        shard: Option<UserShard>,
-    ) -> Result<Vec<(PartDone, bool)>, NightlyError> {
-        let mine = |index: u32| shard.is_none_or(|s| index % s.count == s.index);
-        let mut done = Vec::new();
-        for index in (0..count).filter(|&i| mine(i)) {
-            let part = UserShard { index, count };
-            let stage = layout::part_stage(index, count);
-            if let Some(part_done) = checkpoints.get::<PartDone>(&stage).await? {
-                done.push((part_done, true));
-                continue;
-            }
-            self.run.still_leased()?;
-            let part_done = self.decide(part).await?;
-            self.run.still_leased()?;
-            checkpoints.put(&stage, &part_done).await?;
-            info!(part = %part, users = part_done.totals.rows, "user part decided");
-            done.push((part_done, false));
-        }
-        Ok(done)
     }
 
     /// Scores, limits and suggestions of the users of `part`, written as their scores, their
@@ -304,10 +283,49 @@ impl<'a> PartWork<'a> {
     }
 }
 
+/// The parts of `count` a machine of `shard` does (every part when None), each from its
+/// checkpoint when this run has one, else decided, written and checkpointed now; what every
+/// part reads (`PartWork`) is loaded only once a part needs deciding.
+pub(super) async fn decide_parts(
+    run: &Run<'_>,
+    checkpoints: &Checkpoints,
+    model: &Model,
+    dictionary: &FeatureDictionary,
+    count: u32,
+    shard: Option<UserShard>,
+) -> Result<Vec<(PartDone, bool)>, NightlyError> {
+    let mine = |index: u32| shard.is_none_or(|s| index % s.count == s.index);
+    let mut work = None;
+    let mut done = Vec::new();
+    for index in (0..count).filter(|&i| mine(i)) {
+        let part = UserShard { index, count };
+        let stage = layout::part_stage(index, count);
+        if let Some(part_done) = checkpoints.get::<PartDone>(&stage).await? {
+            done.push((part_done, true));
+            continue;
+        }
+        let work = match &mut work {
+            Some(work) => work,
+            None => {
+                let run_id = &checkpoints.run.run_id;
+                work.insert(PartWork::load(run, run_id, model, dictionary).await?)
+            }
+        };
+        run.still_leased()?;
+        let part_done = work.decide(part).await?;
+        run.still_leased()?;
+        checkpoints.put(&stage, &part_done).await?;
+        info!(part = %part, users = part_done.totals.rows, "user part decided");
+        done.push((part_done, false));
+    }
+    Ok(done)
+}
+
 /// Every part's outcome added up: what the publish commits and the report counts.
 #[derive(Debug, Default)]
 pub(super) struct Decided {
-    /// the table's part files and the decision records, in part order
+    /// the parts (`INDEX/COUNT`), their table files and decision records, in part order
+    pub parts: Vec<String>,
     pub tables: Vec<DataFile>,
     pub decisions: Vec<DataFile>,
     pub totals: TableTotals,
@@ -329,6 +347,7 @@ impl Decided {
                     part.part, part.model_version
                 )));
             }
+            decided.parts.push(part.part);
             decided.tables.push(part.table);
             decided.decisions.push(part.decisions);
             decided.totals.add(&part.totals);
@@ -341,6 +360,27 @@ impl Decided {
             decided.resumed += usize::from(resumed);
         }
         Ok(decided)
+    }
+
+    /// Checks every part's table file and decision records against what its checkpoint
+    /// recorded (a shard holder that lost its lease may have written over a file after
+    /// another holder checkpointed it); a part that changed loses its checkpoint.
+    pub async fn verify(&self, store: &Store, run_date: NaiveDate) -> Result<(), NightlyError> {
+        let files = self.tables.iter().zip(&self.decisions);
+        for (part, (table, decisions)) in self.parts.iter().zip(files) {
+            let checked = publish::verify_files(store, &[table.clone(), decisions.clone()]).await;
+            if let Err(error) = checked {
+                if let Ok(shard) = part.parse::<UserShard>() {
+                    let stage = layout::part_stage(shard.index, shard.count);
+                    store.delete(&layout::checkpoint(run_date, &stage)).await?;
+                }
+                return Err(NightlyError::PartChanged {
+                    part: part.clone(),
+                    problem: error.to_string(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Tonight's decisions by segment, with the AUC of the holdout's segments merged in and
@@ -456,16 +496,14 @@ pub(super) async fn decide_leased_shard(
     let dictionary = FeatureDictionary::load(store).await?;
     let model = model::load(store, &trained.model_version, &run.device).await?;
     model.check_dictionary(&dictionary)?;
-    let run_id = checkpoints.run.run_id.clone();
-    let work = PartWork::load(run, &run_id, &model, &dictionary).await?;
     let count = run.pipelines.nightly.publish.parts.max(1);
-    let parts = work.decide_parts(&checkpoints, count, Some(shard)).await?;
+    let parts = decide_parts(run, &checkpoints, &model, &dictionary, count, Some(shard)).await?;
     let names = parts.iter().map(|(p, _)| p.part.clone()).collect();
     let decided = Decided::of(parts, &trained.model_version)?;
     Ok(ShardReport {
         run_date,
         shard: shard.to_string(),
-        run_id,
+        run_id: checkpoints.run.run_id.clone(),
         parts: names,
         parts_resumed: decided.resumed,
         users: decided.totals.rows,

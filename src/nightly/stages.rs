@@ -15,7 +15,7 @@ use tracing::info;
 
 use super::checkpoint::Checkpoints;
 use super::lease::Lease;
-use super::parts::{Decided, PartWork};
+use super::parts::{self, Decided};
 use super::report::{self, Stopwatch};
 use super::{NightlyError, RunOptions, RunOutcome, Stage};
 use crate::audit;
@@ -204,12 +204,9 @@ async fn decide_users(
     dictionary: &FeatureDictionary,
     trained: &Trained,
 ) -> Result<Decided, NightlyError> {
-    let run_id = progress.checkpoints.run.run_id.clone();
-    let work = PartWork::load(run, &run_id, model, dictionary).await?;
     let count = run.pipelines.nightly.publish.parts.max(1);
-    let parts = work
-        .decide_parts(&progress.checkpoints, count, None)
-        .await?;
+    let checkpoints = &progress.checkpoints;
+    let parts = parts::decide_parts(run, checkpoints, model, dictionary, count, None).await?;
     let decided = Decided::of(parts, &trained.model_version)?;
     if decided.resumed > 0 {
         progress
@@ -243,6 +240,9 @@ async fn start(run: &Run<'_>) -> Result<Progress, NightlyError> {
             if run.options.resume {
                 info!("no interrupted run of this date to resume: starting one");
             }
+            // a fresh run decides every user part again: an earlier run's score parts (maybe
+            // of another part count) must not sit beside its own
+            crate::scoring::clear(store, date).await?;
             Checkpoints::start(store, date, run.pipelines).await?
         }
     };
@@ -460,6 +460,7 @@ async fn publish(
             recovered = true;
             return Ok::<_, NightlyError>(manifest);
         }
+        decided.verify(store, run.run_date).await?;
         let lineage = record(run, &run_id, decided, model, dictionary).await?;
         let fence = || run.lease.check().map_err(|e| e.to_string());
         let publication = publish::Publication {

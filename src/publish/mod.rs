@@ -1042,26 +1042,48 @@ pub async fn read_files_map(
 ) -> Result<Vec<RecordBatch>, PublishError> {
     let mut batches = Vec::new();
     for file in files {
-        let bytes = checked_bytes(store, file, manifest.version).await?;
-        let mut decoded = 0u64;
-        let mut count = |batch: RecordBatch| {
-            decoded += batch.num_rows() as u64;
-            map(batch)
-        };
-        batches.extend(store.decode_parquet_map(&file.path, bytes, &mut count)?);
-        if let Some(expected) = file.rows
-            && expected != decoded
-        {
-            return Err(PublishError::Manifest {
-                path: layout::manifest(manifest.version),
-                problem: format!(
-                    "{} holds {decoded} rows, the manifest says {expected}",
-                    file.path
-                ),
-            });
-        }
+        batches.extend(read_counted(store, file, &layout::manifest(manifest.version), map).await?);
     }
     Ok(batches)
+}
+
+/// One file's batches through `map`, its checksum and row count (when it records one)
+/// verified; `named_by` is what names the file (a manifest) in the errors.
+async fn read_counted(
+    store: &Store,
+    file: &DataFile,
+    named_by: &str,
+    map: &mut (dyn FnMut(RecordBatch) -> Result<RecordBatch, ArrowError> + Send),
+) -> Result<Vec<RecordBatch>, PublishError> {
+    let bytes = checked_bytes(store, file, named_by).await?;
+    let mut decoded = 0u64;
+    let mut count = |batch: RecordBatch| {
+        decoded += batch.num_rows() as u64;
+        map(batch)
+    };
+    let batches = store.decode_parquet_map(&file.path, bytes, &mut count)?;
+    if let Some(expected) = file.rows
+        && expected != decoded
+    {
+        return Err(PublishError::Manifest {
+            path: named_by.to_string(),
+            problem: format!(
+                "{} holds {decoded} rows, the manifest says {expected}",
+                file.path
+            ),
+        });
+    }
+    Ok(batches)
+}
+
+/// Checks that each of `files` (written by the per-user stages, maybe on other machines) is
+/// there with the checksum and row count its writer recorded, before a commit names them.
+pub async fn verify_files(store: &Store, files: &[DataFile]) -> Result<(), PublishError> {
+    for file in files {
+        let keep_nothing = &mut |batch: RecordBatch| Ok(batch.slice(0, 0));
+        read_counted(store, file, "the parts to commit", keep_nothing).await?;
+    }
+    Ok(())
 }
 
 /// Reads one file version `version`'s manifest names, checking its checksum first.
@@ -1070,22 +1092,22 @@ pub async fn read_checked(
     file: &DataFile,
     version: u64,
 ) -> Result<Vec<RecordBatch>, PublishError> {
-    let bytes = checked_bytes(store, file, version).await?;
+    let bytes = checked_bytes(store, file, &layout::manifest(version)).await?;
     // decode the bytes just checked: a second download could differ from them
     Ok(store.decode_parquet(&file.path, bytes)?)
 }
 
-/// The bytes of one file version `version`'s manifest names, their checksum verified.
+/// The bytes of one file `named_by` names (a manifest), their checksum verified.
 async fn checked_bytes(
     store: &Store,
     file: &DataFile,
-    version: u64,
+    named_by: &str,
 ) -> Result<Bytes, PublishError> {
     let bytes = store
         .get(&file.path)
         .await?
         .ok_or_else(|| PublishError::Manifest {
-            path: layout::manifest(version),
+            path: named_by.to_string(),
             problem: format!(
                 "data file {} is missing (deleted by retention, or never written)",
                 file.path

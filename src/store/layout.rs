@@ -217,11 +217,17 @@ pub fn published_part(run: &str, index: u32, count: u32) -> String {
     format!("{PUBLISHED_DATA}/{run}/{}", part_name("part", index, count))
 }
 
-/// The folder name of the table a nightly run writes part by part before it knows the version
-/// it commits as: named for the version it expects (the newest then, plus one), which is never
-/// above the one it gets, so retention's reading of the name stays safe.
-pub fn nightly_table_run(expected_version: u64, as_of: NaiveDate, run_id: &str) -> String {
-    format!("v{expected_version:08}-{as_of}-run-{run_id}")
+/// The folder name of the table parts one process (`writer`: its start time and pid) of a
+/// nightly run writes before the run knows the version it commits as: named for the version
+/// it expects (the newest then, plus one), which is never above the one it gets, so
+/// retention's reading of the name stays safe.
+pub fn nightly_table_run(
+    expected_version: u64,
+    as_of: NaiveDate,
+    run_id: &str,
+    writer: &str,
+) -> String {
+    format!("v{expected_version:08}-{as_of}-run-{run_id}-{writer}")
 }
 
 /// The version a published data file was written for, read from its run folder's name
@@ -252,7 +258,7 @@ mod tests {
         );
         assert!(is_rows_part(&scores_part(day, 3, 8)));
         assert!(!is_rows_part(&feature_users_file(day)));
-        let table = published_part(&nightly_table_run(7, day, "abc"), 1, 4);
+        let table = published_part(&nightly_table_run(7, day, "abc", "t-1"), 1, 4);
         assert_eq!(published_file_version(&table), Some(7));
         assert_eq!(
             manifest(7),

@@ -183,7 +183,7 @@ async fn killed_runs_resume_and_user_parts_decided_partly_elsewhere_publish_the_
     );
 
     // both nights in four user parts; the second's parts decided partly by a shard, the rest
-    // and the publish by --resume
+    // and the publish by --resume (the part that changed in between decided once more)
     let sharded_dir = dir.path().join("sharded");
     copy_dir(&world, &sharded_dir);
     let sharded = open(&sharded_dir);
@@ -221,6 +221,26 @@ async fn killed_runs_resume_and_user_parts_decided_partly_elsewhere_publish_the_
         resume: true,
         ..options.clone()
     };
+    // a holder that lost its lease wrote over part 1's decision records after the part was
+    // checkpointed: the commit refuses it by name, and the next resume decides it again
+    let records = |part: u32| {
+        let run = std::fs::read_dir(sharded_dir.join(format!("runs/{}", run_date())))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .find(|path| path.to_string_lossy().contains("run="))
+            .unwrap();
+        run.join(format!("decisions-{part:05}-of-00004.parquet"))
+    };
+    std::fs::copy(records(3), records(1)).unwrap();
+    let error = nightly::run_with(&sharded, run_date(), &in_parts, &resume)
+        .await
+        .expect_err("a part whose records changed is not published");
+    assert!(
+        matches!(error, NightlyError::PartChanged { ref part, .. } if part == "1/4"),
+        "{error}"
+    );
+    assert_eq!(error.cause().exit_code(), 1);
+    assert_eq!(publish::latest(&sharded).await.unwrap().unwrap().version, 1);
     let RunOutcome::Published(report) = run(&sharded, run_date(), &in_parts, &resume).await else {
         panic!("the resumed run did not publish")
     };
@@ -229,7 +249,7 @@ async fn killed_runs_resume_and_user_parts_decided_partly_elsewhere_publish_the_
     assert!(
         report
             .resumed_stages
-            .contains(&"2 of 4 user parts".to_string()),
+            .contains(&"3 of 4 user parts".to_string()),
         "{:?}",
         report.resumed_stages
     );
