@@ -192,6 +192,15 @@ async fn a_limit_is_explained_from_its_own_run_after_a_rerun_and_a_tampered_reco
         text.contains("the replay gives the published limit") && text.contains(&one.run_id),
         "{text}"
     );
+    // the record file the user's record came from is named, with its checksum
+    let record = &one.decisions[0];
+    assert!(
+        text.contains(&format!(
+            "record       {} (sha256 {})",
+            record.path, record.sha256
+        )),
+        "{text}"
+    );
     let (code, json) = cli(&["--json"]);
     assert_eq!(code, Some(0), "{json}");
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();

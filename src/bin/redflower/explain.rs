@@ -117,12 +117,12 @@ fn text(e: &Explanation) -> String {
         );
     }
     if let Some(l) = &e.lineage {
-        lineage_text(&mut out, l);
+        lineage_text(&mut out, l, e.user_id);
     }
     out
 }
 
-fn lineage_text(out: &mut String, l: &redflower::publish::Lineage) {
+fn lineage_text(out: &mut String, l: &redflower::publish::Lineage, user_id: u64) {
     let mut rows = vec![
         (
             "code",
@@ -160,8 +160,33 @@ fn lineage_text(out: &mut String, l: &redflower::publish::Lineage) {
             l.inputs.objects, l.inputs.bytes, l.inputs.listing, l.inputs.sha256
         ),
     ));
-    for f in l.decisions.iter().chain(&l.outputs) {
-        rows.push(("kept", format!("{} (sha256 {})", f.path, f.sha256)));
+    // a run in many user parts keeps many files: name the user's own record file, count
+    // the rest (`--json` lists every one)
+    if let Some(f) = redflower::audit::records::file_of(&l.decisions, user_id) {
+        rows.push(("record", format!("{} (sha256 {})", f.path, f.sha256)));
+    }
+    if l.decisions.len() > 1 {
+        rows.push((
+            "kept",
+            format!(
+                "{} decision record files, one per user part",
+                l.decisions.len()
+            ),
+        ));
+    }
+    match l.outputs.len() {
+        0..=6 => {
+            for f in &l.outputs {
+                rows.push(("kept", format!("{} (sha256 {})", f.path, f.sha256)));
+            }
+        }
+        copies => rows.push((
+            "kept",
+            format!(
+                "{copies} copies of the features and scores under {}/ (`--json` lists them with their sha256)",
+                l.run_folder
+            ),
+        )),
     }
     let _ = writeln!(out, "\nlineage:");
     for (label, value) in rows {
