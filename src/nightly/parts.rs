@@ -331,6 +331,7 @@ pub(super) struct Decided {
     pub totals: TableTotals,
     pub counts: DecisionCounts,
     pub segments: Vec<SegmentTally>,
+    /// what deciding the parts took in this process
     pub seconds: PartSeconds,
     /// parts taken from checkpoints (another machine's, or an interrupted try's)
     pub resumed: usize,
@@ -353,10 +354,13 @@ impl Decided {
             decided.totals.add(&part.totals);
             decided.counts.add(&part.counts);
             decided.segments.extend(part.segments);
-            decided.seconds.score += part.seconds.score;
-            decided.seconds.limits += part.seconds.limits;
-            decided.seconds.suggest += part.seconds.suggest;
-            decided.seconds.write += part.seconds.write;
+            // stage times are this process's: a part taken from a checkpoint took none here
+            if !resumed {
+                decided.seconds.score += part.seconds.score;
+                decided.seconds.limits += part.seconds.limits;
+                decided.seconds.suggest += part.seconds.suggest;
+                decided.seconds.write += part.seconds.write;
+            }
             decided.resumed += usize::from(resumed);
         }
         Ok(decided)
