@@ -30,7 +30,7 @@ use crate::model::evaluation::segment_values;
 use crate::model::metrics::{self, SegmentMetrics};
 use crate::model::{self, Model};
 use crate::policy::{Decision, Grade, HeldCertificate, PolicyInputs, Reason, UserFacts, Withheld};
-use crate::publish::{self, DataFile, LimitRow, TableTotals};
+use crate::publish::{self, DataFile, LimitRow, Manifest, TableTotals};
 use crate::scoring::{self, Scores};
 use crate::sources;
 use crate::store::{Store, layout};
@@ -120,6 +120,8 @@ struct PartWork<'a> {
     model: &'a Model,
     dictionary: &'a FeatureDictionary,
     inputs: PolicyInputs,
+    /// the table tonight's limits start from (`publish::table_before`)
+    previous: Option<Manifest>,
     candidates: Vec<HeldCertificate>,
     what_ifs: Vec<WhatIf>,
     /// the folder this process writes its table parts into (`layout::nightly_table_run`)
@@ -141,6 +143,7 @@ impl<'a> PartWork<'a> {
         let candidates = suggestions::representatives(&inputs.certificates);
         let features = &run.pipelines.features;
         let what_ifs = suggestions::what_ifs(features, dictionary, &candidates, run_date).await?;
+        let previous = publish::table_before(store, run_date).await?;
         let expected = publish::latest(store).await?.map_or(1, |m| m.version + 1);
         // a folder of this process's own: two holders of one part never write one table file
         let writer = format!(
@@ -153,6 +156,7 @@ impl<'a> PartWork<'a> {
             model,
             dictionary,
             inputs,
+            previous,
             candidates,
             what_ifs,
             table_run: layout::nightly_table_run(expected, run_date, run_id, &writer),
@@ -171,7 +175,10 @@ impl<'a> PartWork<'a> {
         scoring::write_part(store, run.run_date, part, &scores).await?;
         seconds.score = clock.elapsed().as_secs_f64();
         let clock = Instant::now();
-        let previous = publish::limits_before(store, run.run_date, part).await?;
+        let previous = match &self.previous {
+            Some(table) => publish::limits_in(store, table, part).await?,
+            None => Default::default(),
+        };
         let facts: Vec<UserFacts> = scores
             .users
             .par_iter()

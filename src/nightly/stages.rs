@@ -1,7 +1,8 @@
 //! The stages of one run, in order, each a function of its own. `run_stages` moves their
 //! outputs from one to the next; `Progress::checkpointed` is the one way a stage is skipped
 //! on `--resume` (its checkpoint read back) or run and checkpointed, keyed by `Stage`.
-//! Limits and suggestions are not checkpointed: they are pure functions of the stored scores.
+//! The per-user stages (score, limits, suggest) run in `parts`, one user part at a time, each
+//! part checkpointed on its own.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -173,11 +174,9 @@ pub(super) async fn run_stages(run: &Run<'_>) -> Result<RunOutcome, NightlyError
     let model = model::load(run.store, &trained.model_version, &run.device).await?;
     model.check_dictionary(&dictionary)?;
     let decided = decide_users(run, &mut progress, &model, &dictionary, &trained).await?;
-    if [Stage::Score, Stage::Limits, Stage::Suggest]
-        .iter()
-        .any(|stage| run.stops_after(*stage))
-    {
-        return Ok(progress.stopped(run.options.stop_after.unwrap_or(Stage::Suggest)));
+    // score, limits and suggest run together, part by part: each stops after all three
+    if let Some(stage @ (Stage::Score | Stage::Limits | Stage::Suggest)) = run.options.stop_after {
+        return Ok(progress.stopped(stage));
     }
     run.still_leased()?;
     let manifest = publish(run, &mut progress, &decided, &model, &dictionary).await?;

@@ -942,25 +942,30 @@ pub async fn retain(store: &Store, keep: Keep) -> Result<Retention, PublishError
     Ok(report)
 }
 
-/// user_id -> policy limit (before the user's own cap) and certificate boosts of the users of
-/// `shard` in the newest table published for a date before `run_date` (empty when none), for the policy's nightly
-/// step and its withdrawn boosts. A rerun of a
-/// date starts from the same table as its first run, so it decides the same.
-pub async fn limits_before(
+/// The newest table published for a date before `run_date`: where tonight's nightly step
+/// starts (None when there is none). A rerun of a date starts from the same table as its
+/// first run, so it decides the same.
+pub async fn table_before(
     store: &Store,
     run_date: NaiveDate,
-    shard: UserShard,
-) -> Result<std::collections::HashMap<u64, crate::policy::PreviousDecision>, PublishError> {
-    let Some(manifest) = versions(store)
+) -> Result<Option<Manifest>, PublishError> {
+    Ok(versions(store)
         .await?
         .into_iter()
         .filter(|m| m.as_of < run_date)
-        .max_by_key(|m| m.version)
-    else {
-        return Ok(Default::default());
-    };
+        .max_by_key(|m| m.version))
+}
+
+/// user_id -> policy limit (before the user's own cap) and certificate boosts of the users of
+/// `shard` in the table `previous` (`table_before`), for the policy's nightly step and its
+/// withdrawn boosts.
+pub async fn limits_in(
+    store: &Store,
+    previous: &Manifest,
+    shard: UserShard,
+) -> Result<std::collections::HashMap<u64, crate::policy::PreviousDecision>, PublishError> {
     Ok(table::previous_decisions(
-        &read_shard(store, &manifest, shard).await?,
+        &read_shard(store, previous, shard).await?,
     ))
 }
 
