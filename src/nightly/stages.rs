@@ -281,7 +281,7 @@ async fn features_stage(
 ) -> Result<Featured, NightlyError> {
     let (store, ctx) = (run.store, run.ctx);
     let parts = run.pipelines.nightly.publish.parts;
-    let labels = dataset::labels(ctx, run.training_as_of, &run.pipelines.nightly.label).await?;
+    let mut labels = dataset::labels(ctx, run.training_as_of, &run.pipelines.nightly.label).await?;
     let mut dictionary = FeatureDictionary::load(store).await?;
     let mut reports = Vec::new();
     let mut stats = Vec::new();
@@ -307,7 +307,7 @@ async fn features_stage(
         if as_of == run.training_as_of {
             *built = Some(Built {
                 training: set,
-                labels: labels.clone(),
+                labels: std::mem::take(&mut labels),
             });
         }
     }
