@@ -139,13 +139,6 @@ pub(super) struct Featured {
     pub most_drifted: Vec<Drift>,
 }
 
-/// What the features stage leaves in memory for the train stage in the same process (a
-/// resumed run reads the training features back from the store instead).
-struct Built {
-    training: FeatureSet,
-    labels: HashMap<u64, bool>,
-}
-
 /// Every stage of `run`, in order, from its checkpoints where a resumed run has them.
 pub(super) async fn run_stages(run: &Run<'_>) -> Result<RunOutcome, NightlyError> {
     run.still_leased()?;
@@ -154,10 +147,10 @@ pub(super) async fn run_stages(run: &Run<'_>) -> Result<RunOutcome, NightlyError
     if run.stops_after(Stage::Validate) {
         return Ok(progress.stopped(Stage::Validate));
     }
-    let mut built = None;
+    let mut labels = None;
     run.still_leased()?;
     let (featured, _) = progress
-        .checkpointed(Stage::Features, features_stage(run, &mut built))
+        .checkpointed(Stage::Features, features_stage(run, &mut labels))
         .await?;
     if run.stops_after(Stage::Features) {
         return Ok(progress.stopped(Stage::Features));
@@ -165,7 +158,7 @@ pub(super) async fn run_stages(run: &Run<'_>) -> Result<RunOutcome, NightlyError
     let dictionary = FeatureDictionary::load(run.store).await?;
     run.still_leased()?;
     let (trained, _) = progress
-        .checkpointed(Stage::Train, train_stage(run, &dictionary, built.take()))
+        .checkpointed(Stage::Train, train_stage(run, &dictionary, labels.take()))
         .await?;
     if run.stops_after(Stage::Train) {
         return Ok(progress.stopped(Stage::Train));
@@ -274,14 +267,16 @@ async fn validate(
 
 /// Features as of the training date and the run date, each built, committed to the
 /// dictionary, written in user parts and described by its stats before the next is built, so
-/// one set is in memory at a time; the training set goes to `built` for the train stage.
+/// one set is in memory at a time (the train stage reads the training set back); the training
+/// labels go to `labels` for the train stage.
 async fn features_stage(
     run: &Run<'_>,
-    built: &mut Option<Built>,
+    labels: &mut Option<HashMap<u64, bool>>,
 ) -> Result<Featured, NightlyError> {
     let (store, ctx) = (run.store, run.ctx);
     let parts = run.pipelines.nightly.publish.parts;
-    let mut labels = dataset::labels(ctx, run.training_as_of, &run.pipelines.nightly.label).await?;
+    let training_labels =
+        dataset::labels(ctx, run.training_as_of, &run.pipelines.nightly.label).await?;
     let mut dictionary = FeatureDictionary::load(store).await?;
     let mut reports = Vec::new();
     let mut stats = Vec::new();
@@ -302,15 +297,10 @@ async fn features_stage(
             dictionary_size: dictionary.len(),
             seconds: started.elapsed().as_secs_f64(),
         });
-        let labelled = (as_of == run.training_as_of).then_some(&labels);
+        let labelled = (as_of == run.training_as_of).then_some(&training_labels);
         stats.push(feature_stats(run, as_of, &set, labelled, &dictionary).await?);
-        if as_of == run.training_as_of {
-            *built = Some(Built {
-                training: set,
-                labels: std::mem::take(&mut labels),
-            });
-        }
     }
+    *labels = Some(training_labels);
     let [(_, training_stats), (drift_baseline, tonight_stats)]: [_; 2] =
         stats.try_into().expect("two as-of dates");
     Ok(Featured {
@@ -341,19 +331,19 @@ async fn feature_stats(
 async fn train_stage(
     run: &Run<'_>,
     dictionary: &FeatureDictionary,
-    built: Option<Built>,
+    labels: Option<HashMap<u64, bool>>,
 ) -> Result<Trained, NightlyError> {
     let (store, device) = (run.store, &run.device);
     let config = &run.pipelines.nightly;
-    let training_set = match built {
-        Some(built) => dataset::training_set(&built.training, &built.labels)?,
+    // read back, not kept from the features stage: the run date's features were built
+    // without the training set beside them
+    let labels = match labels {
+        Some(labels) => labels,
         // a resumed run, or one whose features were built by an earlier try
-        None => {
-            let features = features::read(store, run.training_as_of).await?;
-            let labels = dataset::labels(run.ctx, run.training_as_of, &config.label).await?;
-            dataset::training_set(&features, &labels)?
-        }
+        None => dataset::labels(run.ctx, run.training_as_of, &config.label).await?,
     };
+    let training_set =
+        dataset::training_set(&features::read(store, run.training_as_of).await?, &labels)?;
     let (model, trained_tonight, forced_past) =
         scoring_model(run, dictionary, &training_set).await?;
     let (holdout_rows, holdout_labels) = training::holdout(&training_set, &config.training);
