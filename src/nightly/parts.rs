@@ -113,6 +113,15 @@ pub(super) struct PartSeconds {
     pub write: f64,
 }
 
+impl PartSeconds {
+    fn add(&mut self, other: &PartSeconds) {
+        self.score += other.score;
+        self.limits += other.limits;
+        self.suggest += other.suggest;
+        self.write += other.write;
+    }
+}
+
 /// What every part reads besides its own users: the model, the policy's inputs and the
 /// suggestions' candidates, loaded once per process.
 struct PartWork<'a> {
@@ -363,10 +372,7 @@ impl Decided {
             decided.segments.extend(part.segments);
             // stage times are this process's: a part taken from a checkpoint took none here
             if !resumed {
-                decided.seconds.score += part.seconds.score;
-                decided.seconds.limits += part.seconds.limits;
-                decided.seconds.suggest += part.seconds.suggest;
-                decided.seconds.write += part.seconds.write;
+                decided.seconds.add(&part.seconds);
             }
             decided.resumed += usize::from(resumed);
         }
@@ -507,7 +513,7 @@ pub(super) async fn decide_leased_shard(
     let dictionary = FeatureDictionary::load(store).await?;
     let model = model::load(store, &trained.model_version, &run.device).await?;
     model.check_dictionary(&dictionary)?;
-    let count = run.pipelines.nightly.publish.parts.max(1);
+    let count = run.user_parts();
     let parts = decide_parts(run, &checkpoints, &model, &dictionary, count, Some(shard)).await?;
     let names = parts.iter().map(|(p, _)| p.part.clone()).collect();
     let decided = Decided::of(parts, &trained.model_version)?;

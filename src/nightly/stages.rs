@@ -71,6 +71,12 @@ impl<'a> Run<'a> {
         Ok(self.lease.check()?)
     }
 
+    /// How many user parts the run's features, scores, records and table are written in
+    /// (`[publish] parts`; at least 1).
+    pub(super) fn user_parts(&self) -> u32 {
+        self.pipelines.nightly.publish.parts.max(1)
+    }
+
     fn stops_after(&self, stage: Stage) -> bool {
         self.options.stop_after == Some(stage)
     }
@@ -196,7 +202,7 @@ async fn decide_users(
     dictionary: &FeatureDictionary,
     trained: &Trained,
 ) -> Result<Decided, NightlyError> {
-    let count = run.pipelines.nightly.publish.parts.max(1);
+    let count = run.user_parts();
     let checkpoints = &progress.checkpoints;
     let parts = parts::decide_parts(run, checkpoints, model, dictionary, count, None).await?;
     let decided = Decided::of(parts, &trained.model_version)?;
@@ -274,7 +280,7 @@ async fn features_stage(
     labels: &mut Option<HashMap<u64, bool>>,
 ) -> Result<Featured, NightlyError> {
     let (store, ctx) = (run.store, run.ctx);
-    let parts = run.pipelines.nightly.publish.parts;
+    let parts = run.user_parts();
     let training_labels =
         dataset::labels(ctx, run.training_as_of, &run.pipelines.nightly.label).await?;
     let mut dictionary = FeatureDictionary::load(store).await?;
