@@ -97,8 +97,25 @@ impl Csr {
         csr
     }
 
+    pub fn empty() -> Csr {
+        Csr {
+            offsets: vec![0],
+            ..Default::default()
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.users.len()
+    }
+
+    /// Adds the rows of `other` after this one's.
+    pub fn append(&mut self, other: &Csr) {
+        let base = self.ids.len();
+        self.users.extend_from_slice(&other.users);
+        self.ids.extend_from_slice(&other.ids);
+        self.values.extend_from_slice(&other.values);
+        self.offsets
+            .extend(other.offsets[1..].iter().map(|offset| base + offset));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -240,15 +257,21 @@ pub fn training_set(
         rows,
         labels,
     };
-    let positives = set.positives();
-    if set.labels.len() < 100 || positives < 10 {
+    check_size(set.as_of, set.labels.len(), set.positives())?;
+    Ok(set)
+}
+
+/// A training set of `rows` labelled users, `positives` of them defaults, is enough to train
+/// and evaluate on.
+pub fn check_size(as_of: NaiveDate, rows: usize, positives: usize) -> Result<(), DatasetError> {
+    if rows < 100 || positives < 10 {
         return Err(DatasetError::TooSmall {
-            as_of: set.as_of,
-            rows: set.labels.len(),
+            as_of,
+            rows,
             positives,
         });
     }
-    Ok(set)
+    Ok(())
 }
 
 /// Whether a user falls in the held-out share, by a hash of the id (stable across nights).

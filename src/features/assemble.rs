@@ -1,20 +1,20 @@
-//! Assembly: query results -> long rows (user, feature id, value). Keys are interned once
-//! per batch, kept by support and top-k in key order (ids never depend on hash order), shares
-//! divided by each user's total, distinct counts over a key counted per user, ratios of two
-//! features added, and the rows put in (user, feature) order for CSR. Pure: no I/O, no SQL.
+//! Assembly: query results -> long rows (user, feature id, value), in two steps. Over all
+//! users (a group's `GroupTally`), each member's keys are kept by support and top-k and take
+//! ids in key order (ids never depend on hash order or on the parts). Then, one user part at
+//! a time, rows of kept keys become long rows: shares divided by each user's total, distinct
+//! counts over a key counted per user, ratios of two features added, and the rows put in
+//! (user, feature) order for CSR. Pure: no I/O, no SQL.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::NaiveDate;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Float64Type, UInt32Type, UInt64Type};
+use datafusion::arrow::datatypes::{Float64Type, UInt64Type};
 use rayon::prelude::*;
 
 use super::plan::{QueryGroup, counts_keys, feature_name};
-use super::{
-    Aggregate, FeatureDictionary, FeatureError, FeatureFamily, FeatureSet, Ratio, Transform,
-};
+use super::spill::GroupTally;
+use super::{Aggregate, FeatureDictionary, FeatureFamily, FeatureSet, Ratio, Transform};
 use crate::user_index::UserIndex;
 
 fn apply(transform: Transform, v: f64) -> f32 {
@@ -24,70 +24,11 @@ fn apply(transform: Transform, v: f64) -> f32 {
     }
 }
 
-/// One query's result with its keys interned: `row_keys[b][r]` indexes `keys` for row r of
-/// batch b, so support counting and id lookup never touch strings per row.
-pub(super) struct GroupResult {
-    batches: Vec<RecordBatch>,
-    keys: Vec<Option<String>>,
-    row_keys: Vec<Vec<u32>>,
-}
-
-pub(super) fn intern_keys(
-    label: &str,
-    batches: Vec<RecordBatch>,
-) -> Result<GroupResult, FeatureError> {
-    let problem = |e: datafusion::arrow::error::ArrowError| FeatureError::Result {
-        family: label.to_string(),
-        problem: e.to_string(),
-    };
-    let mut keys: Vec<Option<String>> = vec![None];
-    let mut index: HashMap<String, u32> = HashMap::new();
-    let mut row_keys = Vec::with_capacity(batches.len());
-    for batch in &batches {
-        // Arrow packs each batch's keys into a dictionary (hashing native values, not text);
-        // only its few distinct values are turned into text and looked up here.
-        let column = batch.column(1);
-        let value_type = match column.data_type() {
-            DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 | DataType::Null => {
-                DataType::Utf8
-            }
-            other => other.clone(),
-        };
-        let packed = cast(
-            column,
-            &DataType::Dictionary(Box::new(DataType::UInt32), Box::new(value_type)),
-        )
-        .map_err(problem)?;
-        let packed = packed.as_dictionary::<UInt32Type>();
-        let values = cast(packed.values(), &DataType::Utf8).map_err(problem)?;
-        let values = values.as_string::<i32>();
-        let global: Vec<u32> = (0..values.len())
-            .map(|i| {
-                if values.is_null(i) {
-                    return 0;
-                }
-                let key = values.value(i);
-                if let Some(&id) = index.get(key) {
-                    return id;
-                }
-                let id = keys.len() as u32;
-                keys.push(Some(key.to_string()));
-                index.insert(key.to_string(), id);
-                id
-            })
-            .collect();
-        let rows = packed
-            .keys()
-            .iter()
-            .map(|key| key.map_or(0, |k| global[k as usize]))
-            .collect();
-        row_keys.push(rows);
-    }
-    Ok(GroupResult {
-        batches,
-        keys,
-        row_keys,
-    })
+/// One user part of a group's result: its batches and each row's key as an index into the
+/// group's keys (`GroupTally::keys`).
+pub(super) struct PartResult {
+    pub batches: Vec<RecordBatch>,
+    pub row_keys: Vec<Vec<u32>>,
 }
 
 /// Long rows being assembled: (user, feature id, value).
@@ -98,44 +39,107 @@ pub(super) struct LongRows {
     pub values: Vec<f32>,
 }
 
-/// Adds the features of member column `c{column}`: keys with enough support, at most top-k,
-/// ids from the dictionary in key order so they do not depend on hash order.
-pub(super) fn add_member(
-    result: &GroupResult,
-    column: usize,
+/// The ids a group's member takes tonight, decided over all users before any part is
+/// assembled: by key for a keyed member (None: not kept), or the one id of a distinct count.
+pub(super) enum MemberIds {
+    Keyed(Vec<Option<u32>>),
+    Count(Option<u32>),
+}
+
+impl MemberIds {
+    fn kept(&self) -> impl Iterator<Item = u32> + '_ {
+        let (keyed, count) = match self {
+            MemberIds::Keyed(ids) => (ids.as_slice(), None),
+            MemberIds::Count(id) => (&[][..], *id),
+        };
+        keyed.iter().flatten().copied().chain(count)
+    }
+}
+
+/// Each member's ids from the group's counts over all users, in member order, with ids from
+/// the dictionary in key order so they do not depend on hash order or on the parts.
+pub(super) fn decide_group(
+    group: &QueryGroup,
+    tally: &GroupTally,
+    dictionary: &mut FeatureDictionary,
+) -> Vec<MemberIds> {
+    group
+        .members
+        .iter()
+        .enumerate()
+        .map(|(column, (family, window))| {
+            if counts_keys(family, group.key) {
+                let users = tally.users_counted[column];
+                let kept = users > 0 && users >= family.min_support;
+                MemberIds::Count(kept.then(|| {
+                    dictionary.id_or_insert(&feature_name(family, *window, None), &family.name)
+                }))
+            } else {
+                let support = &tally.support[column];
+                MemberIds::Keyed(keyed_ids(support, &tally.keys, family, *window, dictionary))
+            }
+        })
+        .collect()
+}
+
+/// Keys with enough support, at most top-k, ids in key order.
+fn keyed_ids(
+    support: &[u64],
+    keys: &[Option<String>],
     family: &FeatureFamily,
     window: Option<u32>,
     dictionary: &mut FeatureDictionary,
-    out: &mut LongRows,
-) -> usize {
-    let value_column = column + 2;
-    let mut support = vec![0u64; result.keys.len()];
-    for (batch, keys) in result.batches.iter().zip(&result.row_keys) {
-        let values = batch.column(value_column).as_primitive::<Float64Type>();
-        for (row, key) in keys.iter().enumerate() {
-            if values.is_valid(row) {
-                support[*key as usize] += 1;
-            }
-        }
-    }
+) -> Vec<Option<u32>> {
     let mut kept: Vec<u32> = (0..support.len() as u32)
         .filter(|&k| support[k as usize] > 0 && support[k as usize] >= family.min_support)
         .collect();
     kept.sort_by(|&a, &b| {
         support[b as usize]
             .cmp(&support[a as usize])
-            .then_with(|| result.keys[a as usize].cmp(&result.keys[b as usize]))
+            .then_with(|| keys[a as usize].cmp(&keys[b as usize]))
     });
     if let Some(k) = family.top_k {
         kept.truncate(k);
     }
-    kept.sort_by(|&a, &b| result.keys[a as usize].cmp(&result.keys[b as usize]));
-    let mut ids: Vec<Option<u32>> = vec![None; result.keys.len()];
+    kept.sort_by(|&a, &b| keys[a as usize].cmp(&keys[b as usize]));
+    let mut ids: Vec<Option<u32>> = vec![None; keys.len()];
     for k in &kept {
-        let name = feature_name(family, window, result.keys[*k as usize].as_deref());
+        let name = feature_name(family, window, keys[*k as usize].as_deref());
         ids[*k as usize] = Some(dictionary.id_or_insert(&name, &family.name));
     }
+    ids
+}
+
+/// Adds the features of one part of a group's result, member by member, with the ids
+/// `decide_group` gave them; returns how many rows.
+pub(super) fn add_group_part(
+    group: &QueryGroup,
+    ids: &[MemberIds],
+    result: &PartResult,
+    long: &mut LongRows,
+) -> usize {
+    let mut rows = 0;
+    for (column, ((family, _), ids)) in group.members.iter().zip(ids).enumerate() {
+        rows += match ids {
+            MemberIds::Keyed(ids) => add_member(result, column, family, ids, long),
+            MemberIds::Count(Some(id)) => add_key_count(result, column, family, *id, long),
+            MemberIds::Count(None) => 0,
+        };
+    }
+    rows
+}
+
+/// Adds the rows of member column `c{column}` whose key has an id.
+fn add_member(
+    result: &PartResult,
+    column: usize,
+    family: &FeatureFamily,
+    ids: &[Option<u32>],
+    out: &mut LongRows,
+) -> usize {
+    let value_column = column + 2;
     // a share divides by the user's total over all keys, before support and top-k drop any
+    // (every row of a user is in the user's part)
     let totals = (family.aggregate == Aggregate::Share)
         .then(|| per_user_sum(result, value_column, |value| value));
     let before = out.values.len();
@@ -163,7 +167,7 @@ pub(super) fn add_member(
 
 /// Per user, the sum over all keys of `weigh` of a result column's non-null values.
 pub(super) fn per_user_sum(
-    result: &GroupResult,
+    result: &PartResult,
     value_column: usize,
     weigh: impl Fn(f64) -> f64,
 ) -> HashMap<u64, f64> {
@@ -181,20 +185,15 @@ pub(super) fn per_user_sum(
 }
 
 /// Adds a distinct count taken over its group's key: per user, how many keys have the
-/// member's indicator (`counts_keys`). One feature, with the support of the users it counts.
-pub(super) fn add_key_count(
-    result: &GroupResult,
+/// member's indicator (`counts_keys`).
+fn add_key_count(
+    result: &PartResult,
     column: usize,
     family: &FeatureFamily,
-    window: Option<u32>,
-    dictionary: &mut FeatureDictionary,
+    id: u32,
     out: &mut LongRows,
 ) -> usize {
     let counts = per_user_sum(result, column + 2, |_| 1.0);
-    if counts.is_empty() || (counts.len() as u64) < family.min_support {
-        return 0;
-    }
-    let id = dictionary.id_or_insert(&feature_name(family, window, None), &family.name);
     let rows = counts.len();
     for (user, count) in counts {
         out.user_ids.push(user);
@@ -204,40 +203,36 @@ pub(super) fn add_key_count(
     rows
 }
 
-/// Adds the features of one group's result, member by member; returns how many rows.
-pub(super) fn add_group(
-    group: &QueryGroup,
-    label: &str,
-    batches: Vec<RecordBatch>,
-    dictionary: &mut FeatureDictionary,
-    long: &mut LongRows,
-) -> Result<usize, FeatureError> {
-    let result = intern_keys(label, batches)?;
-    let mut rows = 0;
-    for (column, (family, window)) in group.members.iter().enumerate() {
-        rows += if counts_keys(family, group.key) {
-            add_key_count(&result, column, family, *window, dictionary, long)
-        } else {
-            add_member(&result, column, family, *window, dictionary, long)
-        };
-    }
-    Ok(rows)
-}
+/// A ratio of `features.toml` with its ids: (numerator, denominator, the ratio's own).
+pub(super) type RatioIds = (u32, u32, u32);
 
-/// Adds each ratio of `features.toml` whose two sides have rows: numerator / denominator per
-/// user, where the denominator is not zero.
-pub(super) fn add_ratios(
+/// The ratios whose two sides have features tonight (in `groups`' ids), each with an id. A
+/// ratio no user has both sides of keeps its id and has no rows: which users do is known
+/// only part by part, after the ids are committed.
+pub(super) fn decide_ratios<'i>(
     ratios: &[Ratio],
+    groups: impl Iterator<Item = &'i [MemberIds]>,
     dictionary: &mut FeatureDictionary,
-    long: &mut LongRows,
-) {
+) -> Vec<RatioIds> {
+    let tonight: HashSet<u32> = groups.flatten().flat_map(MemberIds::kept).collect();
+    let mut decided = Vec::new();
     for ratio in ratios {
-        let (Some(numerator), Some(denominator)) = (
-            dictionary.id(&ratio.numerator),
-            dictionary.id(&ratio.denominator),
-        ) else {
+        let side = |name: &str| dictionary.id(name).filter(|id| tonight.contains(id));
+        let (Some(numerator), Some(denominator)) =
+            (side(&ratio.numerator), side(&ratio.denominator))
+        else {
             continue; // a side with no support tonight: no ratio either
         };
+        let id = dictionary.id_or_insert(&ratio.name, &ratio.name);
+        decided.push((numerator, denominator, id));
+    }
+    decided
+}
+
+/// Adds each decided ratio: numerator / denominator per user, where the denominator is not
+/// zero.
+pub(super) fn add_ratios(ratios: &[RatioIds], long: &mut LongRows) {
+    for &(numerator, denominator, id) in ratios {
         let (user_ids, feature_ids, values) = (&long.user_ids, &long.feature_ids, &long.values);
         let denominators: HashMap<u64, f32> = (0..user_ids.len())
             .filter(|&i| feature_ids[i] == denominator && values[i] != 0.0)
@@ -247,10 +242,6 @@ pub(super) fn add_ratios(
             .filter(|&i| feature_ids[i] == numerator)
             .filter_map(|i| Some((user_ids[i], values[i] / denominators.get(&user_ids[i])?)))
             .collect();
-        if found.is_empty() {
-            continue;
-        }
-        let id = dictionary.id_or_insert(&ratio.name, &ratio.name);
         for (user, value) in found {
             long.user_ids.push(user);
             long.feature_ids.push(id);

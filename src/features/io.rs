@@ -19,49 +19,80 @@ use crate::user_index::UserShard;
 /// shard i/parts, so the per-user stages read one part at a time), and the population, replacing
 /// a rerun's.
 pub async fn write(store: &Store, set: &FeatureSet, parts: u32) -> Result<(), FeatureError> {
-    let folder = layout::features(set.as_of);
-    store.delete_prefix(&folder).await?;
+    clear(store, set.as_of).await?;
     let parts = parts.max(1);
-    let schema = schema::FEATURES.arrow();
-    let batch = |users: &mut Vec<u64>, ids: &mut Vec<u32>, values: &mut Vec<f32>| {
-        RecordBatch::try_new(
-            schema.clone(),
-            vec![
-                Arc::new(UInt64Array::from(std::mem::take(users))),
-                Arc::new(UInt32Array::from(std::mem::take(ids))),
-                Arc::new(Float32Array::from(std::mem::take(values))),
-            ],
-        )
-        .map_err(|e| FeatureError::Result {
-            family: "features table".into(),
-            problem: e.to_string(),
-        })
-    };
     for index in 0..parts {
-        let (mut users, mut ids, mut values) = (Vec::new(), Vec::new(), Vec::new());
-        let mut batches = Vec::new();
+        let mut part = FeatureSet {
+            as_of: set.as_of,
+            users: Vec::new(),
+            user_ids: Vec::new(),
+            feature_ids: Vec::new(),
+            values: Vec::new(),
+        };
         // rows are sorted by user: each user's run of rows goes to its part whole
         let mut start = 0;
         while start < set.nnz() {
             let user = set.user_ids[start];
             let end = start + set.user_ids[start..].partition_point(|u| *u == user);
             if parts == 1 || UserShard::of(user, parts) == index {
-                users.extend_from_slice(&set.user_ids[start..end]);
-                ids.extend_from_slice(&set.feature_ids[start..end]);
-                values.extend_from_slice(&set.values[start..end]);
-                if users.len() >= 1 << 20 {
-                    batches.push(batch(&mut users, &mut ids, &mut values)?);
-                }
+                part.user_ids.extend_from_slice(&set.user_ids[start..end]);
+                part.feature_ids
+                    .extend_from_slice(&set.feature_ids[start..end]);
+                part.values.extend_from_slice(&set.values[start..end]);
             }
             start = end;
         }
-        if !users.is_empty() || batches.is_empty() {
-            batches.push(batch(&mut users, &mut ids, &mut values)?);
-        }
-        let path = layout::features_part(set.as_of, index, parts);
-        store.write_parquet(&path, schema.clone(), &batches).await?;
+        write_part(store, &part, index, parts).await?;
     }
-    // users without any feature are scored too: keep the population next to the rows
+    write_population(store, set.as_of, &set.users).await?;
+    info!(as_of = %set.as_of, rows = set.nnz(), parts, "features written");
+    Ok(())
+}
+
+/// Removes the features written for `as_of`, before a run writes them again part by part.
+pub async fn clear(store: &Store, as_of: NaiveDate) -> Result<(), FeatureError> {
+    Ok(store.delete_prefix(&layout::features(as_of)).await?)
+}
+
+/// Writes the rows of `part` (the users of part `index` of `parts`) as that part's file.
+pub async fn write_part(
+    store: &Store,
+    part: &FeatureSet,
+    index: u32,
+    parts: u32,
+) -> Result<(), FeatureError> {
+    let schema = schema::FEATURES.arrow();
+    let mut batches = Vec::new();
+    for at in (0..part.nnz().max(1)).step_by(ROWS_PER_BATCH) {
+        let rows = at..part.nnz().min(at + ROWS_PER_BATCH);
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(UInt64Array::from(part.user_ids[rows.clone()].to_vec())),
+                Arc::new(UInt32Array::from(part.feature_ids[rows.clone()].to_vec())),
+                Arc::new(Float32Array::from(part.values[rows].to_vec())),
+            ],
+        )
+        .map_err(|e| FeatureError::Result {
+            family: "features table".into(),
+            problem: e.to_string(),
+        })?;
+        batches.push(batch);
+    }
+    let path = layout::features_part(part.as_of, index, parts.max(1));
+    store.write_parquet(&path, schema, &batches).await?;
+    Ok(())
+}
+
+/// Rows per batch of a part file: bounded, so a part is never copied whole.
+const ROWS_PER_BATCH: usize = 1 << 20;
+
+/// Writes the population next to the rows: users without any feature are scored too.
+pub async fn write_population(
+    store: &Store,
+    as_of: NaiveDate,
+    users: &[u64],
+) -> Result<(), FeatureError> {
     let users_schema = Arc::new(Schema::new(vec![Field::new(
         "user_id",
         DataType::UInt64,
@@ -69,20 +100,15 @@ pub async fn write(store: &Store, set: &FeatureSet, parts: u32) -> Result<(), Fe
     )]));
     let users = RecordBatch::try_new(
         users_schema.clone(),
-        vec![Arc::new(UInt64Array::from(set.users.clone()))],
+        vec![Arc::new(UInt64Array::from(users.to_vec()))],
     )
     .map_err(|e| FeatureError::Result {
         family: "population".into(),
         problem: e.to_string(),
     })?;
     store
-        .write_parquet(
-            &layout::feature_users_file(set.as_of),
-            users_schema,
-            &[users],
-        )
+        .write_parquet(&layout::feature_users_file(as_of), users_schema, &[users])
         .await?;
-    info!(as_of = %set.as_of, rows = set.nnz(), parts, "features written");
     Ok(())
 }
 

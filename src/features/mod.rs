@@ -2,13 +2,17 @@
 //! the validated sources and assembles the long sparse table (user_id, feature_id, value).
 //!
 //! Reads the clean source tables registered by `sources`; writes `features/dt=<as_of>/` and
-//! commits the dictionary's new names (`features/dictionary/`) before the features using them. Point in time: a feature as of T uses only rows
-//! known strictly before T. It never reads labels or truth.
+//! commits the dictionary's new names (`features/dictionary/`) before the features using them.
+//! Point in time: a feature as of T uses only rows known strictly before T. It never reads
+//! labels or truth.
 //!
-//! `plan` turns families into SQL, `shared_scan` feeds several queries from one scan,
-//! `assemble` turns results into long rows, `io` writes and reads the table, `what_if` merges
-//! one more row into a user's features (for suggestions); this file runs
-//! the queries of one as-of date in order (`build`).
+//! Two steps, so that the nightly job never holds every user's features: `query` runs the
+//! queries of one as-of date, streaming each result into a `spill` sink that counts its keys
+//! over all users and sets its rows aside by user part, and decides which keys become which
+//! ids; `QueriedFeatures::part` then assembles one user part at a time. `plan` turns families
+//! into SQL, `shared_scan` feeds several queries from one scan, `assemble` decides ids and
+//! turns rows into long rows, `io` writes and reads the table, `stats` describes it,
+//! `what_if` merges one more row into a user's features (for suggestions).
 
 mod assemble;
 pub mod config;
@@ -16,14 +20,15 @@ pub mod dictionary;
 mod io;
 mod plan;
 mod shared_scan;
+mod spill;
 pub mod stats;
 mod what_if;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::NaiveDate;
-use datafusion::arrow::array::RecordBatch;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
@@ -32,16 +37,17 @@ use tracing::debug;
 
 pub use config::{Aggregate, FeatureConfig, FeatureFamily, Ratio, Transform};
 pub use dictionary::FeatureDictionary;
-pub use io::{read, read_part, write};
+pub use io::{clear, read, read_part, write, write_part, write_population};
 pub use plan::{family_queries, population};
 pub use what_if::WhatIf;
 
 use crate::cause::{Cause, Classify};
 use crate::sources::{self, SourceError};
 use crate::store::{Store, StoreError};
-use crate::user_index::UserIndex;
-use assemble::LongRows;
+use crate::user_index::{UserIndex, UserShard};
+use assemble::{LongRows, MemberIds, RatioIds};
 use plan::QueryGroup;
+use spill::{GroupSink, GroupTally, SpillFolder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FeatureError {
@@ -57,6 +63,8 @@ pub enum FeatureError {
     },
     #[error("feature family '{family}': {problem}")]
     Result { family: String, problem: String },
+    #[error("features: cannot set rows aside on local disk: {0}")]
+    Spill(String),
 }
 
 impl Classify for FeatureError {
@@ -67,6 +75,8 @@ impl Classify for FeatureError {
             // a family's SQL comes from features.toml: one that does not plan is configuration
             FeatureError::Query { error, .. } => crate::engine::cause_of(error),
             FeatureError::Result { .. } => Cause::Configuration,
+            // the machine's temp dir: full or gone, maybe not on the next try
+            FeatureError::Spill(_) => Cause::Transient,
         }
     }
 }
@@ -124,11 +134,30 @@ impl FeatureSet {
     }
 
     pub fn distinct_features(&self) -> usize {
-        let mut seen = vec![false; self.feature_ids.iter().max().map_or(0, |m| *m as usize + 1)];
-        self.feature_ids
-            .iter()
-            .for_each(|&f| seen[f as usize] = true);
-        seen.into_iter().filter(|s| *s).count()
+        let mut present = Present::default();
+        present.add(self);
+        present.count()
+    }
+}
+
+/// The features present in any of several sets (the parts of one date).
+#[derive(Debug, Default)]
+pub struct Present {
+    seen: Vec<bool>,
+}
+
+impl Present {
+    pub fn add(&mut self, set: &FeatureSet) {
+        for &id in &set.feature_ids {
+            if id as usize >= self.seen.len() {
+                self.seen.resize(id as usize + 1, false);
+            }
+            self.seen[id as usize] = true;
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.iter().filter(|s| **s).count()
     }
 }
 
@@ -154,9 +183,121 @@ const QUERIES_AT_ONCE: usize = 3;
 /// RSS 5.9 GiB) and all four event groups decode events once.
 const QUERIES_PER_SHARED_SCAN: usize = 4;
 
-/// Builds the features of every user alive at `as_of`. The sources must already be
-/// registered with `ctx` (see `sources::validate_and_register`). Results are assembled in
-/// config order so dictionary ids stay deterministic.
+/// One as-of date's features, queried over all users with the ids they take decided (which
+/// keys are kept, in which order), and their rows set aside by user part for `part` to
+/// assemble one part at a time: no step holds every user's rows at once when `parts` > 1.
+pub struct QueriedFeatures<'c> {
+    pub as_of: NaiveDate,
+    pub parts: u32,
+    /// every user that exists at `as_of`, sorted
+    pub population: Vec<u64>,
+    groups: Vec<QueryGroup<'c>>,
+    tallies: Vec<GroupTally>,
+    ids: Vec<Vec<MemberIds>>,
+    ratios: Vec<RatioIds>,
+    /// removed with the rows spilled in it when the features are dropped
+    _spill: Option<SpillFolder>,
+}
+
+/// Queries the features of every user alive at `as_of` and decides their ids in
+/// `dictionary`, setting the rows aside in `parts` user parts (`UserShard`). The sources
+/// must already be registered with `ctx` (see `sources::validate_and_register`). Results are
+/// decided in config order so dictionary ids stay deterministic.
+pub async fn query<'c>(
+    ctx: &SessionContext,
+    store: &Store,
+    config: &'c FeatureConfig,
+    dictionary: &mut FeatureDictionary,
+    as_of: NaiveDate,
+    parts: u32,
+) -> Result<QueriedFeatures<'c>, FeatureError> {
+    let snapshot = sources::snapshot_before(store, "profiles", as_of).await?;
+    let population = population(ctx, snapshot, as_of).await?;
+    let slots = UserIndex::build(&population).map_err(|user| FeatureError::Result {
+        family: "population".into(),
+        problem: format!("user {user} appears twice"),
+    })?;
+    let parts = parts.max(1);
+    let spill = match parts {
+        1 => None,
+        _ => Some(SpillFolder::create().map_err(|e| FeatureError::Spill(e.to_string()))?),
+    };
+    let groups = plan::query_groups(config);
+    let sinks = plan::group_sinks(
+        &groups,
+        Arc::new(slots),
+        population.len(),
+        parts,
+        spill.as_ref(),
+    );
+    let mut queries = GroupQueries::new(ctx, &groups, sinks, as_of, snapshot);
+    let (mut tallies, mut ids) = (Vec::new(), Vec::new());
+    let progress = progress_bar(groups.len(), as_of);
+    for (g, group) in groups.iter().enumerate() {
+        let (label, tally, query_seconds) = queries.result(g).await?;
+        progress.inc(1);
+        ids.push(assemble::decide_group(group, &tally, dictionary));
+        debug!(group = %label, rows = tally.rows, query_seconds, "feature group queried");
+        tallies.push(tally);
+    }
+    progress.finish_and_clear();
+    drop(queries);
+    let ratios = assemble::decide_ratios(&config.ratios, ids.iter().map(Vec::as_slice), dictionary);
+    Ok(QueriedFeatures {
+        as_of,
+        parts,
+        population,
+        groups,
+        tallies,
+        ids,
+        ratios,
+        _spill: spill,
+    })
+}
+
+impl QueriedFeatures<'_> {
+    /// The features of user part `index` (the users `UserShard::of` puts there), their ids
+    /// passed through `remap` (what the dictionary's commit returned; empty: as decided).
+    pub fn part(&self, index: u32, remap: &[u32]) -> Result<FeatureSet, FeatureError> {
+        let started = Instant::now();
+        let mut long = LongRows::default();
+        for ((group, tally), ids) in self.groups.iter().zip(&self.tallies).zip(&self.ids) {
+            let (batches, row_keys) = tally.part(index).map_err(|error| FeatureError::Query {
+                family: group.label(),
+                sql: "(its rows spilled by user part, read back)".into(),
+                error,
+            })?;
+            assemble::add_group_part(
+                group,
+                ids,
+                &assemble::PartResult { batches, row_keys },
+                &mut long,
+            );
+        }
+        assemble::add_ratios(&self.ratios, &mut long);
+        if !remap.is_empty() {
+            long.feature_ids
+                .iter_mut()
+                .for_each(|id| *id = remap[*id as usize]);
+        }
+        let users: Vec<u64> = match self.parts {
+            1 => self.population.clone(),
+            count => self
+                .population
+                .iter()
+                .copied()
+                .filter(|&u| UserShard::of(u, count) == index)
+                .collect(),
+        };
+        let slots = UserIndex::build(&users).expect("the population has no user twice");
+        let set = assemble::in_user_order(self.as_of, users, &slots, long);
+        debug!(as_of = %self.as_of, part = index, rows = set.nnz(), seconds = started.elapsed().as_secs_f64(), "feature part assembled");
+        Ok(set)
+    }
+}
+
+/// Builds the features of every user alive at `as_of` in memory, as one part: for tests,
+/// benches and `train`, whose sets fit; the nightly job assembles part by part (`query`).
 pub async fn build(
     ctx: &SessionContext,
     store: &Store,
@@ -164,32 +305,9 @@ pub async fn build(
     dictionary: &mut FeatureDictionary,
     as_of: NaiveDate,
 ) -> Result<FeatureSet, FeatureError> {
-    let snapshot = sources::snapshot_before(store, "profiles", as_of).await?;
-    let users = population(ctx, snapshot, as_of).await?;
-    let slots = UserIndex::build(&users).map_err(|user| FeatureError::Result {
-        family: "population".into(),
-        problem: format!("user {user} appears twice"),
-    })?;
-    let groups = plan::query_groups(config);
-    let mut queries = GroupQueries::new(ctx, &groups, as_of, snapshot);
-    let mut long = LongRows::default();
-    let progress = progress_bar(groups.len(), as_of);
-    for (g, group) in groups.iter().enumerate() {
-        let (label, batches, query_seconds) = queries.result(g).await?;
-        progress.inc(1);
-        let started = Instant::now();
-        let rows = assemble::add_group(group, &label, batches, dictionary, &mut long)?;
-        debug!(
-            group = %label,
-            rows,
-            query_seconds,
-            assemble_seconds = started.elapsed().as_secs_f64(),
-            "feature group built"
-        );
-    }
-    progress.finish_and_clear();
-    assemble::add_ratios(&config.ratios, dictionary, &mut long);
-    Ok(assemble::in_user_order(as_of, users, &slots, long))
+    query(ctx, store, config, dictionary, as_of, 1)
+        .await?
+        .part(0, &[])
 }
 
 /// Drawn only on a terminal; the scheduler's logs get the debug lines instead.
@@ -204,8 +322,8 @@ fn progress_bar(queries: usize, as_of: NaiveDate) -> indicatif::ProgressBar {
     progress
 }
 
-/// A group's result: its label, batches, and seconds since its query started.
-type GroupOutput = (String, Vec<RecordBatch>, f64);
+/// A group's result: its label, tally, and seconds since its query started.
+type GroupOutput = (String, GroupTally, f64);
 
 /// Runs the groups' queries. In this process, up to QUERIES_PER_SHARED_SCAN groups on one
 /// source share one scan of it (see `shared_scan`), started when the first of them is asked
@@ -218,6 +336,8 @@ struct GroupQueries<'a> {
     snapshot: NaiveDate,
     /// the groups that share no scan, in order
     alone: BoxStream<'a, Result<GroupOutput, FeatureError>>,
+    /// the sinks of the groups whose scan has not started
+    sinks: Vec<Option<GroupSink>>,
     clusters: Vec<Vec<usize>>,
     /// group index -> (cluster, position among its queries)
     shared: HashMap<usize, (usize, usize)>,
@@ -236,6 +356,7 @@ impl<'a> GroupQueries<'a> {
     fn new(
         ctx: &'a SessionContext,
         groups: &'a [QueryGroup<'a>],
+        sinks: Vec<GroupSink>,
         as_of: NaiveDate,
         snapshot: NaiveDate,
     ) -> GroupQueries<'a> {
@@ -254,19 +375,20 @@ impl<'a> GroupQueries<'a> {
                 shared.insert(g, (c, position));
             }
         }
-        let alone: Vec<&'a QueryGroup<'a>> = groups
+        let mut sinks: Vec<Option<GroupSink>> = sinks.into_iter().map(Some).collect();
+        let alone: Vec<(&'a QueryGroup<'a>, GroupSink)> = groups
             .iter()
             .enumerate()
             .filter(|(g, _)| !shared.contains_key(g))
-            .map(|(_, group)| group)
+            .map(|(g, group)| (group, sinks[g].take().expect("one sink per group")))
             .collect();
         let alone = futures::stream::iter(alone)
-            .map(move |group| async move {
+            .map(move |(group, sink)| async move {
                 let label = group.label();
                 let sql = plan::group_sql(group, as_of, Some(snapshot));
                 let started = Instant::now();
-                let batches = plan::run(ctx, &label, &sql).await?;
-                Ok((label, batches, started.elapsed().as_secs_f64()))
+                let tally = plan::run_into(ctx, &label, &sql, sink).await?;
+                Ok((label, tally, started.elapsed().as_secs_f64()))
             })
             .buffered(QUERIES_AT_ONCE)
             .boxed();
@@ -277,6 +399,7 @@ impl<'a> GroupQueries<'a> {
             as_of,
             snapshot,
             alone,
+            sinks,
             clusters,
             shared,
             scans,
@@ -293,7 +416,7 @@ impl<'a> GroupQueries<'a> {
         }
         let label = self.groups[g].label();
         let started = self.scans[c].as_mut().expect("started above");
-        let batches = started
+        let tally = started
             .scan
             .result(position)
             .await
@@ -302,23 +425,24 @@ impl<'a> GroupQueries<'a> {
                 sql: format!("{}\n  feeding: {}", started.sql, started.fed[position]),
                 error,
             })?;
-        Ok((label, batches, started.started.elapsed().as_secs_f64()))
+        Ok((label, tally, started.started.elapsed().as_secs_f64()))
     }
 
-    async fn start_scan(&self, c: usize) -> Result<StartedScan, FeatureError> {
+    async fn start_scan(&mut self, c: usize) -> Result<StartedScan, FeatureError> {
         let (groups, cluster) = (self.groups, &self.clusters[c]);
         let held = plan::shared_scan_conditions(groups, cluster, self.as_of);
         let sql = plan::shared_scan_sql(groups[cluster[0]].source, &held);
-        let queries: Vec<(String, String)> = cluster
+        let queries: Vec<(String, String, GroupSink)> = cluster
             .iter()
             .map(|&g| {
                 let table = plan::shared_table(&groups[g], g);
                 let sql =
                     plan::group_sql_on(&groups[g], &table, &held, self.as_of, Some(self.snapshot));
-                (table, sql)
+                let sink = self.sinks[g].take().expect("one sink per group");
+                (table, sql, sink)
             })
             .collect();
-        let fed = queries.iter().map(|(_, sql)| sql.clone()).collect();
+        let fed = queries.iter().map(|(_, sql, _)| sql.clone()).collect();
         let started = Instant::now();
         let scan = shared_scan::start(self.ctx, &sql, queries).await.map_err(
             |error: DataFusionError| FeatureError::Query {

@@ -3,13 +3,19 @@
 //! can share one scan (`shared_scan`). Point in time: every query reads only rows known
 //! strictly before the as-of date. Builds strings; runs only `population` and `run`.
 
+use std::sync::Arc;
+
 use chrono::{Duration, NaiveDate};
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::UInt64Type;
+use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
+use futures::StreamExt;
 
+use super::spill::{GroupSink, GroupTally, MemberKind, SpillFolder};
 use super::{Aggregate, FeatureConfig, FeatureError, FeatureFamily};
 use crate::schema;
+use crate::user_index::UserIndex;
 
 pub(super) fn sql_date(date: NaiveDate) -> String {
     format!("DATE '{date}'")
@@ -404,6 +410,61 @@ pub async fn population(
         .collect();
     users.sort_unstable();
     Ok(users)
+}
+
+/// One sink per group, in group order, for a population indexed by `slots` and rows set
+/// aside in `parts` user parts (spilled to `folder` when more than one).
+pub(super) fn group_sinks(
+    groups: &[QueryGroup],
+    slots: Arc<UserIndex>,
+    population: usize,
+    parts: u32,
+    folder: Option<&SpillFolder>,
+) -> Vec<GroupSink> {
+    groups
+        .iter()
+        .enumerate()
+        .map(|(g, group)| {
+            let kinds = group
+                .members
+                .iter()
+                .map(|(family, _)| match counts_keys(family, group.key) {
+                    true => MemberKind::CountsKeys,
+                    false => MemberKind::Keyed,
+                })
+                .collect();
+            GroupSink::new(g, kinds, slots.clone(), population, parts, folder)
+        })
+        .collect()
+}
+
+/// Runs a group's query, its result streamed into `sink`.
+pub(super) async fn run_into(
+    ctx: &SessionContext,
+    family: &str,
+    sql: &str,
+    sink: GroupSink,
+) -> Result<GroupTally, FeatureError> {
+    stream_into(ctx, sql, sink)
+        .await
+        .map_err(|error| FeatureError::Query {
+            family: family.to_string(),
+            sql: sql.to_string(),
+            error,
+        })
+}
+
+/// Streams `sql`'s result into `sink`, batch by batch, so the result is never held whole.
+pub(super) async fn stream_into(
+    ctx: &SessionContext,
+    sql: &str,
+    mut sink: GroupSink,
+) -> Result<GroupTally, DataFusionError> {
+    let mut stream = ctx.sql(sql).await?.execute_stream().await?;
+    while let Some(batch) = stream.next().await {
+        sink.push(batch?)?;
+    }
+    sink.finish()
 }
 
 pub(super) async fn run(

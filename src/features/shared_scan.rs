@@ -27,6 +27,8 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::spill::{GroupSink, GroupTally};
+
 type Batch = Result<RecordBatch, DataFusionError>;
 
 /// Batches buffered per query and partition.
@@ -39,13 +41,13 @@ pub struct SharedScan {
     failed: Arc<Mutex<Option<String>>>,
 }
 
-type QueryTask = JoinHandle<Result<Vec<RecordBatch>, DataFusionError>>;
+type QueryTask = JoinHandle<Result<GroupTally, DataFusionError>>;
 
 impl SharedScan {
     /// The result of the `position`-th query. Waits for the whole scan first: a scan that
     /// failed or was cut short fails every query, so no result is used that looks whole but
     /// is not.
-    pub async fn result(&mut self, position: usize) -> Result<Vec<RecordBatch>, DataFusionError> {
+    pub async fn result(&mut self, position: usize) -> Result<GroupTally, DataFusionError> {
         for task in self.scan.drain(..) {
             task.await
                 .map_err(|e| DataFusionError::Execution(format!("shared scan: {e}")))?;
@@ -65,12 +67,13 @@ impl SharedScan {
     }
 }
 
-/// Starts `scan_sql` and every `(table, sql)` query, where `sql` reads `table`: a streaming
-/// table registered here with the scan's schema and rows.
+/// Starts `scan_sql` and every `(table, sql, sink)` query, where `sql` reads `table` (a
+/// streaming table registered here with the scan's schema and rows) and streams its result
+/// into `sink`.
 pub async fn start(
     ctx: &SessionContext,
     scan_sql: &str,
-    queries: Vec<(String, String)>,
+    queries: Vec<(String, String, GroupSink)>,
 ) -> Result<SharedScan, DataFusionError> {
     let frame = ctx.sql(scan_sql).await?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
@@ -79,7 +82,7 @@ pub async fn start(
     let streams = match frame.execute_stream_partitioned().await {
         Ok(streams) => streams,
         Err(error) => {
-            for (table, _) in &queries {
+            for (table, _, _) in &queries {
                 let _ = ctx.deregister_table(table.as_str());
             }
             return Err(error);
@@ -88,10 +91,10 @@ pub async fn start(
 
     let queries = queries
         .into_iter()
-        .map(|(table, sql)| {
+        .map(|(table, sql, sink)| {
             let ctx = ctx.clone();
             Some(tokio::spawn(async move {
-                let result = crate::engine::collect(&ctx, &sql).await;
+                let result = super::plan::stream_into(&ctx, &sql, sink).await;
                 let _ = ctx.deregister_table(table.as_str());
                 result
             }))
@@ -124,11 +127,11 @@ pub async fn start(
 fn register_channels(
     ctx: &SessionContext,
     schema: &SchemaRef,
-    queries: &[(String, String)],
+    queries: &[(String, String, GroupSink)],
     partitions: usize,
 ) -> Result<Vec<Vec<mpsc::Sender<Batch>>>, DataFusionError> {
     let mut senders = Vec::with_capacity(queries.len());
-    for (table, _) in queries {
+    for (table, _, _) in queries {
         let mut streams: Vec<Arc<dyn PartitionStream>> = Vec::with_capacity(partitions);
         let mut query_senders = Vec::with_capacity(partitions);
         for _ in 0..partitions {

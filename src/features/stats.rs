@@ -108,103 +108,143 @@ pub fn compute(
     labels: Option<&HashMap<u64, bool>>,
     previous: &HashMap<u32, FeatureStats>,
 ) -> Vec<FeatureStats> {
-    let population = set.users.len() as f64;
-    let mut by_feature: HashMap<u32, Vec<(f64, u64)>> = HashMap::new();
-    for i in 0..set.nnz() {
-        by_feature
-            .entry(set.feature_ids[i])
-            .or_default()
-            .push((set.values[i] as f64, set.user_ids[i]));
-    }
-    // label counts over the population, for the users without a feature
-    let (all_positives, all_negatives) = labels.map_or((0.0, 0.0), |labels| {
-        set.users
-            .iter()
-            .fold((0.0, 0.0), |(p, n), u| match labels.get(u) {
-                Some(true) => (p + 1.0, n),
-                Some(false) => (p, n + 1.0),
-                None => (p, n),
-            })
-    });
-    let mut stats: Vec<FeatureStats> = by_feature
-        .into_par_iter()
-        .map(|(feature_id, mut rows)| {
-            rows.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let nonzero: Vec<f64> = rows.iter().map(|r| r.0).filter(|v| *v != 0.0).collect();
-            let support = nonzero.len() as u64;
-            let zeros = population - support as f64;
-            let sum: f64 = nonzero.iter().sum();
-            let (lo, hi) = (
-                nonzero.first().copied().unwrap_or(0.0),
-                nonzero.last().copied().unwrap_or(0.0),
-            );
-            let (min, max) = if zeros > 0.0 {
-                (lo.min(0.0), hi.max(0.0))
-            } else {
-                (lo, hi)
-            };
-            let edges = quartile_edges(&nonzero);
-            let mut counts = [0.0; BINS];
-            counts[0] = zeros;
-            for v in &nonzero {
-                counts[bin_of(*v, &edges)] += 1.0;
+    let mut gathered = Gathered::default();
+    gathered.add(set, labels);
+    gathered.compute(labels.is_some(), previous)
+}
+
+/// A row's label, for IV and AUC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Label {
+    Unknown,
+    Default,
+    Repaid,
+}
+
+/// What stats are computed from, gathered one user part at a time: per feature its non-zero
+/// values with their user's label (8 bytes a row, where the parts' sets are 16), the
+/// population and its label counts.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    population: u64,
+    positives: f64,
+    negatives: f64,
+    by_feature: HashMap<u32, Vec<(f32, Label)>>,
+}
+
+impl Gathered {
+    /// Adds the users of `set` (a part: no user in two) with `labels`.
+    pub fn add(&mut self, set: &FeatureSet, labels: Option<&HashMap<u64, bool>>) {
+        let label = |user: u64| match labels.and_then(|labels| labels.get(&user).copied()) {
+            Some(true) => Label::Default,
+            Some(false) => Label::Repaid,
+            None => Label::Unknown,
+        };
+        self.population += set.users.len() as u64;
+        for &user in &set.users {
+            match label(user) {
+                Label::Default => self.positives += 1.0,
+                Label::Repaid => self.negatives += 1.0,
+                Label::Unknown => {}
             }
-            let shares = counts.map(|c| c / population.max(1.0));
-            let (information_value, univariate_auc) = match labels {
-                Some(labels) => separation(&rows, &edges, labels, (all_positives, all_negatives)),
-                None => (None, None),
-            };
-            let psi = previous.get(&feature_id).map(|before| {
-                // tonight's population binned on yesterday's edges
+        }
+        for i in 0..set.nnz() {
+            let rows = self.by_feature.entry(set.feature_ids[i]).or_default();
+            if set.values[i] != 0.0 {
+                rows.push((set.values[i], label(set.user_ids[i])));
+            }
+        }
+    }
+
+    /// The stats of every feature added; IV and AUC when `labelled`.
+    pub fn compute(
+        self,
+        labelled: bool,
+        previous: &HashMap<u32, FeatureStats>,
+    ) -> Vec<FeatureStats> {
+        let population = self.population as f64;
+        let all = (self.positives, self.negatives);
+        let by_feature = self.by_feature;
+        let mut stats: Vec<FeatureStats> = by_feature
+            .into_par_iter()
+            .map(|(feature_id, mut rows)| {
+                rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let nonzero: Vec<f64> = rows.iter().map(|r| r.0 as f64).collect();
+                let support = nonzero.len() as u64;
+                let zeros = population - support as f64;
+                let sum: f64 = nonzero.iter().sum();
+                let (lo, hi) = (
+                    nonzero.first().copied().unwrap_or(0.0),
+                    nonzero.last().copied().unwrap_or(0.0),
+                );
+                let (min, max) = if zeros > 0.0 {
+                    (lo.min(0.0), hi.max(0.0))
+                } else {
+                    (lo, hi)
+                };
+                let edges = quartile_edges(&nonzero);
                 let mut counts = [0.0; BINS];
                 counts[0] = zeros;
                 for v in &nonzero {
-                    counts[bin_of(*v, &before.edges)] += 1.0;
+                    counts[bin_of(*v, &edges)] += 1.0;
                 }
-                psi(&before.shares, &counts.map(|c| c / population.max(1.0)))
-            });
-            FeatureStats {
-                feature_id,
-                support,
-                mean: sum / population.max(1.0),
-                min,
-                max,
-                edges,
-                shares,
-                information_value,
-                univariate_auc,
-                psi,
-            }
-        })
-        .collect();
-    stats.sort_by_key(|s| s.feature_id);
-    stats
+                let shares = counts.map(|c| c / population.max(1.0));
+                let (information_value, univariate_auc) = match labelled {
+                    true => separation(&rows, &edges, all),
+                    false => (None, None),
+                };
+                let psi = previous.get(&feature_id).map(|before| {
+                    // tonight's population binned on yesterday's edges
+                    let mut counts = [0.0; BINS];
+                    counts[0] = zeros;
+                    for v in &nonzero {
+                        counts[bin_of(*v, &before.edges)] += 1.0;
+                    }
+                    psi(&before.shares, &counts.map(|c| c / population.max(1.0)))
+                });
+                FeatureStats {
+                    feature_id,
+                    support,
+                    mean: sum / population.max(1.0),
+                    min,
+                    max,
+                    edges,
+                    shares,
+                    information_value,
+                    univariate_auc,
+                    psi,
+                }
+            })
+            .collect();
+        stats.sort_by_key(|s| s.feature_id);
+        stats
+    }
 }
 
 /// How well one feature separates defaulters: its information value over the bins of `edges`
-/// and its univariate AUC. `rows` are (value, user) sorted by value; `all` the population's
-/// (defaults, non-defaults), so users without the feature count in the zero bin.
+/// and its univariate AUC. `rows` are (non-zero value, label) sorted by value; `all` the
+/// population's (defaults, non-defaults), so users without the feature count in the zero bin.
 fn separation(
-    rows: &[(f64, u64)],
+    rows: &[(f32, Label)],
     edges: &[f64; 3],
-    labels: &HashMap<u64, bool>,
     all: (f64, f64),
 ) -> (Option<f64>, Option<f64>) {
     let (all_positives, all_negatives) = all;
     let mut pos = [0.0; BINS];
     let mut neg = [0.0; BINS];
     let mut groups = Vec::with_capacity(rows.len() + 1);
-    for &(value, user) in rows.iter().filter(|r| r.0 != 0.0) {
-        match labels.get(&user) {
-            Some(true) => {
+    for &(value, label) in rows {
+        let value = value as f64;
+        match label {
+            Label::Default => {
                 pos[bin_of(value, edges)] += 1.0;
                 groups.push((value, 1.0, 0.0));
             }
-            Some(false) => {
+            Label::Repaid => {
                 neg[bin_of(value, edges)] += 1.0;
                 groups.push((value, 0.0, 1.0));
             }
-            None => {}
+            Label::Unknown => {}
         }
     }
     pos[0] = all_positives - pos[1..].iter().sum::<f64>();

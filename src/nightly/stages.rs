@@ -23,14 +23,16 @@ use crate::audit;
 use crate::config::Pipelines;
 use crate::dataset;
 use crate::features::stats::{self, Drift, Strength};
-use crate::features::{self, FeatureDictionary, FeatureReport, FeatureSet};
+use crate::features::{self, FeatureDictionary, FeatureReport};
 use crate::model::evaluation::segment_values;
 use crate::model::metrics::SegmentMetrics;
+use crate::model::train::Split;
 use crate::model::{self, Metrics, Model};
 use crate::publish::{self, Lineage, Manifest};
 use crate::sources::{self, SourceReport};
 use crate::store::{Store, layout};
 use crate::training::{self, OracleAuc, Promote};
+use crate::user_index::UserShard;
 
 /// What every stage of one run reads: where, when, with which configuration and options.
 pub(super) struct Run<'a> {
@@ -271,10 +273,11 @@ async fn validate(
     Ok(reports)
 }
 
-/// Features as of the training date and the run date, each built, committed to the
-/// dictionary, written in user parts and described by its stats before the next is built, so
-/// one set is in memory at a time (the train stage reads the training set back); the training
-/// labels go to `labels` for the train stage.
+/// Features as of the training date and the run date, one date after the other: each
+/// queried over all users (its new ids committed to the dictionary before any feature file
+/// uses them), then assembled, written and gathered for its stats one user part at a time,
+/// so no step holds every user's features (the train stage reads the training set back).
+/// The training labels go to `labels` for the train stage.
 async fn features_stage(
     run: &Run<'_>,
     labels: &mut Option<HashMap<u64, bool>>,
@@ -288,23 +291,33 @@ async fn features_stage(
     let mut stats = Vec::new();
     for as_of in [run.training_as_of, run.run_date] {
         let started = Instant::now();
-        let mut set =
-            features::build(ctx, store, &run.pipelines.features, &mut dictionary, as_of).await?;
-        // ids are committed before any feature file uses them; a writer that lost the race
-        // appended to the winner's dictionary, and its features take the ids committed (ids
-        // committed before keep theirs, so the set written already stays right)
-        set.remap(&dictionary.commit(store).await?);
-        features::write(store, &set, parts).await?;
+        let config = &run.pipelines.features;
+        let queried = features::query(ctx, store, config, &mut dictionary, as_of, parts).await?;
+        // a writer that lost the race appended to the winner's dictionary: its features take
+        // the ids committed (ids committed before keep theirs)
+        let remap = dictionary.commit(store).await?;
+        let labelled = (as_of == run.training_as_of).then_some(&training_labels);
+        let mut gathered = stats::Gathered::default();
+        let (mut rows, mut present) = (0, features::Present::default());
+        features::clear(store, as_of).await?;
+        for part in 0..parts {
+            let set = queried.part(part, &remap)?;
+            features::write_part(store, &set, part, parts).await?;
+            rows += set.nnz();
+            present.add(&set);
+            gathered.add(&set, labelled);
+        }
+        features::write_population(store, as_of, &queried.population).await?;
         reports.push(FeatureReport {
             as_of,
-            users: set.users.len(),
-            rows: set.nnz(),
-            distinct_features: set.distinct_features(),
+            users: queried.population.len(),
+            rows,
+            distinct_features: present.count(),
             dictionary_size: dictionary.len(),
             seconds: started.elapsed().as_secs_f64(),
         });
-        let labelled = (as_of == run.training_as_of).then_some(&training_labels);
-        stats.push(feature_stats(run, as_of, &set, labelled, &dictionary).await?);
+        drop(queried);
+        stats.push(feature_stats(run, as_of, gathered, labelled.is_some(), &dictionary).await?);
     }
     *labels = Some(training_labels);
     let [(_, training_stats), (drift_baseline, tonight_stats)]: [_; 2] =
@@ -317,17 +330,18 @@ async fn features_stage(
     })
 }
 
-/// Stats of one feature set, written: IV and AUC where labels exist (the training date), PSI
-/// against the newest earlier stats (normally the previous night's), whose date comes along.
+/// Stats of one date's features, gathered part by part, written: IV and AUC where labels
+/// exist (the training date), PSI against the newest earlier stats (normally the previous
+/// night's), whose date comes along.
 async fn feature_stats(
     run: &Run<'_>,
     as_of: NaiveDate,
-    set: &FeatureSet,
-    labels: Option<&HashMap<u64, bool>>,
+    gathered: stats::Gathered,
+    labelled: bool,
     dictionary: &FeatureDictionary,
 ) -> Result<(Option<NaiveDate>, Vec<stats::FeatureStats>), NightlyError> {
     let (baseline, before) = stats::previous(run.store, as_of).await?;
-    let computed = stats::compute(set, labels, &before);
+    let computed = gathered.compute(labelled, &before);
     stats::write(run.store, as_of, &computed, dictionary).await?;
     Ok((baseline, computed))
 }
@@ -348,11 +362,21 @@ async fn train_stage(
         // a resumed run, or one whose features were built by an earlier try
         None => dataset::labels(run.ctx, run.training_as_of, &config.label).await?,
     };
-    let training_set =
-        dataset::training_set(&features::read(store, run.training_as_of).await?, &labels)?;
+    let champion = model::champion(store).await?;
+    // with a champion only the holdout is used: it is read one user part at a time
+    let (training_set, training_rows, training_defaults) = match champion {
+        Some(_) => training_holdout(run, &labels).await?,
+        None => {
+            let features = features::read(store, run.training_as_of).await?;
+            let set = dataset::training_set(&features, &labels)?;
+            let (rows, defaults) = (set.labels.len(), set.positives());
+            (set, rows, defaults)
+        }
+    };
     let (model, trained_tonight, forced_past) =
-        scoring_model(run, dictionary, &training_set).await?;
+        scoring_model(run, champion, dictionary, &training_set).await?;
     let (holdout_rows, holdout_labels) = training::holdout(&training_set, &config.training);
+    drop(training_set);
     let holdout_pd = model.pd(&holdout_rows, device);
     let holdout_segments = report::segment_families(run)
         .iter()
@@ -370,21 +394,64 @@ async fn train_stage(
         holdout: model::metrics::evaluate(&holdout_pd, &holdout_labels),
         oracle_auc,
         visible_oracle_auc,
-        training_rows: training_set.labels.len(),
-        training_defaults: training_set.positives(),
+        training_rows,
+        training_defaults,
         holdout_segments,
     })
+}
+
+/// The holdout users' rows of the training set, read one user part at a time, with the size
+/// of the whole set (labelled rows, defaults) it was taken from.
+async fn training_holdout(
+    run: &Run<'_>,
+    labels: &HashMap<u64, bool>,
+) -> Result<(dataset::TrainingSet, usize, usize), NightlyError> {
+    let (as_of, count) = (run.training_as_of, run.user_parts());
+    let training = &run.pipelines.nightly.training;
+    let mut holdout = dataset::Csr::empty();
+    let (mut rows, mut defaults) = (0, 0);
+    for index in 0..count {
+        let part = features::read_part(run.store, as_of, UserShard { index, count }).await?;
+        let part = dataset::Csr::from_features(&part);
+        let labelled: Vec<usize> = (0..part.len())
+            .filter(|&i| labels.contains_key(&part.users[i]))
+            .collect();
+        rows += labelled.len();
+        defaults += labelled.iter().filter(|&&i| labels[&part.users[i]]).count();
+        let held: Vec<usize> = labelled
+            .into_iter()
+            .filter(|&i| Split::of(part.users[i], training) == Split::Holdout)
+            .collect();
+        holdout.append(&part.select(&held));
+    }
+    dataset::check_size(as_of, rows, defaults)?;
+    // in user order, as one set read whole would hold them
+    let mut order: Vec<usize> = (0..holdout.len()).collect();
+    order.sort_unstable_by_key(|&i| holdout.users[i]);
+    let rows_held = holdout.select(&order);
+    let held_labels = rows_held
+        .users
+        .iter()
+        .map(|user| if labels[user] { 1.0 } else { 0.0 })
+        .collect();
+    let set = dataset::TrainingSet {
+        as_of,
+        rows: rows_held,
+        labels: held_labels,
+    };
+    Ok((set, rows, defaults))
 }
 
 /// The champion; or, on a root without one, a model trained and promoted now (true), with
 /// the promotion gates it failed if `--force` promoted it past them.
 async fn scoring_model(
     run: &Run<'_>,
+    champion: Option<model::Champion>,
     dictionary: &FeatureDictionary,
     training_set: &dataset::TrainingSet,
 ) -> Result<(Model, bool, Vec<String>), NightlyError> {
     let (store, device) = (run.store, &run.device);
-    if let Some(champion) = model::champion(store).await? {
+    if let Some(champion) = champion {
         let model = model::load(store, &champion.version, device).await?;
         model.check_dictionary(dictionary)?;
         info!(model = %champion.version, "scoring with the champion");

@@ -306,6 +306,39 @@ async fn killed_runs_resume_and_user_parts_decided_partly_elsewhere_publish_the_
             );
         }
     }
+    // features assembled part by part (their keys decided over all users first) are the
+    // one-part build's row for row, and stats gathered part by part are its stats
+    for date in [first_night(), run_date()] {
+        let (in_parts, whole) = (
+            features::read(&sharded, date).await.unwrap(),
+            features::read(&reference, date).await.unwrap(),
+        );
+        assert_eq!(in_parts.users, whole.users);
+        assert!(whole.nnz() > 10_000, "{}", whole.nnz());
+        assert_eq!(in_parts.user_ids, whole.user_ids);
+        assert_eq!(in_parts.feature_ids, whole.feature_ids);
+        assert_eq!(in_parts.values, whole.values);
+    }
+    for key in ["strongest_features", "most_drifted"] {
+        assert!(!report_json[key].as_array().unwrap().is_empty(), "{key}");
+        assert_eq!(report_json[key], reference_report[key], "{key}");
+    }
+    for (part, one) in report_json["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(reference_report["features"].as_array().unwrap())
+    {
+        for key in [
+            "as_of",
+            "users",
+            "rows",
+            "distinct_features",
+            "dictionary_size",
+        ] {
+            assert_eq!(part[key], one[key], "features {key}");
+        }
+    }
     // the table's parts and the decision records pair up by shard; a user is explained from
     // the records of their part
     let manifest = &report.manifest;
