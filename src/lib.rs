@@ -7,6 +7,7 @@
 //! cause       why a command failed, as a scheduler acts on it (the exit codes)
 //! serde_date  dates in JSON
 //! user_index  where a user id sits in a list of users (population, table rows)
+//! spill       query results set aside by user part on local disk, read back a part at a time
 //! store       object storage roots (file://, s3://, memory://), retries, Parquet I/O, and
 //!             `store::layout`: every object path of a root
 //! erasure     users who withdrew consent: create-only requests every stage leaves out
@@ -47,6 +48,8 @@ pub mod cause;
 mod serde_date;
 
 pub mod user_index;
+
+pub mod spill;
 
 pub mod store;
 

@@ -40,31 +40,48 @@ pub struct Suggestion {
 /// The certificate a user of each family would most likely upload: the verified type most
 /// users already hold, read with full confidence. Families in name order.
 pub fn representatives(held: &HashMap<u64, Vec<HeldCertificate>>) -> Vec<HeldCertificate> {
-    let mut counts: HashMap<(String, u32), (usize, &HeldCertificate)> = HashMap::new();
-    for certificate in held.values().flatten() {
-        counts
-            .entry((certificate.family.clone(), certificate.cert_type_id))
-            .or_insert((0, certificate))
-            .0 += 1;
-    }
-    let mut best: HashMap<&str, (usize, &HeldCertificate)> = HashMap::new();
-    for ((family, _), (n, certificate)) in &counts {
-        let entry = best.entry(family.as_str()).or_insert((*n, certificate));
-        if (*n, std::cmp::Reverse(certificate.cert_type_id))
-            > (entry.0, std::cmp::Reverse(entry.1.cert_type_id))
-        {
-            *entry = (*n, certificate);
+    let mut counted = HeldCounts::default();
+    counted.add(held);
+    counted.representatives()
+}
+
+/// Certificates held, counted by (family, type) over one user part after another.
+#[derive(Debug, Default)]
+pub struct HeldCounts {
+    counts: HashMap<(String, u32), (usize, HeldCertificate)>,
+}
+
+impl HeldCounts {
+    pub fn add(&mut self, held: &HashMap<u64, Vec<HeldCertificate>>) {
+        for certificate in held.values().flatten() {
+            self.counts
+                .entry((certificate.family.clone(), certificate.cert_type_id))
+                .or_insert_with(|| (0, certificate.clone()))
+                .0 += 1;
         }
     }
-    let mut out: Vec<HeldCertificate> = best
-        .into_values()
-        .map(|(_, c)| HeldCertificate {
-            confidence: 1.0,
-            ..c.clone()
-        })
-        .collect();
-    out.sort_by(|a, b| a.family.cmp(&b.family));
-    out
+
+    /// Per family, the type held most (the lower id on a tie), read with full confidence.
+    pub fn representatives(&self) -> Vec<HeldCertificate> {
+        let mut best: HashMap<&str, (usize, &HeldCertificate)> = HashMap::new();
+        for ((family, _), (n, certificate)) in &self.counts {
+            let entry = best.entry(family.as_str()).or_insert((*n, certificate));
+            if (*n, std::cmp::Reverse(certificate.cert_type_id))
+                > (entry.0, std::cmp::Reverse(entry.1.cert_type_id))
+            {
+                *entry = (*n, certificate);
+            }
+        }
+        let mut out: Vec<HeldCertificate> = best
+            .into_values()
+            .map(|(_, c)| HeldCertificate {
+                confidence: 1.0,
+                ..c.clone()
+            })
+            .collect();
+        out.sort_by(|a, b| a.family.cmp(&b.family));
+        out
+    }
 }
 
 /// A verified, unrevoked upload of `certificate`, learned the day before `as_of`, as one row

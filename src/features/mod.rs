@@ -43,11 +43,12 @@ pub use what_if::WhatIf;
 
 use crate::cause::{Cause, Classify};
 use crate::sources::{self, SourceError};
+use crate::spill::SpillFolder;
 use crate::store::{Store, StoreError};
 use crate::user_index::{UserIndex, UserShard};
 use assemble::{LongRows, MemberIds, RatioIds};
 use plan::QueryGroup;
-use spill::{GroupSink, GroupTally, SpillFolder};
+use spill::{GroupSink, GroupTally};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FeatureError {
@@ -220,7 +221,7 @@ pub async fn query<'c>(
     let parts = parts.max(1);
     let spill = match parts {
         1 => None,
-        _ => Some(SpillFolder::create().map_err(|e| FeatureError::Spill(e.to_string()))?),
+        _ => Some(SpillFolder::create("features").map_err(|e| FeatureError::Spill(e.to_string()))?),
     };
     let groups = plan::query_groups(config);
     let sinks = plan::group_sinks(

@@ -12,9 +12,10 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 
-use super::spill::{GroupSink, GroupTally, MemberKind, SpillFolder};
+use super::spill::{GroupSink, GroupTally, MemberKind};
 use super::{Aggregate, FeatureConfig, FeatureError, FeatureFamily};
 use crate::schema;
+use crate::spill::SpillFolder;
 use crate::user_index::UserIndex;
 
 pub(super) fn sql_date(date: NaiveDate) -> String {

@@ -1,52 +1,19 @@
 //! A feature query's result, taken batch by batch as it streams out of the engine: its keys
 //! interned and counted over all users (what support, top-k and distinct counts are decided
-//! on), and its rows set aside by user part so that assembly holds one part at a time. One
-//! part stays in memory; more are written to Arrow IPC files in a temporary folder of this
-//! process (`SpillFolder`, under the system's temp dir, removed when dropped). Touches
-//! nothing in the store.
+//! on), and its rows set aside by user part (`crate::spill`) so that assembly holds one part
+//! at a time. Touches nothing in the store.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::{BufReader, BufWriter};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{cast, take_record_batch};
-use datafusion::arrow::datatypes::{DataType, Float64Type, UInt32Type, UInt64Type};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Float64Type, UInt32Type};
 use datafusion::arrow::error::ArrowError;
-use datafusion::arrow::ipc::reader::FileReader;
-use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::error::DataFusionError;
 
-use crate::user_index::{UserIndex, UserShard};
-
-/// A temporary folder for one feature build's spilled rows, removed with everything in it
-/// when dropped (a failed build leaves nothing behind either).
-#[derive(Debug)]
-pub(super) struct SpillFolder {
-    path: PathBuf,
-}
-
-impl SpillFolder {
-    pub fn create() -> std::io::Result<SpillFolder> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "redflower-features-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path)?;
-        Ok(SpillFolder { path })
-    }
-}
-
-impl Drop for SpillFolder {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
+use crate::spill::{PartSpill, SpillFolder, user_column};
+use crate::user_index::UserIndex;
 
 /// How assembly reads a member column: keys with support and top-k, or (a distinct count
 /// riding on its value's group) one count per user of the keys it has.
@@ -66,15 +33,7 @@ pub(super) struct GroupTally {
     /// `[member]`: users with a value in some row (counting members; 0 for keyed ones)
     pub users_counted: Vec<u64>,
     pub rows: usize,
-    parts: Vec<PartRows>,
-}
-
-enum PartRows {
-    Memory(Vec<RecordBatch>),
-    File {
-        path: PathBuf,
-        writer: Option<FileWriter<BufWriter<File>>>,
-    },
+    rows_by_part: PartSpill,
 }
 
 /// Users seen: a bit per population position, a set for ids outside it.
@@ -105,14 +64,6 @@ pub(super) struct GroupSink {
     kinds: Vec<MemberKind>,
     seen: Vec<Option<UsersSeen>>,
     slots: Arc<UserIndex>,
-    part_count: u32,
-}
-
-fn spill_error(path: &Path, error: impl std::fmt::Display) -> DataFusionError {
-    DataFusionError::Execution(format!(
-        "spilling feature rows to {}: {error}",
-        path.display()
-    ))
 }
 
 impl GroupSink {
@@ -127,17 +78,6 @@ impl GroupSink {
         part_count: u32,
         folder: Option<&SpillFolder>,
     ) -> GroupSink {
-        let parts = match (part_count, folder) {
-            (0 | 1, _) | (_, None) => vec![PartRows::Memory(Vec::new())],
-            (count, Some(folder)) => (0..count)
-                .map(|part| PartRows::File {
-                    path: folder
-                        .path
-                        .join(format!("group-{group:03}-part-{part:05}.arrow")),
-                    writer: None,
-                })
-                .collect(),
-        };
         let seen = kinds
             .iter()
             .map(|kind| {
@@ -155,12 +95,11 @@ impl GroupSink {
                 support: kinds.iter().map(|_| Vec::new()).collect(),
                 users_counted: vec![0; kinds.len()],
                 rows: 0,
-                parts,
+                rows_by_part: PartSpill::new(&format!("group-{group:03}"), part_count, folder),
             },
             kinds,
             seen,
             slots,
-            part_count: part_count.max(1),
         }
     }
 
@@ -197,49 +136,12 @@ impl GroupSink {
             }
         }
         tally.rows += batch.num_rows();
-        self.set_aside(batch)
-    }
-
-    fn set_aside(&mut self, batch: RecordBatch) -> Result<(), DataFusionError> {
-        if let [PartRows::Memory(batches)] = self.tally.parts.as_mut_slice() {
-            batches.push(batch);
-            return Ok(());
-        }
-        let users = user_column(&batch)?;
-        let mut rows_of: Vec<Vec<u32>> = vec![Vec::new(); self.part_count as usize];
-        for (row, user) in users.values().iter().enumerate() {
-            rows_of[UserShard::of(*user, self.part_count) as usize].push(row as u32);
-        }
-        for (part, rows) in self.tally.parts.iter_mut().zip(rows_of) {
-            let PartRows::File { path, writer } = part else {
-                unreachable!("parts past the first are spilled")
-            };
-            if rows.is_empty() {
-                continue;
-            }
-            let taken = take_record_batch(&batch, &UInt32Array::from(rows))?;
-            if writer.is_none() {
-                let file = File::create(&*path).map_err(|e| spill_error(path, e))?;
-                *writer = Some(
-                    FileWriter::try_new(BufWriter::new(file), &batch.schema())
-                        .map_err(|e| spill_error(path, e))?,
-                );
-            }
-            let writer = writer.as_mut().expect("opened above");
-            writer.write(&taken).map_err(|e| spill_error(path, e))?;
-        }
-        Ok(())
+        tally.rows_by_part.push(batch)
     }
 
     /// The tally over all users, every spill file closed.
     pub fn finish(mut self) -> Result<GroupTally, DataFusionError> {
-        for part in &mut self.tally.parts {
-            if let PartRows::File { path, writer } = part
-                && let Some(mut open) = writer.take()
-            {
-                open.finish().map_err(|e| spill_error(path, e))?;
-            }
-        }
+        self.tally.rows_by_part.finish()?;
         let keys = self.tally.keys.len();
         for (member, kind) in self.kinds.iter().enumerate() {
             match kind {
@@ -257,18 +159,7 @@ impl GroupSink {
 impl GroupTally {
     /// The rows of user part `part`, each row's key as an index into `keys`.
     pub fn part(&self, part: u32) -> Result<(Vec<RecordBatch>, Vec<Vec<u32>>), DataFusionError> {
-        let batches = match &self.parts[..] {
-            [PartRows::Memory(batches)] => batches.clone(),
-            parts => match &parts[part as usize] {
-                PartRows::File { path, writer: None } if path.exists() => {
-                    let file = File::open(path).map_err(|e| spill_error(path, e))?;
-                    FileReader::try_new(BufReader::new(file), None)
-                        .and_then(|reader| reader.collect::<Result<Vec<_>, ArrowError>>())
-                        .map_err(|e| spill_error(path, e))?
-                }
-                _ => Vec::new(), // no row of this group fell in the part
-            },
-        };
+        let batches = self.rows_by_part.part(part)?;
         let row_keys = batches
             .iter()
             .map(|batch| {
@@ -316,15 +207,6 @@ fn batch_keys(
         .iter()
         .map(|key| key.map_or(0, |k| ids[k as usize]))
         .collect())
-}
-
-fn user_column(
-    batch: &RecordBatch,
-) -> Result<&datafusion::arrow::array::UInt64Array, DataFusionError> {
-    batch
-        .column(0)
-        .as_primitive_opt::<UInt64Type>()
-        .ok_or_else(|| DataFusionError::Execution("a feature query's user_id is not UInt64".into()))
 }
 
 fn value_column(

@@ -29,7 +29,7 @@ use crate::features::{self, FeatureDictionary, WhatIf};
 use crate::model::evaluation::segment_values;
 use crate::model::metrics::{self, SegmentMetrics};
 use crate::model::{self, Model};
-use crate::policy::{Decision, Grade, HeldCertificate, PolicyInputs, Reason, UserFacts, Withheld};
+use crate::policy::{Decision, Grade, HeldCertificate, InputsByPart, Reason, UserFacts, Withheld};
 use crate::publish::{self, DataFile, LimitRow, Manifest, TableTotals};
 use crate::scoring::{self, Scores};
 use crate::sources;
@@ -122,13 +122,13 @@ impl PartSeconds {
     }
 }
 
-/// What every part reads besides its own users: the model, the policy's inputs and the
-/// suggestions' candidates, loaded once per process.
+/// What every part reads besides its own users: the model, the policy's inputs (queried once
+/// per process, read back a part at a time) and the suggestions' candidates.
 struct PartWork<'a> {
     run: &'a Run<'a>,
     model: &'a Model,
     dictionary: &'a FeatureDictionary,
-    inputs: PolicyInputs,
+    inputs: InputsByPart,
     /// the table tonight's limits start from (`publish::table_before`)
     previous: Option<Manifest>,
     candidates: Vec<HeldCertificate>,
@@ -148,8 +148,15 @@ impl<'a> PartWork<'a> {
         let (store, run_date) = (run.store, run.run_date);
         let policy = &run.pipelines.policy;
         let snapshot = sources::snapshot_before(store, "profiles", run_date).await?;
-        let inputs = crate::policy::load_inputs(run.ctx, run_date, snapshot, policy).await?;
-        let candidates = suggestions::representatives(&inputs.certificates);
+        let count = run.user_parts();
+        let inputs =
+            crate::policy::load_inputs_by_part(run.ctx, run_date, snapshot, policy, count).await?;
+        // what users upload most is counted over every user, a part at a time
+        let mut held = suggestions::HeldCounts::default();
+        for index in 0..count {
+            held.add(&inputs.part(index)?.certificates);
+        }
+        let candidates = held.representatives();
         let features = &run.pipelines.features;
         let what_ifs = suggestions::what_ifs(features, dictionary, &candidates, run_date).await?;
         let previous = publish::table_before(store, run_date).await?;
@@ -188,12 +195,13 @@ impl<'a> PartWork<'a> {
             Some(table) => publish::limits_in(store, table, part).await?,
             None => Default::default(),
         };
+        let inputs = self.inputs.part(part.index)?;
         let facts: Vec<UserFacts> = scores
             .users
             .par_iter()
-            .map(|user| self.inputs.facts(*user, previous.get(user)))
+            .map(|user| inputs.facts(*user, previous.get(user)))
             .collect();
-        drop(previous);
+        drop((previous, inputs));
         let policy = &run.pipelines.policy;
         let decisions: Vec<Decision> = (0..scores.users.len())
             .into_par_iter()

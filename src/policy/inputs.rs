@@ -1,8 +1,9 @@
 //! What the policy weighs besides the score, as known before the run date: verified
 //! certificates, each user's newest limit request, income bands from the newest profile
 //! snapshot, fraud flags from every recognized upload, and purchases per scenario category.
-//! Reads the clean tables `sources` registered; writes nothing. The only module that turns
-//! those tables into `UserFacts`.
+//! Reads the clean tables `sources` registered; writes nothing in the store (its results wait
+//! by user part in a temp folder, `InputsByPart`). The only module that turns those tables
+//! into `UserFacts`.
 
 use std::collections::HashMap;
 
@@ -12,9 +13,12 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{
     DataType, Date32Type, Float64Type, Int32Type, Int64Type, UInt32Type, UInt64Type,
 };
+use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 
 use crate::sources::known_before;
+use crate::spill::{PartSpill, SpillFolder};
+use crate::user_index::UserShard;
 
 use super::{
     FraudFlag, HeldCertificate, LimitPolicy, PolicyError, PreviousDecision, Upload, UserFacts,
@@ -56,25 +60,123 @@ impl PolicyInputs {
     }
 }
 
+/// Every user's policy inputs, their query results set aside by user part (`crate::spill`)
+/// so that the per-user stages build one part's `PolicyInputs` at a time. Fraud flags are
+/// decided over every user's uploads (a certificate number claimed by two users) and kept
+/// whole: they hold only the users flagged.
+pub struct InputsByPart {
+    count: u32,
+    /// category purchases (none without scenarios), certificates that count, revoked ones,
+    /// caps, income bands: each query with its rows by part
+    results: [(String, PartSpill); 5],
+    fraud: HashMap<u64, Vec<FraudFlag>>,
+    _folder: Option<SpillFolder>,
+}
+
+/// The policy's inputs of every user at once: `load_inputs_by_part` in one part.
 pub async fn load_inputs(
     ctx: &SessionContext,
     run_date: NaiveDate,
     profile_snapshot: NaiveDate,
     policy: &LimitPolicy,
 ) -> Result<PolicyInputs, PolicyError> {
+    load_inputs_by_part(ctx, run_date, profile_snapshot, policy, 1)
+        .await?
+        .part(0)
+}
+
+/// Runs the policy's queries once, their rows set aside in `count` user parts.
+pub async fn load_inputs_by_part(
+    ctx: &SessionContext,
+    run_date: NaiveDate,
+    profile_snapshot: NaiveDate,
+    policy: &LimitPolicy,
+    count: u32,
+) -> Result<InputsByPart, PolicyError> {
     let uploads = uploads(ctx, run_date).await?;
-    Ok(PolicyInputs {
-        category_purchases: category_purchases(ctx, run_date, policy).await?,
-        certificates: certificates(ctx, run_date, Standing::Counts).await?,
-        revoked: certificates(ctx, run_date, Standing::Revoked).await?,
-        fraud: fraud_flags(
-            &uploads,
-            &policy.fraud,
-            policy.certificate_boost.min_confidence,
+    let fraud = fraud_flags(
+        &uploads,
+        &policy.fraud,
+        policy.certificate_boost.min_confidence,
+    );
+    drop(uploads);
+    let count = count.max(1);
+    let folder = match count {
+        1 => None,
+        _ => Some(
+            SpillFolder::create("policy").map_err(|e| PolicyError::Query {
+                sql: "(setting policy inputs aside by user part)".into(),
+                error: DataFusionError::IoError(e),
+            })?,
         ),
-        caps: caps(ctx, run_date).await?,
-        income_bands: income_bands(ctx, run_date, profile_snapshot).await?,
+    };
+    let statements = [
+        category_purchases_sql(run_date, policy),
+        certificates_sql(run_date, Standing::Counts),
+        certificates_sql(run_date, Standing::Revoked),
+        caps_sql(run_date),
+        income_bands_sql(run_date, profile_snapshot),
+    ];
+    let mut results = Vec::with_capacity(statements.len());
+    for (i, sql) in statements.into_iter().enumerate() {
+        let mut rows = PartSpill::new(&format!("input-{i}"), count, folder.as_ref());
+        if !sql.is_empty() {
+            crate::spill::query_into(ctx, &sql, &mut rows)
+                .await
+                .map_err(|error| PolicyError::Query {
+                    sql: sql.clone(),
+                    error,
+                })?;
+        }
+        results.push((sql, rows));
+    }
+    let Ok(results) = <[_; 5]>::try_from(results) else {
+        unreachable!("five statements, five results")
+    };
+    Ok(InputsByPart {
+        count,
+        results,
+        fraud,
+        _folder: folder,
     })
+}
+
+impl InputsByPart {
+    /// The inputs of the users of part `index`.
+    pub fn part(&self, index: u32) -> Result<PolicyInputs, PolicyError> {
+        let rows = |i: usize| {
+            let (sql, rows) = &self.results[i];
+            let batches = rows.part(index).map_err(|error| PolicyError::Query {
+                sql: sql.clone(),
+                error,
+            })?;
+            Ok::<_, PolicyError>((sql.as_str(), batches))
+        };
+        let (sql, batches) = rows(0)?;
+        let category_purchases = category_purchases_from(sql, &batches)?;
+        let (sql, batches) = rows(1)?;
+        let certificates = certificates_from(sql, &batches)?;
+        let (sql, batches) = rows(2)?;
+        let revoked = certificates_from(sql, &batches)?;
+        let (_, batches) = rows(3)?;
+        let caps = caps_from(&batches);
+        let (_, batches) = rows(4)?;
+        let income_bands = income_bands_from(&batches);
+        let fraud = self
+            .fraud
+            .iter()
+            .filter(|(user, _)| self.count == 1 || UserShard::of(**user, self.count) == index)
+            .map(|(user, flags)| (*user, flags.clone()))
+            .collect();
+        Ok(PolicyInputs {
+            certificates,
+            revoked,
+            caps,
+            income_bands,
+            fraud,
+            category_purchases,
+        })
+    }
 }
 
 /// The conditions on `source`'s clean view for what was known before the run date.
@@ -82,15 +184,11 @@ fn known(source: &str, run_date: NaiveDate) -> String {
     known_before(source, run_date).join(" AND ")
 }
 
-/// Purchases per scenario category in the 90 days before the run (none without scenarios).
-async fn category_purchases(
-    ctx: &SessionContext,
-    run_date: NaiveDate,
-    policy: &LimitPolicy,
-) -> Result<HashMap<u64, HashMap<String, u32>>, PolicyError> {
-    let mut out: HashMap<u64, HashMap<String, u32>> = HashMap::new();
+/// Purchases per scenario category in the 90 days before the run; no statement without
+/// scenarios.
+fn category_purchases_sql(run_date: NaiveDate, policy: &LimitPolicy) -> String {
     if policy.scenarios.is_empty() {
-        return Ok(out);
+        return String::new();
     }
     let categories: Vec<String> = policy
         .scenarios
@@ -98,17 +196,24 @@ async fn category_purchases(
         .map(|s| format!("'{}'", s.category.replace('\'', "''")))
         .collect();
     let from = run_date - chrono::Duration::days(90);
-    let sql = format!(
+    format!(
         "SELECT user_id, category, COUNT(*) FROM events \
          WHERE kind = 'purchase' AND category IN ({}) \
          AND event_time >= TIMESTAMP '{from} 00:00:00' AND event_time < TIMESTAMP '{run_date} 00:00:00' \
          AND dt >= '{from}' AND {} GROUP BY user_id, category",
         categories.join(", "),
         known("events", run_date)
-    );
-    for batch in query(ctx, &sql).await? {
+    )
+}
+
+fn category_purchases_from(
+    sql: &str,
+    batches: &[RecordBatch],
+) -> Result<HashMap<u64, HashMap<String, u32>>, PolicyError> {
+    let mut out: HashMap<u64, HashMap<String, u32>> = HashMap::new();
+    for batch in batches {
         let users = batch.column(0).as_primitive::<UInt64Type>();
-        let category = utf8(&sql, &batch, 1)?;
+        let category = utf8(sql, batch, 1)?;
         let category = category.as_string::<i32>();
         let counts = batch.column(2).as_primitive::<Int64Type>();
         for row in 0..batch.num_rows() {
@@ -130,32 +235,34 @@ enum Standing {
 }
 
 /// Recognized certificates of one standing as of the run date, with their type's tier.
-async fn certificates(
-    ctx: &SessionContext,
-    run_date: NaiveDate,
-    standing: Standing,
-) -> Result<HashMap<u64, Vec<HeldCertificate>>, PolicyError> {
+fn certificates_sql(run_date: NaiveDate, standing: Standing) -> String {
     let standing = match standing {
         Standing::Counts => format!(
             "c.revoked_at IS NULL AND (c.valid_until IS NULL OR c.valid_until > DATE '{run_date}')"
         ),
         Standing::Revoked => "c.revoked_at IS NOT NULL".to_string(),
     };
-    let sql = format!(
+    format!(
         "SELECT c.user_id, c.cert_type_id, t.name, t.family, t.tier, CAST(c.confidence AS DOUBLE) \
          FROM (SELECT * FROM certificates WHERE {}) c \
          JOIN certificate_types t ON c.cert_type_id = t.cert_type_id \
          WHERE c.recognized AND c.verified_at IS NOT NULL AND {standing} \
          ORDER BY c.user_id, c.cert_type_id, c.certificate_no",
         known("certificates", run_date)
-    );
+    )
+}
+
+fn certificates_from(
+    sql: &str,
+    batches: &[RecordBatch],
+) -> Result<HashMap<u64, Vec<HeldCertificate>>, PolicyError> {
     let mut out: HashMap<u64, Vec<HeldCertificate>> = HashMap::new();
-    for batch in query(ctx, &sql).await? {
+    for batch in batches {
         let users = batch.column(0).as_primitive::<UInt64Type>();
-        let types = cast(batch.column(1), &DataType::UInt32).map_err(|e| arrow_error(&sql, e))?;
+        let types = cast(batch.column(1), &DataType::UInt32).map_err(|e| arrow_error(sql, e))?;
         let types = types.as_primitive::<UInt32Type>();
-        let names = utf8(&sql, &batch, 2)?;
-        let families = utf8(&sql, &batch, 3)?;
+        let names = utf8(sql, batch, 2)?;
+        let families = utf8(sql, batch, 3)?;
         let tiers = batch.column(4).as_primitive::<Int32Type>();
         let confidence = batch.column(5).as_primitive::<Float64Type>();
         for row in 0..batch.num_rows() {
@@ -204,43 +311,45 @@ async fn uploads(ctx: &SessionContext, run_date: NaiveDate) -> Result<Vec<Upload
 
 /// The ceiling of each user's newest request before the run; a lifted request (no limit)
 /// leaves no cap.
-async fn caps(ctx: &SessionContext, run_date: NaiveDate) -> Result<HashMap<u64, f64>, PolicyError> {
-    let sql = format!(
+fn caps_sql(run_date: NaiveDate) -> String {
+    format!(
         "SELECT user_id, requested_limit FROM ( \
            SELECT user_id, requested_limit, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY requested_at DESC) AS newest \
            FROM limit_requests WHERE {}) \
          WHERE newest = 1 AND requested_limit IS NOT NULL",
         known("limit_requests", run_date)
-    );
+    )
+}
+
+fn caps_from(batches: &[RecordBatch]) -> HashMap<u64, f64> {
     let mut out = HashMap::new();
-    for batch in query(ctx, &sql).await? {
+    for batch in batches {
         let users = batch.column(0).as_primitive::<UInt64Type>();
         let caps = batch.column(1).as_primitive::<Float64Type>();
         for row in (0..batch.num_rows()).filter(|&row| !caps.is_null(row)) {
             out.insert(users.value(row), caps.value(row));
         }
     }
-    Ok(out)
+    out
 }
 
-async fn income_bands(
-    ctx: &SessionContext,
-    run_date: NaiveDate,
-    profile_snapshot: NaiveDate,
-) -> Result<HashMap<u64, i32>, PolicyError> {
-    let sql = format!(
+fn income_bands_sql(run_date: NaiveDate, profile_snapshot: NaiveDate) -> String {
+    format!(
         "SELECT user_id, CAST(income_band AS INT) FROM profiles WHERE dt = '{profile_snapshot}' AND {}",
         known("profiles", run_date)
-    );
+    )
+}
+
+fn income_bands_from(batches: &[RecordBatch]) -> HashMap<u64, i32> {
     let mut out = HashMap::new();
-    for batch in query(ctx, &sql).await? {
+    for batch in batches {
         let users = batch.column(0).as_primitive::<UInt64Type>();
         let bands = batch.column(1).as_primitive::<Int32Type>();
         for row in (0..batch.num_rows()).filter(|&row| !bands.is_null(row)) {
             out.insert(users.value(row), bands.value(row));
         }
     }
-    Ok(out)
+    out
 }
 
 /// Column `index` of `batch` as Utf8 (dictionary-encoded strings come back decoded).

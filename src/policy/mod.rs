@@ -24,7 +24,7 @@ pub use decide::{
     UserFacts, Withheld,
 };
 pub use fraud::{FraudFlag, Upload, fraud_flags};
-pub use inputs::{PolicyInputs, load_inputs};
+pub use inputs::{InputsByPart, PolicyInputs, load_inputs, load_inputs_by_part};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {

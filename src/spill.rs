@@ -1,0 +1,168 @@
+//! Query results set aside by user part, so a stage works one part at a time without holding
+//! every user's rows: a `PartSpill` takes batches whose column 0 is the user id and hands back
+//! one part's rows (`UserShard`, the rule of every other part). One part stays in memory; more
+//! go to Arrow IPC files in a `SpillFolder` of this process under the system's temp dir,
+//! removed with it. Touches nothing in the store.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use datafusion::arrow::array::{AsArray, RecordBatch, UInt32Array, UInt64Array};
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::datatypes::UInt64Type;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::ipc::reader::FileReader;
+use datafusion::arrow::ipc::writer::FileWriter;
+use datafusion::error::DataFusionError;
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+
+use crate::user_index::UserShard;
+
+/// A temporary folder for one stage's spilled rows, removed with everything in it when
+/// dropped (a failed stage leaves nothing behind either).
+#[derive(Debug)]
+pub struct SpillFolder {
+    path: PathBuf,
+}
+
+impl SpillFolder {
+    pub fn create(stage: &str) -> std::io::Result<SpillFolder> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "redflower-{stage}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path)?;
+        Ok(SpillFolder { path })
+    }
+}
+
+impl Drop for SpillFolder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// One result's rows by user part.
+pub struct PartSpill {
+    parts: Vec<PartRows>,
+}
+
+enum PartRows {
+    Memory(Vec<RecordBatch>),
+    File {
+        path: PathBuf,
+        writer: Option<FileWriter<BufWriter<File>>>,
+    },
+}
+
+fn spill_error(path: &Path, error: impl std::fmt::Display) -> DataFusionError {
+    DataFusionError::Execution(format!("spilling rows to {}: {error}", path.display()))
+}
+
+impl PartSpill {
+    /// Rows of `count` user parts, named `name` in `folder` (kept in memory for one part, or
+    /// without a folder).
+    pub fn new(name: &str, count: u32, folder: Option<&SpillFolder>) -> PartSpill {
+        let parts = match (count, folder) {
+            (0 | 1, _) | (_, None) => vec![PartRows::Memory(Vec::new())],
+            (count, Some(folder)) => (0..count)
+                .map(|part| PartRows::File {
+                    path: folder.path.join(format!("{name}-part-{part:05}.arrow")),
+                    writer: None,
+                })
+                .collect(),
+        };
+        PartSpill { parts }
+    }
+
+    /// Sets `batch`'s rows aside by the part of their user (column 0).
+    pub fn push(&mut self, batch: RecordBatch) -> Result<(), DataFusionError> {
+        let count = self.parts.len() as u32;
+        if let [PartRows::Memory(batches)] = self.parts.as_mut_slice() {
+            batches.push(batch);
+            return Ok(());
+        }
+        let users = user_column(&batch)?;
+        let mut rows_of: Vec<Vec<u32>> = vec![Vec::new(); count as usize];
+        for (row, user) in users.values().iter().enumerate() {
+            rows_of[UserShard::of(*user, count) as usize].push(row as u32);
+        }
+        for (part, rows) in self.parts.iter_mut().zip(rows_of) {
+            let PartRows::File { path, writer } = part else {
+                unreachable!("more than one part are spilled")
+            };
+            if rows.is_empty() {
+                continue;
+            }
+            let taken = take_record_batch(&batch, &UInt32Array::from(rows))?;
+            if writer.is_none() {
+                let file = File::create(&*path).map_err(|e| spill_error(path, e))?;
+                *writer = Some(
+                    FileWriter::try_new(BufWriter::new(file), &batch.schema())
+                        .map_err(|e| spill_error(path, e))?,
+                );
+            }
+            let writer = writer.as_mut().expect("opened above");
+            writer.write(&taken).map_err(|e| spill_error(path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Closes every file written; `part` reads them after this.
+    pub fn finish(&mut self) -> Result<(), DataFusionError> {
+        for part in &mut self.parts {
+            if let PartRows::File { path, writer } = part
+                && let Some(mut open) = writer.take()
+            {
+                open.finish().map_err(|e| spill_error(path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows of part `index`.
+    pub fn part(&self, index: u32) -> Result<Vec<RecordBatch>, DataFusionError> {
+        match &self.parts[..] {
+            [PartRows::Memory(batches)] => Ok(batches.clone()),
+            parts => match &parts[index as usize] {
+                PartRows::File { path, writer: None } if path.exists() => {
+                    let file = File::open(path).map_err(|e| spill_error(path, e))?;
+                    FileReader::try_new(BufReader::new(file), None)
+                        .and_then(|reader| reader.collect::<Result<Vec<_>, ArrowError>>())
+                        .map_err(|e| spill_error(path, e))
+                }
+                _ => Ok(Vec::new()), // no row fell in the part
+            },
+        }
+    }
+}
+
+/// Runs `sql` and sets its rows aside in `spill` as they stream, never holding the result.
+pub async fn query_into(
+    ctx: &SessionContext,
+    sql: &str,
+    spill: &mut PartSpill,
+) -> Result<(), DataFusionError> {
+    let mut stream = ctx.sql(sql).await?.execute_stream().await?;
+    while let Some(batch) = stream.next().await {
+        spill.push(batch?)?;
+    }
+    spill.finish()
+}
+
+/// Column 0 of a batch set aside by user.
+pub fn user_column(batch: &RecordBatch) -> Result<&UInt64Array, DataFusionError> {
+    batch
+        .column(0)
+        .as_primitive_opt::<UInt64Type>()
+        .ok_or_else(|| {
+            DataFusionError::Execution(
+                "a result set aside by user has no UInt64 user_id first".into(),
+            )
+        })
+}
