@@ -166,3 +166,78 @@ pub fn user_column(batch: &RecordBatch) -> Result<&UInt64Array, DataFusionError>
             )
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Float64Array, UInt64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn batch(users: std::ops::Range<u64>) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::UInt64, false),
+            Field::new("value", DataType::Float64, false),
+        ]));
+        let values: Vec<f64> = users.clone().map(|u| u as f64 / 2.0).collect();
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(UInt64Array::from_iter_values(users)),
+                Arc::new(Float64Array::from(values)),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn users_of(batches: &[RecordBatch]) -> Vec<u64> {
+        batches
+            .iter()
+            .flat_map(|b| user_column(b).unwrap().values().to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn rows_come_back_in_their_user_s_part_in_order_and_the_folder_goes_with_its_owner() {
+        let folder = SpillFolder::create("test").unwrap();
+        let path = folder.path.clone();
+        let mut spill = PartSpill::new("result", 4, Some(&folder));
+        spill.push(batch(0..700)).unwrap();
+        spill.push(batch(700..1000)).unwrap();
+        spill.finish().unwrap();
+        let mut all = Vec::new();
+        for part in 0..4 {
+            let users = users_of(&spill.part(part).unwrap());
+            let expected: Vec<u64> = (0..1000).filter(|&u| UserShard::of(u, 4) == part).collect();
+            assert!(!expected.is_empty());
+            assert_eq!(users, expected, "part {part}");
+            all.extend(users);
+        }
+        assert_eq!(all.len(), 1000);
+        drop(spill);
+        drop(folder);
+        assert!(!path.exists(), "the spill folder outlived its owner");
+    }
+
+    #[test]
+    fn one_part_stays_in_memory_and_a_lost_folder_is_an_error_naming_the_file() {
+        let mut whole = PartSpill::new("result", 1, None);
+        whole.push(batch(0..10)).unwrap();
+        whole.finish().unwrap();
+        assert_eq!(
+            users_of(&whole.part(0).unwrap()),
+            (0..10).collect::<Vec<_>>()
+        );
+
+        let folder = SpillFolder::create("test").unwrap();
+        let mut spill = PartSpill::new("result", 2, Some(&folder));
+        std::fs::remove_dir_all(&folder.path).unwrap();
+        let error = spill.push(batch(0..10)).unwrap_err().to_string();
+        assert!(
+            error.contains("result-part-0000") && error.contains(folder.path.to_str().unwrap()),
+            "{error}"
+        );
+    }
+}
