@@ -11,13 +11,17 @@ use std::sync::Arc;
 
 use chrono::NaiveDate;
 use datafusion::arrow::array::{
-    Array, AsArray, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
+    Array, AsArray, Float32Array, Float64Array, RecordBatch, StringArray, UInt8Array, UInt32Array,
+    UInt64Array,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef, UInt32Type};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Float32Type, Float64Type, Schema, SchemaRef, UInt8Type, UInt32Type, UInt64Type,
+};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{FeatureDictionary, FeatureError, FeatureSet};
+use crate::spill::{PartSpill, SpillFolder};
 use crate::store::{Store, layout};
 
 pub const BINS: usize = 5;
@@ -101,40 +105,88 @@ fn grouped_auc(mut groups: Vec<(f64, f64, f64)>) -> Option<f64> {
     Some(wins / (positives * negatives))
 }
 
-/// Stats of every feature present in `set`. `labels` (by user) adds IV and AUC; `previous`
-/// (yesterday's stats by feature id) adds PSI.
+/// Stats of every feature present in `set`, in memory. `labels` (by user) adds IV and AUC;
+/// `previous` (yesterday's stats by feature id) adds PSI.
 pub fn compute(
     set: &FeatureSet,
     labels: Option<&HashMap<u64, bool>>,
     previous: &HashMap<u32, FeatureStats>,
-) -> Vec<FeatureStats> {
-    let mut gathered = Gathered::default();
-    gathered.add(set, labels);
+) -> Result<Vec<FeatureStats>, FeatureError> {
+    let mut gathered = Gathered::new(1)?;
+    gathered.add(set, labels)?;
     gathered.compute(labels.is_some(), previous)
 }
 
-/// A row's label, for IV and AUC.
+/// A row's label, for IV and AUC (stored as its discriminant while set aside).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum Label {
-    Unknown,
-    Default,
-    Repaid,
+    Unknown = 0,
+    Default = 1,
+    Repaid = 2,
 }
 
-/// What stats are computed from, gathered one user part at a time: per feature its non-zero
-/// values with their user's label (8 bytes a row, where the parts' sets are 16), the
-/// population and its label counts.
-#[derive(Debug, Default)]
+impl Label {
+    fn from_u8(code: u8) -> Label {
+        match code {
+            1 => Label::Default,
+            2 => Label::Repaid,
+            _ => Label::Unknown,
+        }
+    }
+}
+
+/// What stats are computed from, gathered one user part at a time: the population and its
+/// label counts, and every feature row's value with its user's label, set aside by feature
+/// (`crate::spill`: a feature's rows all land in one of `buckets` files, 13 bytes a row) so
+/// that computing holds one bucket of features at a time. The stats are exact and the same
+/// for any number of buckets or parts.
 pub struct Gathered {
     population: u64,
     positives: f64,
     negatives: f64,
-    by_feature: HashMap<u32, Vec<(f32, Label)>>,
+    buckets: u32,
+    values: PartSpill,
+    _folder: Option<SpillFolder>,
+}
+
+fn spill_error(error: impl std::fmt::Display) -> FeatureError {
+    FeatureError::Spill(format!("feature stats: {error}"))
+}
+
+fn values_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        // column 0 is what `PartSpill` buckets by: here the feature, not the user
+        Field::new("feature_id", DataType::UInt64, false),
+        Field::new("value", DataType::Float32, false),
+        Field::new("label", DataType::UInt8, false),
+    ]))
 }
 
 impl Gathered {
+    /// Values set aside in `buckets` buckets of features (kept in memory for one).
+    pub fn new(buckets: u32) -> Result<Gathered, FeatureError> {
+        let buckets = buckets.max(1);
+        let folder = match buckets {
+            1 => None,
+            _ => Some(SpillFolder::create("stats").map_err(spill_error)?),
+        };
+        Ok(Gathered {
+            population: 0,
+            positives: 0.0,
+            negatives: 0.0,
+            buckets,
+            values: PartSpill::new("values", buckets, folder.as_ref()),
+            _folder: folder,
+        })
+    }
+
     /// Adds the users of `set` (a part: no user in two) with `labels`.
-    pub fn add(&mut self, set: &FeatureSet, labels: Option<&HashMap<u64, bool>>) {
+    pub fn add(
+        &mut self,
+        set: &FeatureSet,
+        labels: Option<&HashMap<u64, bool>>,
+    ) -> Result<(), FeatureError> {
         let label = |user: u64| match labels.and_then(|labels| labels.get(&user).copied()) {
             Some(true) => Label::Default,
             Some(false) => Label::Repaid,
@@ -148,76 +200,139 @@ impl Gathered {
                 Label::Unknown => {}
             }
         }
-        for i in 0..set.nnz() {
-            let rows = self.by_feature.entry(set.feature_ids[i]).or_default();
-            if set.values[i] != 0.0 {
-                rows.push((set.values[i], label(set.user_ids[i])));
+        if set.nnz() == 0 {
+            return Ok(());
+        }
+        let features = UInt64Array::from_iter_values(set.feature_ids.iter().map(|&f| u64::from(f)));
+        let labels = UInt8Array::from_iter_values(set.user_ids.iter().map(|&u| label(u) as u8));
+        let batch = RecordBatch::try_new(
+            values_schema(),
+            vec![
+                Arc::new(features),
+                Arc::new(Float32Array::from(set.values.clone())),
+                Arc::new(labels),
+            ],
+        )
+        .map_err(spill_error)?;
+        self.values.push(batch).map_err(spill_error)
+    }
+
+    /// The stats of every feature added, sorted by feature id; IV and AUC when `labelled`.
+    pub fn compute(
+        mut self,
+        labelled: bool,
+        previous: &HashMap<u32, FeatureStats>,
+    ) -> Result<Vec<FeatureStats>, FeatureError> {
+        self.values.finish().map_err(spill_error)?;
+        let population = Population {
+            users: self.population as f64,
+            positives: self.positives,
+            negatives: self.negatives,
+        };
+        let mut stats = Vec::new();
+        for bucket in 0..self.buckets {
+            let by_feature = by_feature(&self.values.part(bucket).map_err(spill_error)?)?;
+            let computed: Vec<FeatureStats> = by_feature
+                .into_par_iter()
+                .map(|(feature_id, rows)| {
+                    let before = previous.get(&feature_id);
+                    feature_stats(feature_id, rows, &population, labelled, before)
+                })
+                .collect();
+            stats.extend(computed);
+        }
+        stats.sort_by_key(|s| s.feature_id);
+        Ok(stats)
+    }
+}
+
+/// One bucket's rows by feature: its non-zero values with their labels, in the order added
+/// (a feature whose rows are all zero is present with none).
+fn by_feature(batches: &[RecordBatch]) -> Result<HashMap<u32, Vec<(f32, Label)>>, FeatureError> {
+    let mut by_feature: HashMap<u32, Vec<(f32, Label)>> = HashMap::new();
+    for batch in batches {
+        let columns = (
+            batch.column(0).as_primitive_opt::<UInt64Type>(),
+            batch.column(1).as_primitive_opt::<Float32Type>(),
+            batch.column(2).as_primitive_opt::<UInt8Type>(),
+        );
+        let (Some(features), Some(values), Some(labels)) = columns else {
+            return Err(spill_error(
+                "a bucket read back does not have the columns written",
+            ));
+        };
+        for ((&feature, &value), &label) in features
+            .values()
+            .iter()
+            .zip(values.values())
+            .zip(labels.values())
+        {
+            let rows = by_feature.entry(feature as u32).or_default();
+            if value != 0.0 {
+                rows.push((value, Label::from_u8(label)));
             }
         }
     }
+    Ok(by_feature)
+}
 
-    /// The stats of every feature added; IV and AUC when `labelled`.
-    pub fn compute(
-        self,
-        labelled: bool,
-        previous: &HashMap<u32, FeatureStats>,
-    ) -> Vec<FeatureStats> {
-        let population = self.population as f64;
-        let all = (self.positives, self.negatives);
-        let by_feature = self.by_feature;
-        let mut stats: Vec<FeatureStats> = by_feature
-            .into_par_iter()
-            .map(|(feature_id, mut rows)| {
-                rows.sort_by(|a, b| a.0.total_cmp(&b.0));
-                let nonzero: Vec<f64> = rows.iter().map(|r| r.0 as f64).collect();
-                let support = nonzero.len() as u64;
-                let zeros = population - support as f64;
-                let sum: f64 = nonzero.iter().sum();
-                let (lo, hi) = (
-                    nonzero.first().copied().unwrap_or(0.0),
-                    nonzero.last().copied().unwrap_or(0.0),
-                );
-                let (min, max) = if zeros > 0.0 {
-                    (lo.min(0.0), hi.max(0.0))
-                } else {
-                    (lo, hi)
-                };
-                let edges = quartile_edges(&nonzero);
-                let mut counts = [0.0; BINS];
-                counts[0] = zeros;
-                for v in &nonzero {
-                    counts[bin_of(*v, &edges)] += 1.0;
-                }
-                let shares = counts.map(|c| c / population.max(1.0));
-                let (information_value, univariate_auc) = match labelled {
-                    true => separation(&rows, &edges, all),
-                    false => (None, None),
-                };
-                let psi = previous.get(&feature_id).map(|before| {
-                    // tonight's population binned on yesterday's edges
-                    let mut counts = [0.0; BINS];
-                    counts[0] = zeros;
-                    for v in &nonzero {
-                        counts[bin_of(*v, &before.edges)] += 1.0;
-                    }
-                    psi(&before.shares, &counts.map(|c| c / population.max(1.0)))
-                });
-                FeatureStats {
-                    feature_id,
-                    support,
-                    mean: sum / population.max(1.0),
-                    min,
-                    max,
-                    edges,
-                    shares,
-                    information_value,
-                    univariate_auc,
-                    psi,
-                }
-            })
-            .collect();
-        stats.sort_by_key(|s| s.feature_id);
-        stats
+/// The population a feature's stats are over: users, and those with each label.
+struct Population {
+    users: f64,
+    positives: f64,
+    negatives: f64,
+}
+
+/// One feature's stats from its non-zero `rows` (value, label); PSI against `before`.
+fn feature_stats(
+    feature_id: u32,
+    mut rows: Vec<(f32, Label)>,
+    population: &Population,
+    labelled: bool,
+    before: Option<&FeatureStats>,
+) -> FeatureStats {
+    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let users = population.users;
+    let nonzero: Vec<f64> = rows.iter().map(|r| r.0 as f64).collect();
+    let support = nonzero.len() as u64;
+    let zeros = users - support as f64;
+    let sum: f64 = nonzero.iter().sum();
+    let (lo, hi) = (
+        nonzero.first().copied().unwrap_or(0.0),
+        nonzero.last().copied().unwrap_or(0.0),
+    );
+    let (min, max) = if zeros > 0.0 {
+        (lo.min(0.0), hi.max(0.0))
+    } else {
+        (lo, hi)
+    };
+    let edges = quartile_edges(&nonzero);
+    let shares_on = |edges: &[f64; 3]| {
+        let mut counts = [0.0; BINS];
+        counts[0] = zeros;
+        for v in &nonzero {
+            counts[bin_of(*v, edges)] += 1.0;
+        }
+        counts.map(|c| c / users.max(1.0))
+    };
+    let shares = shares_on(&edges);
+    let (information_value, univariate_auc) = match labelled {
+        true => separation(&rows, &edges, (population.positives, population.negatives)),
+        false => (None, None),
+    };
+    // tonight's population binned on yesterday's edges
+    let psi = before.map(|before| psi(&before.shares, &shares_on(&before.edges)));
+    FeatureStats {
+        feature_id,
+        support,
+        mean: sum / users.max(1.0),
+        min,
+        max,
+        edges,
+        shares,
+        information_value,
+        univariate_auc,
+        psi,
     }
 }
 
@@ -462,7 +577,7 @@ mod tests {
     #[test]
     fn support_mean_and_range_count_users_without_the_feature_as_zero() {
         let s = set(vec![1, 2, 3, 4], vec![(1, 0, 2.0), (2, 0, 4.0)]);
-        let stats = compute(&s, None, &HashMap::new());
+        let stats = compute(&s, None, &HashMap::new()).unwrap();
         assert_eq!(stats[0].support, 2);
         assert_eq!(stats[0].mean, 1.5);
         assert_eq!((stats[0].min, stats[0].max), (0.0, 4.0));
@@ -475,7 +590,7 @@ mod tests {
         let users: Vec<u64> = (1..=100).collect();
         let rows: Vec<(u64, u32, f32)> = (1..=10).map(|u| (u, 0, 1.0)).collect();
         let labels: HashMap<u64, bool> = users.iter().map(|&u| (u, u <= 10)).collect();
-        let stats = compute(&set(users, rows), Some(&labels), &HashMap::new());
+        let stats = compute(&set(users, rows), Some(&labels), &HashMap::new()).unwrap();
         assert_eq!(stats[0].univariate_auc, Some(1.0));
         assert!(stats[0].information_value.unwrap() > 1.0);
     }
@@ -487,21 +602,64 @@ mod tests {
             &set(users.clone(), (1..=50).map(|u| (u, 0, u as f32)).collect()),
             None,
             &HashMap::new(),
-        );
+        )
+        .unwrap();
         let previous: HashMap<u32, FeatureStats> =
             before.into_iter().map(|s| (s.feature_id, s)).collect();
         let same = compute(
             &set(users.clone(), (1..=50).map(|u| (u, 0, u as f32)).collect()),
             None,
             &previous,
-        );
+        )
+        .unwrap();
         assert!(same[0].psi.unwrap().abs() < 1e-12);
         let drifted = compute(
             &set(users, (1..=90).map(|u| (u, 0, 100.0)).collect()),
             None,
             &previous,
-        );
+        )
+        .unwrap();
         assert!(drifted[0].psi.unwrap() > 0.25, "{:?}", drifted[0].psi);
+    }
+
+    #[test]
+    fn stats_gathered_in_parts_and_buckets_of_features_equal_the_stats_of_the_whole_set() {
+        let users: Vec<u64> = (1..=300).collect();
+        let rows: Vec<(u64, u32, f32)> = users
+            .iter()
+            .flat_map(|&u| {
+                (0..12u32)
+                    .filter(move |f| (u + *f as u64) % 3 != 0)
+                    .map(move |f| (u, f, ((u * 7 + f as u64 * 13) % 23) as f32 - 4.0))
+            })
+            .collect();
+        let labels: HashMap<u64, bool> = users.iter().map(|&u| (u, u % 5 == 0)).collect();
+        let whole = compute(
+            &set(users.clone(), rows.clone()),
+            Some(&labels),
+            &HashMap::new(),
+        );
+        let whole = whole.unwrap();
+        assert_eq!(whole.len(), 12);
+        let previous: HashMap<u32, FeatureStats> =
+            whole.iter().map(|s| (s.feature_id, s.clone())).collect();
+        let mut gathered = Gathered::new(5).unwrap();
+        for part in 0..3u64 {
+            let part_users: Vec<u64> = users.iter().copied().filter(|u| u % 3 == part).collect();
+            let part_rows = rows.iter().copied().filter(|r| r.0 % 3 == part).collect();
+            gathered
+                .add(&set(part_users, part_rows), Some(&labels))
+                .unwrap();
+        }
+        let in_parts = gathered.compute(true, &previous).unwrap();
+        let expected: Vec<FeatureStats> = whole
+            .into_iter()
+            .map(|s| FeatureStats {
+                psi: Some(0.0),
+                ..s
+            })
+            .collect();
+        assert_eq!(in_parts, expected);
     }
 
     #[test]

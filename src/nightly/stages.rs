@@ -297,7 +297,7 @@ async fn features_stage(
         // the ids committed (ids committed before keep theirs)
         let remap = dictionary.commit(store).await?;
         let labelled = (as_of == run.training_as_of).then_some(&training_labels);
-        let mut gathered = stats::Gathered::default();
+        let mut gathered = stats::Gathered::new(parts)?;
         let (mut rows, mut present) = (0, features::Present::default());
         features::clear(store, as_of).await?;
         for part in 0..parts {
@@ -305,7 +305,7 @@ async fn features_stage(
             features::write_part(store, &set, part, parts).await?;
             rows += set.nnz();
             present.add(&set);
-            gathered.add(&set, labelled);
+            gathered.add(&set, labelled)?;
         }
         features::write_population(store, as_of, &queried.population).await?;
         reports.push(FeatureReport {
@@ -341,7 +341,7 @@ async fn feature_stats(
     dictionary: &FeatureDictionary,
 ) -> Result<(Option<NaiveDate>, Vec<stats::FeatureStats>), NightlyError> {
     let (baseline, before) = stats::previous(run.store, as_of).await?;
-    let computed = gathered.compute(labelled, &before);
+    let computed = gathered.compute(labelled, &before)?;
     stats::write(run.store, as_of, &computed, dictionary).await?;
     Ok((baseline, computed))
 }
