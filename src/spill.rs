@@ -80,7 +80,8 @@ impl PartSpill {
         PartSpill { parts }
     }
 
-    /// Sets `batch`'s rows aside by the part of their user (column 0).
+    /// Sets `batch`'s rows aside by the part of their user (column 0; any UInt64 key is split
+    /// the same way: the feature stats set theirs aside by feature id).
     pub fn push(&mut self, batch: RecordBatch) -> Result<(), DataFusionError> {
         let count = self.parts.len() as u32;
         if let [PartRows::Memory(batches)] = self.parts.as_mut_slice() {
