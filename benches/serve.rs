@@ -234,6 +234,7 @@ fn main() -> anyhow::Result<()> {
         ServeConfig {
             addr: "127.0.0.1:0".parse()?,
             token: None,
+            write_token: None,
             poll: Duration::from_secs(3600),
             header_read_timeout: Duration::from_secs(10),
             max_connections: 10_000,

@@ -274,11 +274,10 @@ impl LimitPolicy {
             trace,
         );
         // the step moves the policy's limit; the user's own cap applies (and lifts) at once
-        let mut credit_limit = policy_limit;
+        let credit_limit = self.capped_limit(policy_limit, facts.cap);
         if let Some(cap) = facts.cap
-            && cap < credit_limit
+            && cap < policy_limit
         {
-            credit_limit = self.round_down(cap.max(0.0));
             reasons.push(Reason::CappedByUserRequest);
             note(trace, "user_request", credit_limit, || {
                 format!("the user asked for at most {cap}")
@@ -304,6 +303,16 @@ impl LimitPolicy {
             apr: Some(self.apr(grade)),
             scenarios,
             reasons,
+        }
+    }
+
+    /// The limit in force: the policy's, under the user's own ceiling when that is lower
+    /// (rounded down to the policy's rounding). Serve applies a ceiling asked for since the
+    /// night with the same rule.
+    pub fn capped_limit(&self, policy_limit: f64, cap: Option<f64>) -> f64 {
+        match cap {
+            Some(cap) if cap < policy_limit => self.round_down(cap.max(0.0)),
+            _ => policy_limit,
         }
     }
 

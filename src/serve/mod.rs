@@ -17,7 +17,9 @@
 //! nothing after every answer.
 
 pub mod client;
+pub mod overlay;
 pub mod tls;
+mod writes;
 
 #[cfg(unix)]
 mod socket;
@@ -33,7 +35,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
@@ -47,8 +49,10 @@ pub use crate::publish::snapshot::{LimitAnswer, Snapshot, SnapshotError};
 
 use crate::cause::{Cause, Classify};
 use crate::publish::{self, PublishError};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::user_index::UserShard;
+use writes::Writes;
+pub use writes::certificate_catalog;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -65,6 +69,13 @@ pub enum ServeError {
     Server(String),
     #[error("TLS: {file}: {problem}")]
     Tls { file: String, problem: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// the write path: a policy, catalog or recorded request that cannot be read
+    #[error("writes: {0}")]
+    Writes(String),
+    #[error("the write token must differ from the read token")]
+    SameTokens,
 }
 
 impl Classify for ServeError {
@@ -77,6 +88,10 @@ impl Classify for ServeError {
             ServeError::Server(_) => Cause::Transient,
             // a certificate or key somebody gave
             ServeError::Tls { .. } => Cause::Configuration,
+            ServeError::Store(e) => e.cause(),
+            // what the store holds (a run's policy, a recorded request) cannot be read
+            ServeError::Writes(_) => Cause::Input,
+            ServeError::SameTokens => Cause::Configuration,
         }
     }
 }
@@ -86,6 +101,9 @@ pub struct ServeConfig {
     pub addr: SocketAddr,
     /// required as `Authorization: Bearer <token>` on /v1/ when set
     pub token: Option<String>,
+    /// enables the write endpoints (`POST /v1/users/{id}/...`), which require it as their
+    /// bearer token; must differ from `token`
+    pub write_token: Option<String>,
     /// how often the manifests are checked for a newer version
     pub poll: Duration,
     /// a client must send a whole request header within this, or its connection is closed
@@ -130,6 +148,8 @@ struct AppState {
     started: Instant,
     max_table_age: Option<Duration>,
     shard: Option<UserShard>,
+    /// the write path, when a write token is configured
+    writes: Option<Writes>,
 }
 
 impl AppState {
@@ -164,6 +184,9 @@ impl AppState {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ServeStats {
     pub answered: u64,
+    /// write requests accepted and recorded (retries not counted again)
+    pub writes_accepted: u64,
+    pub writes_refused: u64,
     pub not_found: u64,
     pub refused: u64,
     pub reloads: u64,
@@ -184,6 +207,14 @@ pub struct Server {
 /// Loads the newest committed table (if there is one yet), binds `config.addr` and serves
 /// until `Server::stop`. Port 0 picks a free port: see `Server::addr`.
 pub async fn start(store: Store, config: ServeConfig) -> Result<Server, ServeError> {
+    if config.write_token.is_some() && config.write_token == config.token {
+        return Err(ServeError::SameTokens);
+    }
+    let latest = publish::latest(&store).await?;
+    let writes = match &config.write_token {
+        Some(token) => Some(Writes::open(store.clone(), token.clone(), latest.as_ref()).await?),
+        None => None,
+    };
     let state = Arc::new(AppState {
         current: RwLock::new(None),
         token: config.token.clone(),
@@ -191,8 +222,9 @@ pub async fn start(store: Store, config: ServeConfig) -> Result<Server, ServeErr
         started: Instant::now(),
         max_table_age: config.max_table_age,
         shard: config.shard,
+        writes,
     });
-    if let Some(manifest) = publish::latest(&store).await? {
+    if let Some(manifest) = latest {
         let today = chrono::Utc::now().date_naive();
         let snapshot = Snapshot::load_part(&store, manifest, today, config.shard).await?;
         info!(
@@ -220,6 +252,14 @@ pub async fn start(store: Store, config: ServeConfig) -> Result<Server, ServeErr
     let router = Router::new()
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
+        .route(
+            "/v1/users/{user_id}/certificates",
+            post(writes::upload_certificate),
+        )
+        .route(
+            "/v1/users/{user_id}/limit-request",
+            post(writes::request_limit),
+        )
         .with_state(state.clone());
     if state.token.is_none() && !addr.ip().is_loopback() {
         warn!(%addr, "serving beyond this machine without a token: anyone who reaches this address reads every limit");
@@ -253,8 +293,12 @@ impl Server {
 
     pub fn stats(&self) -> ServeStats {
         let c = &self.state.counters;
+        let writes = self.state.writes.as_ref().map(|w| &w.counters);
+        let load = |counter: Option<&AtomicU64>| counter.map_or(0, |c| c.load(Ordering::Relaxed));
         ServeStats {
             answered: c.ok.load(Ordering::Relaxed),
+            writes_accepted: load(writes.map(|w| &w.accepted)),
+            writes_refused: load(writes.map(|w| &w.refused)),
             not_found: c.not_found.load(Ordering::Relaxed),
             refused: c.bad_request.load(Ordering::Relaxed)
                 + c.misdirected.load(Ordering::Relaxed)
@@ -321,10 +365,13 @@ async fn follow(store: Store, state: Arc<AppState>, poll: Duration) {
             },
             false => manifest,
         };
-        match Snapshot::load_part(&store, manifest, today, state.shard).await {
+        match Snapshot::load_part(&store, manifest.clone(), today, state.shard).await {
             Ok(snapshot) => {
                 let rows = snapshot.len();
                 state.swap(snapshot);
+                if let Some(writes) = &state.writes {
+                    writes.account(&manifest).await;
+                }
                 state.counters.reloads.fetch_add(1, Ordering::Relaxed);
                 info!(version, rows, "now serving");
             }
@@ -585,7 +632,12 @@ fn limit(state: &AppState, headers: &HeaderMap, user_id: &str) -> Response {
                     None,
                 )
             }
-            Some(snapshot) => match snapshot.answer_json(id) {
+            Some(snapshot) => match state
+                .writes
+                .as_ref()
+                .and_then(|writes| writes.overlaid_json(&snapshot, id))
+                .or_else(|| snapshot.answer_json(id))
+            {
                 Some(json) => {
                     counters.ok.fetch_add(1, Ordering::Relaxed);
                     let mut response = Response::new(Body::from(json));
@@ -748,6 +800,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "# HELP redflower_serve_reload_failures_total Newer tables that failed to load (the old one kept serving).\n# TYPE redflower_serve_reload_failures_total counter\nredflower_serve_reload_failures_total {}",
         load(&c.reload_failures)
     );
+    if let Some(writes) = &state.writes {
+        writes.write_metrics(&mut out);
+    }
     (
         [(
             header::CONTENT_TYPE,

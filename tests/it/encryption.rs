@@ -161,6 +161,7 @@ async fn serve_answers_over_tls_to_a_client_that_trusts_the_test_ca() {
     let config = ServeConfig {
         addr: "127.0.0.1:0".parse().unwrap(),
         token: None,
+        write_token: None,
         poll: Duration::from_secs(60),
         header_read_timeout: Duration::from_secs(5),
         max_connections: 10,

@@ -73,6 +73,7 @@ async fn an_erased_user_is_gone_from_every_read_path_and_every_object_after_the_
     let config = ServeConfig {
         addr: "127.0.0.1:0".parse().unwrap(),
         token: None,
+        write_token: None,
         poll: Duration::from_millis(20),
         header_read_timeout: Duration::from_secs(10),
         max_connections: 100,

@@ -10,6 +10,7 @@ mod cluster;
 mod encryption;
 mod erasure;
 mod exit_codes;
+mod interactive;
 mod leakage;
 mod models;
 mod operations;

@@ -275,7 +275,11 @@ async fn the_redis_sink_loads_versioned_keys_switches_current_and_keeps_two_vers
 
 /// The keys of every object in `value`, checked against the schema `name` in the OpenAPI
 /// file: the document clients code against must match what the server sends.
-fn check_against_openapi(value: &serde_json::Value, name: &str, spec: &serde_json::Value) {
+pub(crate) fn check_against_openapi(
+    value: &serde_json::Value,
+    name: &str,
+    spec: &serde_json::Value,
+) {
     let schema = &spec["components"]["schemas"][name];
     let properties = schema["properties"]
         .as_object()
@@ -482,6 +486,7 @@ fn test_config() -> ServeConfig {
     ServeConfig {
         addr: "127.0.0.1:0".parse().unwrap(),
         token: None,
+        write_token: None,
         poll: Duration::from_secs(60),
         header_read_timeout: Duration::from_secs(10),
         max_connections: 100,

@@ -20,6 +20,10 @@ pub struct ServeArgs {
     /// require `Authorization: Bearer TOKEN` on /v1/
     #[arg(long, env = "REDFLOWER_SERVE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// enable the write endpoints (POST /v1/users/{id}/certificates and .../limit-request),
+    /// which require `Authorization: Bearer WRITE_TOKEN`; must differ from --token
+    #[arg(long, env = "REDFLOWER_WRITE_TOKEN", hide_env_values = true)]
+    write_token: Option<String>,
     /// how often to look for a newer committed version, in milliseconds
     #[arg(long, default_value_t = 1000)]
     poll_ms: u64,
@@ -50,6 +54,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let config = ServeConfig {
         addr: args.addr,
         token: args.token,
+        write_token: args.write_token.clone(),
         poll: Duration::from_millis(args.poll_ms.max(10)),
         header_read_timeout: Duration::from_millis(args.header_timeout_ms.max(1)),
         max_connections: args.max_connections.max(1),
@@ -63,7 +68,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
     let server = serve::start(store.clone(), config).await?;
     println!(
-        "serving {}{} on {}://{} (table version {}); GET /v1/limits/{{user_id}}, /healthz, /metrics",
+        "serving {}{} on {}://{} (table version {}); GET /v1/limits/{{user_id}}, /healthz, /metrics{}",
         store.url(),
         args.shard
             .map_or(String::new(), |shard| format!(" (users of shard {shard})")),
@@ -75,16 +80,22 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         server.addr(),
         server
             .version()
-            .map_or("none yet".to_string(), |v| v.to_string())
+            .map_or("none yet".to_string(), |v| v.to_string()),
+        match args.write_token {
+            Some(_) => "; POST /v1/users/{user_id}/certificates, /v1/users/{user_id}/limit-request",
+            None => "",
+        }
     );
     shutdown_signal().await;
     let stats = server.stop().await?;
     println!(
-        "serve stopped after {:.0}s: {} answered, {} unknown users, {} refused; {} table swaps ({} failed); last version {}",
+        "serve stopped after {:.0}s: {} answered, {} unknown users, {} refused; {} writes recorded, {} refused; {} table swaps ({} failed); last version {}",
         stats.seconds,
         stats.answered,
         stats.not_found,
         stats.refused,
+        stats.writes_accepted,
+        stats.writes_refused,
         stats.reloads,
         stats.reload_failures,
         stats.version.map_or("none".to_string(), |v| v.to_string())
