@@ -1,16 +1,16 @@
 //! serve's write path, on this machine: publishes a limit table of --users users (each with
 //! suggestions) and a certificate catalog, starts `redflower serve` with a write token, and
 //!
-//! 1. drives it with a mixed load: --connections keep-alive connections, each sending its
-//!    share of --requests, 95% GETs of random users and 5% certificate uploads (each a new
-//!    request id and number for a random user, so each is decided, written to the store and
-//!    added to the overlay);
+//! 1. drives it with GETs only, then with a mixed load: --connections keep-alive connections,
+//!    each sending its share of --requests, 95% GETs of random users and 5% certificate
+//!    uploads (each a new request id and number for a random user, so each is decided,
+//!    written to the store and added to the overlay);
 //! 2. drives it with uploads only (--posts of them) against the local filesystem root;
 //! 3. the same against an S3 root on moto (started here; needs `moto_server` on PATH, as the
 //!    tests do), unless --no-s3.
 //!
-//! Prints throughput and p50/p99/p99.9 per kind for each run. Server and generator share the
-//! machine's cores (2 here).
+//! Prints throughput and p50/p99/p99.9 per kind for each run. Server and generator run in one
+//! tokio runtime (--server-threads + 1 workers) on the machine's cores (2 here).
 //!
 //!     cargo bench --bench serve_writes -- --users 200000 --requests 100000 --posts 5000
 
@@ -227,6 +227,9 @@ async fn runs_on(store: &Store, name: &str, args: &Args, mixed: bool) -> anyhow:
     let run_id = chrono::Utc::now().timestamp_micros();
     if mixed {
         let each = args.requests / args.connections;
+        // the same harness with no writes: what the mixed run's GETs compare with
+        let (gets, _, seconds) = drive(&base, args.users, args.connections, each, 0.0, "g").await?;
+        rows.extend(row(&format!("GETs only, {name}"), "GET", gets, seconds));
         let (gets, posts, seconds) = drive(
             &base,
             args.users,
