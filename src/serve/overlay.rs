@@ -313,7 +313,15 @@ impl Overlay {
 
     /// `answer` (the table's) with the user's requests applied, or `None` when they have none.
     pub fn apply(&self, answer: &LimitAnswer) -> Option<OverlaidAnswer> {
-        let requests = self.of_user(answer.user_id);
+        self.apply_requests(answer, &self.of_user(answer.user_id))
+    }
+
+    /// `answer` with `requests` (its user's, in the order they were known) applied.
+    fn apply_requests(
+        &self,
+        answer: &LimitAnswer,
+        requests: &[&Accepted],
+    ) -> Option<OverlaidAnswer> {
         if requests.is_empty() {
             return None;
         }
@@ -362,14 +370,15 @@ impl Overlay {
         reason: WriteReason,
         table_version: u64,
     ) -> WriteAnswer {
+        let (credit_limit, user_cap) = self.limit_now(answer);
         WriteAnswer {
             request_id: request_id.to_string(),
             user_id: answer.user_id,
             accepted: false,
             reason: Some(reason),
             provisional_boost: 0.0,
-            user_cap: self.limit_now(answer).1,
-            credit_limit: self.limit_now(answer).0,
+            user_cap,
+            credit_limit,
             known_at: None,
             table_version,
         }
@@ -442,12 +451,12 @@ impl Overlay {
 
     /// The limit and ceiling once `accepted` joins the user's requests.
     fn limit_with(&self, answer: &LimitAnswer, accepted: &Accepted) -> (f64, Option<f64>) {
-        let mut with = Overlay::new(self.rules.clone(), self.accounted_before);
-        for request in self.of_user(answer.user_id) {
-            with.insert(request.clone());
-        }
-        with.insert(accepted.clone());
-        with.limit_now(answer)
+        let mut requests = self.of_user(answer.user_id);
+        requests.push(accepted);
+        let now = self
+            .apply_requests(answer, &requests)
+            .map_or_else(|| answer.clone(), |overlaid| overlaid.answer);
+        (now.credit_limit, now.user_cap)
     }
 
     /// An upload's family, provisional boost and (when it raises nothing) why; or why it is
