@@ -369,7 +369,8 @@ async fn follow(store: Store, state: Arc<AppState>, poll: Duration) {
             Ok(snapshot) => {
                 let rows = snapshot.len();
                 state.swap(snapshot);
-                if let Some(writes) = &state.writes {
+                // the same version again accounts for no request it did not before
+                if let (Some(writes), false) = (&state.writes, Some(version) == serving) {
                     writes.account(&manifest).await;
                 }
                 state.counters.reloads.fetch_add(1, Ordering::Relaxed);
@@ -434,9 +435,15 @@ fn json_error(status: StatusCode, message: String, version: Option<u64>) -> Resp
 }
 
 fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
-    let Some(token) = &state.token else {
-        return true;
-    };
+    state
+        .token
+        .as_ref()
+        .is_none_or(|token| bearer_matches(headers, token))
+}
+
+/// True when the request's `Authorization: Bearer` token is `token` (compared in constant
+/// time); the read and the write path both ask this.
+fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())

@@ -37,7 +37,7 @@ use super::overlay::{
     Accepted, CertificateType, CertificateUpload, LimitRequest, Overlay, RETRY_DAYS, Request,
     Rules, Verdict, WriteAnswer, WriteReason,
 };
-use super::{AppState, ServeError, constant_time_eq, json_error, misdirected};
+use super::{AppState, ServeError, json_error, misdirected};
 use crate::audit::lineage::POLICY_FILE;
 use crate::policy::LimitPolicy;
 use crate::publish::Manifest;
@@ -217,12 +217,9 @@ impl Writes {
         Ok((claims, replayed))
     }
 
+    /// True when the request carries the write token.
     pub fn authorized(&self, headers: &HeaderMap) -> bool {
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .is_some_and(|given| constant_time_eq(given.as_bytes(), self.token.as_bytes()))
+        super::bearer_matches(headers, &self.token)
     }
 
     /// Users the overlay changes an answer of.
