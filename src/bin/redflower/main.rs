@@ -25,6 +25,13 @@ use tracing_subscriber::EnvFilter;
 
 use redflower::cause::{Cause, Classify};
 
+/// jemalloc, not the system's malloc: with glibc's the 1,000,000-user night held twice its
+/// live heap as RSS (freed memory kept by its per-thread arenas), and more with every
+/// million users; jemalloc gives freed pages back (docs/SCALING.md, "The allocator").
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Nightly credit limits from fragmented evidence.
 #[derive(Parser)]
 #[command(version, about)]
