@@ -7,17 +7,17 @@
 //! Reads the clean `repayments` table, each statement as its newest version known by the
 //! label's cut; writes nothing.
 
-use std::collections::HashMap;
-
 use chrono::{Duration, NaiveDate};
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::{Int64Type, UInt64Type};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::cause::{Cause, Classify};
 use crate::features::FeatureSet;
+pub use crate::user_index::Labels;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
@@ -207,7 +207,7 @@ pub async fn labels(
     ctx: &SessionContext,
     as_of: NaiveDate,
     label: &LabelConfig,
-) -> Result<HashMap<u64, bool>, DatasetError> {
+) -> Result<Labels, DatasetError> {
     let known = crate::sources::known_before(
         "repayments",
         as_of + Duration::days(label.horizon_days as i64),
@@ -220,37 +220,40 @@ pub async fn labels(
         due_before = due_before(as_of, label),
         known = known.join(" AND ")
     );
-    let batches = crate::engine::collect(ctx, &sql)
+    let query_error = |error| DatasetError::Query {
+        sql: sql.clone(),
+        error,
+    };
+    let mut stream = crate::engine::stream(ctx, &sql)
         .await
-        .map_err(|error| DatasetError::Query {
-            sql: sql.clone(),
-            error,
-        })?;
-    let mut out = HashMap::new();
-    for batch in &batches {
+        .map_err(query_error)?;
+    let mut pairs = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(query_error)?;
         let users = batch.column(0).as_primitive::<UInt64Type>();
         let defaulted = batch.column(1).as_primitive::<Int64Type>();
-        for row in 0..batch.num_rows() {
-            out.insert(users.value(row), defaulted.value(row) > 0);
-        }
+        pairs.extend((0..batch.num_rows()).map(|row| (users.value(row), defaulted.value(row) > 0)));
     }
-    Ok(out)
+    Ok(Labels::from_iter(pairs))
 }
 
 /// Joins features as of T0 with labels; users without a statement in the window are left out.
-pub fn training_set(
-    features: &FeatureSet,
-    labels: &HashMap<u64, bool>,
-) -> Result<TrainingSet, DatasetError> {
+pub fn training_set(features: &FeatureSet, labels: &Labels) -> Result<TrainingSet, DatasetError> {
     let all = Csr::from_features(features);
     let keep: Vec<usize> = (0..all.len())
-        .filter(|&i| labels.contains_key(&all.users[i]))
+        .filter(|&i| labels.contains(all.users[i]))
         .collect();
     let rows = all.select(&keep);
     let labels: Vec<f32> = rows
         .users
         .iter()
-        .map(|u| if labels[u] { 1.0 } else { 0.0 })
+        .map(|&u| {
+            if labels.get(u) == Some(true) {
+                1.0
+            } else {
+                0.0
+            }
+        })
         .collect();
     let set = TrainingSet {
         as_of: features.as_of,
@@ -290,6 +293,8 @@ pub fn user_hash(user: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     #[test]
@@ -306,6 +311,22 @@ mod tests {
         assert_eq!(csr.row(0), (&[0u32, 3][..], &[1.0f32, 2.0][..]));
         assert_eq!(csr.row(1).0.len(), 0);
         assert_eq!(csr.row(2), (&[2u32][..], &[3.0f32][..]));
+    }
+
+    #[test]
+    fn labels_answer_as_the_map_of_their_pairs_would() {
+        let pairs: Vec<(u64, bool)> = (0..1_000u64)
+            .map(|i| (i * 7919 % 1_009, i % 3 == 0))
+            .chain([(5, true), (5, false)])
+            .collect();
+        let map: HashMap<u64, bool> = pairs.iter().copied().collect();
+        let labels: Labels = pairs.into_iter().collect();
+        assert_eq!(labels.len(), map.len());
+        for user in 0..1_100 {
+            assert_eq!(labels.get(user), map.get(&user).copied(), "user {user}");
+            assert_eq!(labels.contains(user), map.contains_key(&user));
+        }
+        assert_eq!(labels.get(5), Some(false), "the last pair of a user wins");
     }
 
     #[test]

@@ -236,6 +236,15 @@ pub async fn collect(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>
     ctx.sql(sql).await?.collect().await
 }
 
+/// Runs one SQL statement and streams its batches, for results a stage folds as they come
+/// rather than holding whole.
+pub async fn stream(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<datafusion::execution::SendableRecordBatchStream, DataFusionError> {
+    ctx.sql(sql).await?.execute_stream().await
+}
+
 /// Why a query failed. A statement that does not parse or plan needs a person (its SQL comes
 /// from `pipelines/` or from code); a file that does not decode is bad input; the object
 /// store, memory and the executors may do better on a later try.

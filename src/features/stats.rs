@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::{FeatureDictionary, FeatureError, FeatureSet};
 use crate::spill::{PartSpill, SpillFolder};
 use crate::store::{Store, layout};
+use crate::user_index::Labels;
 
 pub const BINS: usize = 5;
 
@@ -109,7 +110,7 @@ fn grouped_auc(mut groups: Vec<(f64, f64, f64)>) -> Option<f64> {
 /// `previous` (yesterday's stats by feature id) adds PSI.
 pub fn compute(
     set: &FeatureSet,
-    labels: Option<&HashMap<u64, bool>>,
+    labels: Option<&Labels>,
     previous: &HashMap<u32, FeatureStats>,
 ) -> Result<Vec<FeatureStats>, FeatureError> {
     let mut gathered = Gathered::new(1)?;
@@ -182,12 +183,8 @@ impl Gathered {
     }
 
     /// Adds the users of `set` (a part: no user in two) with `labels`.
-    pub fn add(
-        &mut self,
-        set: &FeatureSet,
-        labels: Option<&HashMap<u64, bool>>,
-    ) -> Result<(), FeatureError> {
-        let label = |user: u64| match labels.and_then(|labels| labels.get(&user).copied()) {
+    pub fn add(&mut self, set: &FeatureSet, labels: Option<&Labels>) -> Result<(), FeatureError> {
+        let label = |user: u64| match labels.and_then(|labels| labels.get(user)) {
             Some(true) => Label::Default,
             Some(false) => Label::Repaid,
             None => Label::Unknown,
@@ -204,7 +201,16 @@ impl Gathered {
             return Ok(());
         }
         let features = UInt64Array::from_iter_values(set.feature_ids.iter().map(|&f| u64::from(f)));
-        let labels = UInt8Array::from_iter_values(set.user_ids.iter().map(|&u| label(u) as u8));
+        // rows come by user: one lookup a user, not a row
+        let mut last: Option<(u64, Label)> = None;
+        let labels = UInt8Array::from_iter_values(set.user_ids.iter().map(|&user| {
+            let of_user = match last {
+                Some((previous, known)) if previous == user => known,
+                _ => label(user),
+            };
+            last = Some((user, of_user));
+            of_user as u8
+        }));
         let batch = RecordBatch::try_new(
             values_schema(),
             vec![
@@ -589,7 +595,7 @@ mod tests {
     fn a_feature_held_only_by_defaulters_has_perfect_auc_and_positive_iv() {
         let users: Vec<u64> = (1..=100).collect();
         let rows: Vec<(u64, u32, f32)> = (1..=10).map(|u| (u, 0, 1.0)).collect();
-        let labels: HashMap<u64, bool> = users.iter().map(|&u| (u, u <= 10)).collect();
+        let labels: Labels = users.iter().map(|&u| (u, u <= 10)).collect();
         let stats = compute(&set(users, rows), Some(&labels), &HashMap::new()).unwrap();
         assert_eq!(stats[0].univariate_auc, Some(1.0));
         assert!(stats[0].information_value.unwrap() > 1.0);
@@ -633,7 +639,7 @@ mod tests {
                     .map(move |f| (u, f, ((u * 7 + f as u64 * 13) % 23) as f32 - 4.0))
             })
             .collect();
-        let labels: HashMap<u64, bool> = users.iter().map(|&u| (u, u % 5 == 0)).collect();
+        let labels: Labels = users.iter().map(|&u| (u, u % 5 == 0)).collect();
         let whole = compute(
             &set(users.clone(), rows.clone()),
             Some(&labels),

@@ -288,9 +288,9 @@ pub struct Outcome {
 /// Metrics per value of a segment; `values[i]` is row i's value (None: not in the segment).
 /// `labels` and `outcomes` may be empty (no labels tonight; no decisions on a table of
 /// your own): the metrics that need them are then left out.
-pub fn by_segment(
+pub fn by_segment<S: AsRef<str>>(
     segment: &str,
-    values: &[Option<String>],
+    values: &[Option<S>],
     pd: &[f64],
     labels: &[f32],
     outcomes: &[Outcome],
@@ -298,7 +298,7 @@ pub fn by_segment(
     let mut groups: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
     for (i, v) in values.iter().enumerate() {
         if let Some(v) = v {
-            groups.entry(v.as_str()).or_default().push(i);
+            groups.entry(v.as_ref()).or_default().push(i);
         }
     }
     let mut segments: Vec<SegmentMetrics> = groups

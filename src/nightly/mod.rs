@@ -14,6 +14,7 @@
 //! its own reads and writes.
 
 pub mod checkpoint;
+mod holdout;
 pub mod lease;
 mod parts;
 mod report;

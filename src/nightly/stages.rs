@@ -4,7 +4,6 @@
 //! The per-user stages (score, limits, suggest) run in `parts`, one user part at a time, each
 //! part checkpointed on its own.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use burn::tensor::Device;
@@ -15,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::checkpoint::Checkpoints;
+use super::holdout::{LabelledSize, ScoredHoldout};
 use super::lease::Lease;
 use super::parts::{self, Decided};
 use super::report::{self, Stopwatch};
@@ -24,15 +24,12 @@ use crate::config::Pipelines;
 use crate::dataset;
 use crate::features::stats::{self, Drift, Strength};
 use crate::features::{self, FeatureDictionary, FeatureReport};
-use crate::model::evaluation::segment_values;
 use crate::model::metrics::SegmentMetrics;
-use crate::model::train::Split;
 use crate::model::{self, Metrics, Model};
 use crate::publish::{self, Lineage, Manifest};
 use crate::sources::{self, SourceReport};
 use crate::store::{Store, layout};
 use crate::training::{self, OracleAuc, Promote};
-use crate::user_index::UserShard;
 
 /// What every stage of one run reads: where, when, with which configuration and options.
 pub(super) struct Run<'a> {
@@ -280,7 +277,7 @@ async fn validate(
 /// The training labels go to `labels` for the train stage.
 async fn features_stage(
     run: &Run<'_>,
-    labels: &mut Option<HashMap<u64, bool>>,
+    labels: &mut Option<dataset::Labels>,
 ) -> Result<Featured, NightlyError> {
     let (store, ctx) = (run.store, run.ctx);
     let parts = run.user_parts();
@@ -351,10 +348,9 @@ async fn feature_stats(
 async fn train_stage(
     run: &Run<'_>,
     dictionary: &FeatureDictionary,
-    labels: Option<HashMap<u64, bool>>,
+    labels: Option<dataset::Labels>,
 ) -> Result<Trained, NightlyError> {
-    let (store, device) = (run.store, &run.device);
-    let config = &run.pipelines.nightly;
+    let (store, config) = (run.store, &run.pipelines.nightly);
     // read back, not kept from the features stage: the run date's features were built
     // without the training set beside them
     let labels = match labels {
@@ -362,101 +358,65 @@ async fn train_stage(
         // a resumed run, or one whose features were built by an earlier try
         None => dataset::labels(run.ctx, run.training_as_of, &config.label).await?,
     };
-    let champion = model::champion(store).await?;
-    // with a champion only the holdout is used: it is read one user part at a time
-    let (training_set, training_rows, training_defaults) = match champion {
-        Some(_) => training_holdout(run, &labels).await?,
+    let (model, trained_tonight, forced_past, holdout, size) = match model::champion(store).await? {
+        // with a champion only the holdout is used: it is scored one user part at a time
+        Some(champion) => {
+            let model = champion_model(run, &champion, dictionary).await?;
+            let (holdout, size) = ScoredHoldout::by_part(run, &model, &labels, dictionary).await?;
+            (model, false, Vec::new(), holdout, size)
+        }
         None => {
             let features = features::read(store, run.training_as_of).await?;
             let set = dataset::training_set(&features, &labels)?;
+            drop(features);
+            let (model, forced_past) = first_model(run, dictionary, &set).await?;
+            let holdout = ScoredHoldout::of_set(run, &model, &set, dictionary);
             let (rows, defaults) = (set.labels.len(), set.positives());
-            (set, rows, defaults)
+            (
+                model,
+                true,
+                forced_past,
+                holdout,
+                LabelledSize { rows, defaults },
+            )
         }
     };
-    let (model, trained_tonight, forced_past) =
-        scoring_model(run, champion, dictionary, &training_set).await?;
-    let (holdout_rows, holdout_labels) = training::holdout(&training_set, &config.training);
-    drop(training_set);
-    let holdout_pd = model.pd(&holdout_rows, device);
-    let holdout_segments = report::segment_families(run)
-        .iter()
-        .flat_map(|family| {
-            let values = segment_values(&holdout_rows, dictionary, family);
-            model::metrics::by_segment(family, &values, &holdout_pd, &holdout_labels, &[])
-        })
-        .collect();
+    drop(labels);
     let (oracle_auc, visible_oracle_auc) =
-        OracleAuc::split(training::oracle_auc(store, &holdout_rows.users, &holdout_labels).await?);
+        OracleAuc::split(training::oracle_auc(store, &holdout.users, &holdout.labels).await?);
     Ok(Trained {
         model_version: model.card.version.clone(),
         trained_tonight,
         forced_past,
-        holdout: model::metrics::evaluate(&holdout_pd, &holdout_labels),
+        holdout: holdout.metrics(),
         oracle_auc,
         visible_oracle_auc,
-        training_rows,
-        training_defaults,
-        holdout_segments,
+        training_rows: size.rows,
+        training_defaults: size.defaults,
+        holdout_segments: holdout.by_segment(),
     })
 }
 
-/// The holdout users' rows of the training set, read one user part at a time, with the size
-/// of the whole set (labelled rows, defaults) it was taken from.
-async fn training_holdout(
+/// The champion, checked against tonight's dictionary.
+async fn champion_model(
     run: &Run<'_>,
-    labels: &HashMap<u64, bool>,
-) -> Result<(dataset::TrainingSet, usize, usize), NightlyError> {
-    let (as_of, count) = (run.training_as_of, run.user_parts());
-    let training = &run.pipelines.nightly.training;
-    let mut holdout = dataset::Csr::empty();
-    let (mut rows, mut defaults) = (0, 0);
-    for index in 0..count {
-        let part = features::read_part(run.store, as_of, UserShard { index, count }).await?;
-        let part = dataset::Csr::from_features(&part);
-        let labelled: Vec<usize> = (0..part.len())
-            .filter(|&i| labels.contains_key(&part.users[i]))
-            .collect();
-        rows += labelled.len();
-        defaults += labelled.iter().filter(|&&i| labels[&part.users[i]]).count();
-        let held: Vec<usize> = labelled
-            .into_iter()
-            .filter(|&i| Split::of(part.users[i], training) == Split::Holdout)
-            .collect();
-        holdout.append(&part.select(&held));
-    }
-    dataset::check_size(as_of, rows, defaults)?;
-    // in user order, as one set read whole would hold them
-    let mut order: Vec<usize> = (0..holdout.len()).collect();
-    order.sort_unstable_by_key(|&i| holdout.users[i]);
-    let rows_held = holdout.select(&order);
-    let held_labels = rows_held
-        .users
-        .iter()
-        .map(|user| if labels[user] { 1.0 } else { 0.0 })
-        .collect();
-    let set = dataset::TrainingSet {
-        as_of,
-        rows: rows_held,
-        labels: held_labels,
-    };
-    Ok((set, rows, defaults))
+    champion: &model::Champion,
+    dictionary: &FeatureDictionary,
+) -> Result<Model, NightlyError> {
+    let model = model::load(run.store, &champion.version, &run.device).await?;
+    model.check_dictionary(dictionary)?;
+    info!(model = %champion.version, "scoring with the champion");
+    Ok(model)
 }
 
-/// The champion; or, on a root without one, a model trained and promoted now (true), with
-/// the promotion gates it failed if `--force` promoted it past them.
-async fn scoring_model(
+/// A model trained and promoted now, on a root without a champion, with the promotion gates
+/// it failed if `--force` promoted it past them.
+async fn first_model(
     run: &Run<'_>,
-    champion: Option<model::Champion>,
     dictionary: &FeatureDictionary,
     training_set: &dataset::TrainingSet,
-) -> Result<(Model, bool, Vec<String>), NightlyError> {
+) -> Result<(Model, Vec<String>), NightlyError> {
     let (store, device) = (run.store, &run.device);
-    if let Some(champion) = champion {
-        let model = model::load(store, &champion.version, device).await?;
-        model.check_dictionary(dictionary)?;
-        info!(model = %champion.version, "scoring with the champion");
-        return Ok((model, false, Vec::new()));
-    }
     info!("no champion under models/: training one");
     let data = format!(
         "the redflower world at {}: {}",
@@ -479,7 +439,7 @@ async fn scoring_model(
         true => outcome.promotion.refusals,
         false => Vec::new(),
     };
-    Ok((model, true, forced_past))
+    Ok((model, forced_past))
 }
 
 /// The run's lineage (the decision records the parts wrote, copies of its features and

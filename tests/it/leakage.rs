@@ -5,7 +5,6 @@
 //! happened and whatever partition they were filed under), and do change when a differing
 //! version known before T is added.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -349,11 +348,10 @@ fn as_of_view(
             horizon_days: 90,
             days_past_due: 30,
         };
-        let labels: HashMap<u64, bool> = dataset::labels(&ctx, t - Duration::days(90), &label)
+        let labels = dataset::labels(&ctx, t - Duration::days(90), &label)
             .await
             .unwrap();
-        let mut labels: Vec<(u64, bool)> = labels.into_iter().collect();
-        labels.sort_unstable();
+        let labels: Vec<(u64, bool)> = labels.iter().collect();
         (crate::support::named_rows(&set, &dictionary), labels)
     })
 }

@@ -71,7 +71,7 @@ async fn label_of(store: &Store, run: NaiveDate, user: u64) -> Option<bool> {
         .await
         .unwrap();
     sources::drop_staging(store, &ctx).await.unwrap();
-    labels.get(&user).copied()
+    labels.get(user)
 }
 
 #[tokio::test]
