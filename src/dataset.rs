@@ -12,7 +12,6 @@ use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::{Int64Type, UInt64Type};
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::cause::{Cause, Classify};
@@ -220,20 +219,15 @@ pub async fn labels(
         due_before = due_before(as_of, label),
         known = known.join(" AND ")
     );
-    let query_error = |error| DatasetError::Query {
-        sql: sql.clone(),
-        error,
-    };
-    let mut stream = crate::engine::stream(ctx, &sql)
-        .await
-        .map_err(query_error)?;
     let mut pairs = Vec::new();
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(query_error)?;
+    crate::engine::for_each_batch(ctx, &sql, |batch| {
         let users = batch.column(0).as_primitive::<UInt64Type>();
         let defaulted = batch.column(1).as_primitive::<Int64Type>();
         pairs.extend((0..batch.num_rows()).map(|row| (users.value(row), defaulted.value(row) > 0)));
-    }
+        Ok(())
+    })
+    .await
+    .map_err(|error| DatasetError::Query { sql, error })?;
     Ok(Labels::from_iter(pairs))
 }
 

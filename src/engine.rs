@@ -15,6 +15,7 @@ use datafusion::execution::config::SessionConfig;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::SessionContext;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::cause::{Cause, Classify};
@@ -236,13 +237,18 @@ pub async fn collect(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>
     ctx.sql(sql).await?.collect().await
 }
 
-/// Runs one SQL statement and streams its batches, for results a stage folds as they come
-/// rather than holding whole.
-pub async fn stream(
+/// Runs one SQL statement and hands its batches to `take` as they stream, so the result is
+/// never held whole (the feature queries' sinks, the policy inputs set aside by part, labels).
+pub async fn for_each_batch(
     ctx: &SessionContext,
     sql: &str,
-) -> Result<datafusion::execution::SendableRecordBatchStream, DataFusionError> {
-    ctx.sql(sql).await?.execute_stream().await
+    mut take: impl FnMut(RecordBatch) -> Result<(), DataFusionError>,
+) -> Result<(), DataFusionError> {
+    let mut stream = ctx.sql(sql).await?.execute_stream().await?;
+    while let Some(batch) = stream.next().await {
+        take(batch?)?;
+    }
+    Ok(())
 }
 
 /// Why a query failed. A statement that does not parse or plan needs a person (its SQL comes

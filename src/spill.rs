@@ -16,8 +16,6 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::error::DataFusionError;
-use datafusion::prelude::SessionContext;
-use futures::StreamExt;
 
 use crate::user_index::UserShard;
 
@@ -141,19 +139,6 @@ impl PartSpill {
             },
         }
     }
-}
-
-/// Runs `sql` and sets its rows aside in `spill` as they stream, never holding the result.
-pub async fn query_into(
-    ctx: &SessionContext,
-    sql: &str,
-    spill: &mut PartSpill,
-) -> Result<(), DataFusionError> {
-    let mut stream = ctx.sql(sql).await?.execute_stream().await?;
-    while let Some(batch) = stream.next().await {
-        spill.push(batch?)?;
-    }
-    spill.finish()
 }
 
 /// Column 0 of a batch set aside by user.

@@ -10,7 +10,6 @@ use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::UInt64Type;
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
-use futures::StreamExt;
 
 use super::spill::{GroupSink, GroupTally, MemberKind};
 use super::{Aggregate, FeatureConfig, FeatureError, FeatureFamily};
@@ -461,10 +460,7 @@ pub(super) async fn stream_into(
     sql: &str,
     mut sink: GroupSink,
 ) -> Result<GroupTally, DataFusionError> {
-    let mut stream = ctx.sql(sql).await?.execute_stream().await?;
-    while let Some(batch) = stream.next().await {
-        sink.push(batch?)?;
-    }
+    crate::engine::for_each_batch(ctx, sql, |batch| sink.push(batch)).await?;
     sink.finish()
 }
 

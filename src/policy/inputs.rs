@@ -121,8 +121,9 @@ pub async fn load_inputs_by_part(
     for (i, sql) in statements.into_iter().enumerate() {
         let mut rows = PartSpill::new(&format!("input-{i}"), count, folder.as_ref());
         if !sql.is_empty() {
-            crate::spill::query_into(ctx, &sql, &mut rows)
+            crate::engine::for_each_batch(ctx, &sql, |batch| rows.push(batch))
                 .await
+                .and_then(|()| rows.finish())
                 .map_err(|error| PolicyError::Query {
                     sql: sql.clone(),
                     error,

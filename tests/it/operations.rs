@@ -313,7 +313,10 @@ async fn killed_runs_resume_and_user_parts_decided_partly_elsewhere_publish_the_
     let (held, whole_held) = (&report_json["holdout"], &reference_report["holdout"]);
     for (key, whole_value) in whole_held.as_object().unwrap() {
         if let (Some(a), Some(b)) = (held[key].as_f64(), whole_value.as_f64()) {
-            assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "holdout {key}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+                "holdout {key}: {a} vs {b}"
+            );
         }
     }
     // features assembled part by part (their keys decided over all users first) are the
