@@ -127,7 +127,12 @@ impl Labels {
     /// Whether `user` defaulted; None when the user has no label.
     pub fn get(&self, user: u64) -> Option<bool> {
         let position = self.users.binary_search(&user).ok()?;
-        Some(self.defaulted[position / 64] >> (position % 64) & 1 == 1)
+        Some(self.defaulted_at(position))
+    }
+
+    /// The bit of the user at `position` in `users`.
+    fn defaulted_at(&self, position: usize) -> bool {
+        self.defaulted[position / 64] >> (position % 64) & 1 == 1
     }
 
     pub fn contains(&self, user: u64) -> bool {
@@ -144,11 +149,10 @@ impl Labels {
 
     /// (user, defaulted), in user order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, bool)> + '_ {
-        let defaulted = |position: usize| self.defaulted[position / 64] >> (position % 64) & 1 == 1;
         self.users
             .iter()
             .enumerate()
-            .map(move |(p, &user)| (user, defaulted(p)))
+            .map(|(position, &user)| (user, self.defaulted_at(position)))
     }
 }
 

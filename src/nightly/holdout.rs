@@ -1,8 +1,7 @@
 //! The train stage's holdout as the model sees it: each held-out labelled user's PD, label and
 //! segment values, scored one user part at a time with a champion, so the stage never holds
 //! the holdout's rows (a fifth of the labelled users, ~60 feature values each) at once; what
-//! it keeps is ~40 bytes a holdout user. Reads the run date's training features; writes
-//! nothing.
+//! it keeps is ~40 bytes a holdout user. Reads the training date's features; writes nothing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -62,20 +61,17 @@ impl ScoredHoldout {
         for index in 0..count {
             let part = features::read_part(run.store, as_of, UserShard { index, count }).await?;
             let part = Csr::from_features(&part);
-            let labelled: Vec<usize> = (0..part.len())
-                .filter(|&i| labels.contains(part.users[i]))
+            // (row, defaulted) of the part's labelled users: one label lookup a user
+            let labelled: Vec<(usize, bool)> = (0..part.len())
+                .filter_map(|i| Some((i, labels.get(part.users[i])?)))
                 .collect();
             size.rows += labelled.len();
-            let label = |i: usize| labels.get(part.users[i]) == Some(true);
-            size.defaults += labelled.iter().filter(|&&i| label(i)).count();
-            let held: Vec<usize> = labelled
+            size.defaults += labelled.iter().filter(|(_, defaulted)| *defaulted).count();
+            let (held, held_labels): (Vec<usize>, Vec<f32>) = labelled
                 .into_iter()
-                .filter(|&i| Split::of(part.users[i], training) == Split::Holdout)
-                .collect();
-            let held_labels = held
-                .iter()
-                .map(|&i| f32::from(u8::from(label(i))))
-                .collect();
+                .filter(|&(i, _)| Split::of(part.users[i], training) == Split::Holdout)
+                .map(|(i, defaulted)| (i, f32::from(u8::from(defaulted))))
+                .unzip();
             holdout.add(&part.select(&held), held_labels, model, run, dictionary);
         }
         dataset::check_size(as_of, size.rows, size.defaults)?;
@@ -109,23 +105,19 @@ impl ScoredHoldout {
         self.labels.extend(labels);
         let interned = &mut self.interned;
         for (family, values) in &mut self.segments {
-            values.extend(
-                segment_values(rows, dictionary, family)
-                    .into_iter()
-                    .map(|value| {
-                        let shared = value
-                            .map(|v| interned.entry(v).or_insert_with_key(|v| v.as_str().into()));
-                        shared.map(|shared| Arc::clone(shared))
-                    }),
-            );
+            let family_values = segment_values(rows, dictionary, family).into_iter();
+            values.extend(family_values.map(|value| {
+                value.map(|v| {
+                    Arc::clone(interned.entry(v).or_insert_with_key(|v| v.as_str().into()))
+                })
+            }));
         }
     }
 
     fn in_user_order(mut self) -> ScoredHoldout {
         let mut order: Vec<usize> = (0..self.users.len()).collect();
         order.sort_unstable_by_key(|&i| self.users[i]);
-        let take = |order: &[usize], values: &[f64]| order.iter().map(|&i| values[i]).collect();
-        self.pd = take(&order, &self.pd);
+        self.pd = order.iter().map(|&i| self.pd[i]).collect();
         self.users = order.iter().map(|&i| self.users[i]).collect();
         self.labels = order.iter().map(|&i| self.labels[i]).collect();
         for (_, values) in &mut self.segments {
