@@ -1,11 +1,10 @@
 //! Fraud checks on certificate uploads: numbers shared between users, bursts of uploads, and
 //! users whose certificates are read just over the confidence threshold. A flagged user gets
-//! no certificate boost, and the reason code says which check flagged them. Pure.
+//! no certificate boost, and the reason code says which check flagged them. Builds the checks
+//! as one SQL statement, so the engine aggregates every user's uploads under its memory limit
+//! and only the flagged users come back; runs nothing itself.
 
-use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-
-use chrono::NaiveDate;
 
 use super::FraudChecks;
 
@@ -22,12 +21,23 @@ pub enum FraudFlag {
 }
 
 impl FraudFlag {
+    pub const ALL: [FraudFlag; 3] = [
+        FraudFlag::ConfidenceJustOverThreshold,
+        FraudFlag::SharedCertificateNumber,
+        FraudFlag::UploadBurst,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FraudFlag::ConfidenceJustOverThreshold => "confidence_just_over_threshold",
             FraudFlag::SharedCertificateNumber => "shared_certificate_number",
             FraudFlag::UploadBurst => "upload_burst",
         }
+    }
+
+    /// The flag stored as `name`.
+    pub fn named(name: &str) -> Option<FraudFlag> {
+        Self::ALL.into_iter().find(|flag| flag.as_str() == name)
     }
 }
 
@@ -37,125 +47,181 @@ impl fmt::Display for FraudFlag {
     }
 }
 
-/// One upload as the fraud checks see it: every recognized certificate, verified or not.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Upload {
-    pub user_id: u64,
-    pub certificate_no: String,
-    pub day: NaiveDate,
-    pub confidence: f64,
-}
-
-/// Users the fraud checks flag, with the checks they failed.
-pub fn fraud_flags(
-    uploads: &[Upload],
-    checks: &FraudChecks,
-    min_confidence: f64,
-) -> HashMap<u64, Vec<FraudFlag>> {
-    let mut flags: HashMap<u64, Vec<FraudFlag>> = HashMap::new();
-    let mut flag = |user: u64, what: FraudFlag| {
-        let list = flags.entry(user).or_default();
-        if !list.contains(&what) {
-            list.push(what);
-        }
-    };
-    let mut holders: HashMap<&str, BTreeSet<u64>> = HashMap::new();
-    let mut per_day: HashMap<(u64, NaiveDate), usize> = HashMap::new();
-    let mut near: HashMap<u64, (usize, usize)> = HashMap::new();
-    for u in uploads {
-        holders
-            .entry(&u.certificate_no)
-            .or_default()
-            .insert(u.user_id);
-        *per_day.entry((u.user_id, u.day)).or_default() += 1;
-        let entry = near.entry(u.user_id).or_default();
-        entry.0 += 1;
-        if u.confidence >= min_confidence
-            && u.confidence < min_confidence + checks.near_threshold_margin
-        {
-            entry.1 += 1;
-        }
-    }
-    for users in holders.values() {
-        if users.len() > checks.max_users_per_certificate_number {
-            for &user in users {
-                flag(user, FraudFlag::SharedCertificateNumber);
-            }
-        }
-    }
-    for ((user, _), count) in &per_day {
-        if *count > checks.max_uploads_per_day {
-            flag(*user, FraudFlag::UploadBurst);
-        }
-    }
-    for (user, (total, just_over)) in &near {
-        if *total >= checks.near_threshold_min_count
-            && *just_over as f64 >= checks.near_threshold_share * *total as f64
-        {
-            flag(*user, FraudFlag::ConfidenceJustOverThreshold);
-        }
-    }
-    for list in flags.values_mut() {
-        list.sort();
-    }
-    flags
+/// The fraud checks over `uploads`, a query of every recognized upload (verified or not)
+/// with columns `user_id`, `certificate_no`, `day` (DATE) and `confidence` (DOUBLE): a row
+/// `(user_id, flag)` for each check a user fails, `flag` a `FraudFlag`'s stored name.
+/// - a certificate number uploaded by more than `max_users_per_certificate_number` users
+///   flags every one of them;
+/// - more than `max_uploads_per_day` uploads on one day flag the user;
+/// - a user with at least `near_threshold_min_count` uploads, at least
+///   `near_threshold_share` of them read in [min_confidence, min_confidence + margin), is
+///   flagged.
+pub fn flags_sql(uploads: &str, checks: &FraudChecks, min_confidence: f64) -> String {
+    let FraudChecks {
+        max_users_per_certificate_number,
+        max_uploads_per_day,
+        near_threshold_margin,
+        near_threshold_share,
+        near_threshold_min_count,
+    } = checks;
+    let just_over_from = min_confidence;
+    let just_over_to = min_confidence + near_threshold_margin;
+    let (shared, burst, near) = (
+        FraudFlag::SharedCertificateNumber,
+        FraudFlag::UploadBurst,
+        FraudFlag::ConfidenceJustOverThreshold,
+    );
+    // Floats are written with `{:?}`, which reads back as the same f64.
+    format!(
+        "WITH uploads AS ({uploads}) \
+         SELECT DISTINCT uploads.user_id, '{shared}' AS flag FROM uploads JOIN ( \
+           SELECT certificate_no FROM uploads GROUP BY certificate_no \
+           HAVING COUNT(DISTINCT user_id) > {max_users_per_certificate_number}) shared \
+         ON uploads.certificate_no = shared.certificate_no \
+         UNION ALL \
+         SELECT DISTINCT user_id, '{burst}' AS flag FROM ( \
+           SELECT user_id FROM uploads GROUP BY user_id, day HAVING COUNT(*) > {max_uploads_per_day}) \
+         UNION ALL \
+         SELECT user_id, '{near}' AS flag FROM uploads GROUP BY user_id \
+         HAVING COUNT(*) >= {near_threshold_min_count} \
+           AND CAST(SUM(CASE WHEN confidence >= {just_over_from:?} AND confidence < {just_over_to:?} THEN 1 ELSE 0 END) AS DOUBLE) \
+               >= {near_threshold_share:?} * CAST(COUNT(*) AS DOUBLE)"
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use chrono::NaiveDate;
+    use datafusion::arrow::array::{
+        AsArray, Date32Array, Float64Array, RecordBatch, StringArray, UInt64Array,
+    };
+    use datafusion::arrow::compute::cast;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, UInt64Type};
+    use datafusion::prelude::SessionContext;
+
     use super::*;
     use crate::policy::LimitPolicy;
 
     #[test]
     fn flags_sort_by_their_stored_names() {
-        let mut flags = vec![
-            FraudFlag::UploadBurst,
-            FraudFlag::ConfidenceJustOverThreshold,
-            FraudFlag::SharedCertificateNumber,
-        ];
+        let mut flags = FraudFlag::ALL.to_vec();
+        flags.reverse();
         flags.sort();
         let names: Vec<&str> = flags.iter().map(|f| f.as_str()).collect();
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted);
+        for flag in FraudFlag::ALL {
+            assert_eq!(FraudFlag::named(flag.as_str()), Some(flag));
+        }
+        assert_eq!(FraudFlag::named("unheard_of"), None);
     }
 
-    #[test]
-    fn fraud_checks_flag_shared_numbers_bursts_and_threshold_hugging() {
-        let policy = LimitPolicy::builtin();
-        let day = NaiveDate::from_ymd_opt(2026, 10, 1).unwrap();
-        let upload = |user, no: &str, day, confidence| Upload {
-            user_id: user,
-            certificate_no: no.into(),
-            day,
-            confidence,
-        };
-        let mut uploads = vec![
-            upload(1, "SHARED", day, 0.95),
-            upload(2, "SHARED", day, 0.95),
-            upload(9, "OWN-9", day, 0.97),
-        ];
-        for k in 0..=policy.fraud.max_uploads_per_day {
-            uploads.push(upload(3, &format!("B{k}"), day, 0.97));
-        }
-        for k in 0..4 {
-            let d = day + chrono::Duration::days(k);
-            uploads.push(upload(
-                4,
-                &format!("N{k}"),
-                d,
-                policy.certificate_boost.min_confidence + 0.001,
-            ));
-        }
-        let flags = fraud_flags(
-            &uploads,
+    /// Runs `flags_sql` over the given uploads (user, number, day, confidence).
+    async fn flags_of(
+        uploads: &[(u64, String, NaiveDate, f64)],
+        policy: &LimitPolicy,
+    ) -> BTreeMap<u64, Vec<FraudFlag>> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::UInt64, false),
+            Field::new("certificate_no", DataType::Utf8, false),
+            Field::new("day", DataType::Date32, false),
+            Field::new("confidence", DataType::Float64, false),
+        ]));
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(UInt64Array::from_iter_values(uploads.iter().map(|u| u.0))),
+                Arc::new(StringArray::from_iter_values(uploads.iter().map(|u| &u.1))),
+                Arc::new(Date32Array::from_iter_values(
+                    uploads.iter().map(|u| (u.2 - epoch).num_days() as i32),
+                )),
+                Arc::new(Float64Array::from_iter_values(uploads.iter().map(|u| u.3))),
+            ],
+        )
+        .unwrap();
+        let ctx = SessionContext::new();
+        ctx.register_batch("certificate_uploads", batch).unwrap();
+        let sql = flags_sql(
+            "SELECT * FROM certificate_uploads",
             &policy.fraud,
             policy.certificate_boost.min_confidence,
         );
-        assert_eq!(flags[&1], vec![FraudFlag::SharedCertificateNumber]);
-        assert_eq!(flags[&2], vec![FraudFlag::SharedCertificateNumber]);
-        assert_eq!(flags[&3], vec![FraudFlag::UploadBurst]);
-        assert_eq!(flags[&4], vec![FraudFlag::ConfidenceJustOverThreshold]);
-        assert!(!flags.contains_key(&9));
+        let mut flags = BTreeMap::<u64, Vec<FraudFlag>>::new();
+        for batch in ctx.sql(&sql).await.unwrap().collect().await.unwrap() {
+            let users = batch.column(0).as_primitive::<UInt64Type>();
+            let names = cast(batch.column(1), &DataType::Utf8).unwrap();
+            for (user, name) in users.values().iter().zip(names.as_string::<i32>().iter()) {
+                flags
+                    .entry(*user)
+                    .or_default()
+                    .push(FraudFlag::named(name.unwrap()).unwrap());
+            }
+        }
+        flags.values_mut().for_each(|list| list.sort());
+        flags
+    }
+
+    #[tokio::test]
+    async fn fraud_checks_flag_shared_numbers_bursts_and_threshold_hugging() {
+        let policy = LimitPolicy::builtin();
+        let fraud = &policy.fraud;
+        let (min, margin) = (
+            policy.certificate_boost.min_confidence,
+            fraud.near_threshold_margin,
+        );
+        let (just_over, at_margin, clear) = (min + margin / 2.0, min + margin, 0.99);
+        let day =
+            |k: usize| NaiveDate::from_ymd_opt(2026, 10, 1).unwrap() + chrono::Days::new(k as u64);
+        let mut uploads = Vec::new();
+        // user `user`'s own certificates, one per (day, confidence)
+        let mut own = |user: u64, reads: &[(usize, f64)]| {
+            for (k, (on, confidence)) in reads.iter().enumerate() {
+                uploads.push((user, format!("{user}-{k}"), day(*on), *confidence));
+            }
+        };
+        let (per_day, min_count) = (fraud.max_uploads_per_day, fraud.near_threshold_min_count);
+        own(3, &vec![(0, clear); per_day + 1]); // one more in a day than allowed
+        own(
+            5,
+            &[vec![(0, clear); per_day], vec![(1, clear); per_day]].concat(),
+        ); // allowed
+        let hugging: Vec<(usize, f64)> = (0..min_count).map(|k| (k, just_over)).collect();
+        own(4, &hugging);
+        own(6, &hugging[1..]); // too few to judge
+        // exactly the share just over (2 of 4 with the shipped policy), and just under it
+        let share_of = |n: usize| (fraud.near_threshold_share * n as f64).ceil() as usize;
+        let n = min_count + 1;
+        let mixed = |over: usize| -> Vec<(usize, f64)> {
+            (0..n)
+                .map(|k| (k, if k < over { just_over } else { at_margin }))
+                .collect()
+        };
+        own(7, &mixed(share_of(n)));
+        own(8, &mixed(share_of(n) - 1));
+        // one number uploaded by two users; two versions of one upload are one holder
+        uploads.push((1, "SHARED".into(), day(0), clear));
+        uploads.push((2, "SHARED".into(), day(1), clear));
+        uploads.push((9, "OWN-9".into(), day(0), clear));
+        uploads.push((9, "OWN-9".into(), day(0), clear));
+        assert_eq!(
+            fraud.max_users_per_certificate_number, 1,
+            "the test shares with two users"
+        );
+
+        let flags = flags_of(&uploads, &policy).await;
+        use FraudFlag::*;
+        let expected = BTreeMap::from([
+            (1, vec![SharedCertificateNumber]),
+            (2, vec![SharedCertificateNumber]),
+            (3, vec![UploadBurst]),
+            (4, vec![ConfidenceJustOverThreshold]),
+            (7, vec![ConfidenceJustOverThreshold]),
+        ]);
+        assert_eq!(flags, expected);
     }
 }

@@ -11,7 +11,7 @@ use chrono::NaiveDate;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{
-    DataType, Date32Type, Float64Type, Int32Type, Int64Type, UInt32Type, UInt64Type,
+    DataType, Float64Type, Int32Type, Int64Type, UInt32Type, UInt64Type,
 };
 use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
@@ -21,8 +21,8 @@ use crate::spill::{PartSpill, SpillFolder};
 use crate::user_index::UserShard;
 
 use super::{
-    FraudFlag, HeldCertificate, LimitPolicy, PolicyError, PreviousDecision, Upload, UserFacts,
-    fraud_flags,
+    FraudFlag, HeldCertificate, LimitPolicy, PolicyError, PreviousDecision, UserFacts,
+    fraud::flags_sql,
 };
 
 /// What the policy needs besides the score, as known before the run date.
@@ -93,13 +93,7 @@ pub async fn load_inputs_by_part(
     policy: &LimitPolicy,
     count: u32,
 ) -> Result<InputsByPart, PolicyError> {
-    let uploads = uploads(ctx, run_date).await?;
-    let fraud = fraud_flags(
-        &uploads,
-        &policy.fraud,
-        policy.certificate_boost.min_confidence,
-    );
-    drop(uploads);
+    let fraud = fraud_flags(ctx, run_date, policy).await?;
     let count = count.max(1);
     let folder = match count {
         1 => None,
@@ -281,33 +275,46 @@ fn certificates_from(
     Ok(out)
 }
 
-/// Every recognized upload before the run, verified or not: what the fraud checks read.
-async fn uploads(ctx: &SessionContext, run_date: NaiveDate) -> Result<Vec<Upload>, PolicyError> {
-    let sql = format!(
-        "SELECT user_id, certificate_no, CAST(uploaded_at AS DATE) AS day, CAST(confidence AS DOUBLE) \
+/// Users the fraud checks flag (`fraud::flags_sql`) over every recognized upload before the
+/// run, verified or not, each with their flags sorted.
+async fn fraud_flags(
+    ctx: &SessionContext,
+    run_date: NaiveDate,
+    policy: &LimitPolicy,
+) -> Result<HashMap<u64, Vec<FraudFlag>>, PolicyError> {
+    let uploads = format!(
+        "SELECT user_id, certificate_no, CAST(uploaded_at AS DATE) AS day, CAST(confidence AS DOUBLE) AS confidence \
          FROM certificates WHERE recognized AND {}",
         known("certificates", run_date)
     );
-    let mut uploads = Vec::new();
-    for batch in query(ctx, &sql).await? {
+    let sql = flags_sql(
+        &uploads,
+        &policy.fraud,
+        policy.certificate_boost.min_confidence,
+    );
+    let mut flags: HashMap<u64, Vec<FraudFlag>> = HashMap::new();
+    let mut take = |batch: RecordBatch| {
         let users = batch.column(0).as_primitive::<UInt64Type>();
-        let numbers = utf8(&sql, &batch, 1)?;
-        let numbers = numbers.as_string::<i32>();
-        let days = batch.column(2).as_primitive::<Date32Type>();
-        let confidence = batch.column(3).as_primitive::<Float64Type>();
-        for row in 0..batch.num_rows() {
-            let Some(day) = days.value_as_date(row) else {
-                continue;
-            };
-            uploads.push(Upload {
-                user_id: users.value(row),
-                certificate_no: numbers.value(row).to_string(),
-                day,
-                confidence: confidence.value(row),
-            });
+        let names = cast(batch.column(1), &DataType::Utf8)?;
+        for (user, name) in users.values().iter().zip(names.as_string::<i32>().iter()) {
+            let flag = name.and_then(FraudFlag::named).ok_or_else(|| {
+                DataFusionError::Execution(format!("fraud check named {name:?} is not one"))
+            })?;
+            flags.entry(*user).or_default().push(flag);
         }
+        Ok(())
+    };
+    crate::engine::for_each_batch(ctx, &sql, &mut take)
+        .await
+        .map_err(|error| PolicyError::Query {
+            sql: sql.clone(),
+            error,
+        })?;
+    for list in flags.values_mut() {
+        list.sort();
+        list.dedup();
     }
-    Ok(uploads)
+    Ok(flags)
 }
 
 /// The ceiling of each user's newest request before the run; a lifted request (no limit)
@@ -367,13 +374,4 @@ fn arrow_error(sql: &str, e: datafusion::arrow::error::ArrowError) -> PolicyErro
         sql: sql.to_string(),
         error: e.into(),
     }
-}
-
-async fn query(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, PolicyError> {
-    crate::engine::collect(ctx, sql)
-        .await
-        .map_err(|error| PolicyError::Query {
-            sql: sql.to_string(),
-            error,
-        })
 }

@@ -23,7 +23,7 @@ pub use decide::{
     Decision, Grade, HeldCertificate, PolicyStep, PreviousDecision, Reason, ScenarioGrant,
     UserFacts, Withheld,
 };
-pub use fraud::{FraudFlag, Upload, fraud_flags};
+pub use fraud::FraudFlag;
 pub use inputs::{InputsByPart, PolicyInputs, load_inputs, load_inputs_by_part};
 
 #[derive(Debug, thiserror::Error)]
