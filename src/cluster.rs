@@ -191,10 +191,12 @@ pub async fn run_executor(options: ExecutorOptions) -> Result<(), ClusterError> 
         })
 }
 
-/// A runtime whose object stores open the way `store` opens a root.
+/// A runtime whose object stores open the way `store` opens a root, its merges of spill
+/// files bounded as the job's own (`EngineConfig::spill_merge_fan_in`).
 fn runtime_with_root_stores(temp_dir: Option<&str>) -> DfResult<Arc<RuntimeEnv>> {
-    let mut runtime =
-        RuntimeEnvBuilder::new().with_object_store_registry(Arc::new(RootStores::default()));
+    let mut runtime = RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(RootStores::default()))
+        .with_max_spill_merge_fan_in(crate::engine::DEFAULT_SPILL_MERGE_FAN_IN);
     if let Some(dir) = temp_dir {
         runtime = runtime.with_temp_file_path(dir);
     }
