@@ -22,7 +22,7 @@ use crate::user_index::UserShard;
 
 use super::{
     FraudFlag, HeldCertificate, LimitPolicy, PolicyError, PreviousDecision, UserFacts,
-    fraud::flags_sql,
+    fraud::checks_sql,
 };
 
 /// What the policy needs besides the score, as known before the run date.
@@ -287,29 +287,26 @@ async fn fraud_flags(
          FROM certificates WHERE recognized AND {}",
         known("certificates", run_date)
     );
-    let sql = flags_sql(
+    let checks = checks_sql(
         &uploads,
         &policy.fraud,
         policy.certificate_boost.min_confidence,
     );
     let mut flags: HashMap<u64, Vec<FraudFlag>> = HashMap::new();
-    let mut take = |batch: RecordBatch| {
-        let users = batch.column(0).as_primitive::<UInt64Type>();
-        let names = cast(batch.column(1), &DataType::Utf8)?;
-        for (user, name) in users.values().iter().zip(names.as_string::<i32>().iter()) {
-            let flag = name.and_then(FraudFlag::named).ok_or_else(|| {
-                DataFusionError::Execution(format!("fraud check named {name:?} is not one"))
+    for (flag, sql) in checks {
+        let mut take = |batch: RecordBatch| {
+            for user in crate::spill::user_column(&batch)?.values() {
+                flags.entry(*user).or_default().push(flag);
+            }
+            Ok(())
+        };
+        crate::engine::for_each_batch(ctx, &sql, &mut take)
+            .await
+            .map_err(|error| PolicyError::Query {
+                sql: sql.clone(),
+                error,
             })?;
-            flags.entry(*user).or_default().push(flag);
-        }
-        Ok(())
-    };
-    crate::engine::for_each_batch(ctx, &sql, &mut take)
-        .await
-        .map_err(|error| PolicyError::Query {
-            sql: sql.clone(),
-            error,
-        })?;
+    }
     for list in flags.values_mut() {
         list.sort();
         list.dedup();

@@ -74,10 +74,7 @@ impl Cluster {
                 "scheduler".into(),
                 "--bind".into(),
                 format!("127.0.0.1:{scheduler_port}"),
-                // a killed executor is found lost within seconds, not the default minute. Both
-                // 15 s here and 4 s on a saturated machine (live executors lost) ended in
-                // Ballista 55 refusing a reset stage's task statuses and the job waiting
-                // forever (docs/CLUSTER.md): run these tests on a quiet machine
+                // a killed executor is found lost within seconds, not the default minute
                 "--executor-timeout-seconds".into(),
                 "4".into(),
             ],
