@@ -123,7 +123,7 @@ mod tests {
         assert_eq!(names, sorted);
     }
 
-    /// Runs `flags_sql` over the given uploads (user, number, day, confidence).
+    /// Runs `checks_sql` over the given uploads (user, number, day, confidence).
     async fn flags_of(
         uploads: &[(u64, String, NaiveDate, f64)],
         policy: &LimitPolicy,

@@ -275,7 +275,7 @@ fn certificates_from(
     Ok(out)
 }
 
-/// Users the fraud checks flag (`fraud::flags_sql`) over every recognized upload before the
+/// Users the fraud checks flag (`fraud::checks_sql`) over every recognized upload before the
 /// run, verified or not, each with their flags sorted.
 async fn fraud_flags(
     ctx: &SessionContext,
