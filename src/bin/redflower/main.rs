@@ -33,9 +33,10 @@ use redflower::cause::{Cause, Classify};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, read at its start (`_RJEM_MALLOC_CONF` in the environment still wins).
-/// Background threads return freed pages after the 10 s decay even to arenas whose threads
-/// stopped allocating: without them, what the feature stage's DataFusion workers freed stayed
-/// resident through the user parts (docs/SCALING.md, "Freed pages returned").
+/// Background threads give freed pages back to the system after the 10 s decay, also from
+/// arenas whose threads stopped allocating: without them, what the feature stage's DataFusion
+/// workers freed stayed resident through the user parts (docs/SCALING.md, "Freed pages
+/// returned").
 #[cfg(all(target_os = "linux", not(target_env = "musl")))]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 #[allow(non_upper_case_globals)]
